@@ -1,0 +1,6 @@
+//! One module per CLI command, each a thin shell over the HTTP API or the library.
+
+pub mod deploy;
+pub mod invoke;
+pub mod manage;
+pub mod serve;

@@ -1,0 +1,119 @@
+//! `wafer serve`: the gateway and an in-process runner pool on the embedded stores.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wafer_gateway::{Config, Gateway};
+use wafer_runner::CompileMode;
+
+/// Flags of `wafer serve`; each overrides the config file.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "WAFER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file (see deploy/config/wafer.toml).
+    #[arg(long, env = "WAFER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Compile in the server process instead of an isolated worker (not for untrusted uploads).
+    #[arg(long, hide = true)]
+    compile_in_process: bool,
+}
+
+fn load_config(args: &Args, data_dir: &Path) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    config.data_dir = data_dir.to_path_buf();
+    Ok(config)
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WAFER_LOG")
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(args, data_dir)?;
+    let compile = if args.compile_in_process {
+        CompileMode::InProcess
+    } else {
+        CompileMode::Worker {
+            program: std::env::current_exe().context("locating the wafer binary")?,
+            args: vec!["__compile".into()],
+            timeout: Duration::from_millis(config.compile_timeout_ms),
+            memory_bytes: config.compile_memory_mb << 20,
+        }
+    };
+    let listen = config.listen;
+    let gateway = Gateway::start(config, compile).await?;
+    if let Some(key) = &gateway.new_admin_key {
+        println!(
+            "created admin API key (shown once; saved to {}):\n  {}",
+            wafer_gateway::admin_key_path(data_dir).display(),
+            key.expose()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("wafer listening on http://{addr}");
+    tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        trigger.cancel();
+    });
+    wafer_gateway::serve(listener, gateway.router(), shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_states_the_real_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/wafer.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        let as_json = |c: &Config| serde_json::to_value(c).unwrap();
+        assert_eq!(as_json(&parsed), as_json(&Config::default()));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("listne = \"127.0.0.1:1\"").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! `wafer`: one binary for every role (`serve`) and the client commands.
+
+mod client;
+mod commands;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Wafer: run WebAssembly functions over HTTP, sandboxed.
+#[derive(Parser)]
+#[command(name = "wafer", version, about)]
+struct Cli {
+    /// Gateway URL for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "WAFER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// API key for client commands (default: the admin key in the data directory).
+    #[arg(long, global = true, env = "WAFER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Data directory (where `serve` keeps state and the admin key).
+    #[arg(long, global = true, env = "WAFER_DATA_DIR", default_value = ".wafer")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the platform: gateway and runner pool on the embedded stores.
+    Serve(commands::serve::Args),
+    /// Upload a module and create a new version of a function.
+    Deploy(commands::deploy::Args),
+    /// Invoke a function and print its response body.
+    Invoke(commands::invoke::Args),
+    /// List functions.
+    Ls(commands::manage::LsArgs),
+    /// List the versions of a function.
+    Versions(commands::manage::VersionsArgs),
+    /// Point a function's `latest` alias back at an earlier version.
+    Rollback(commands::manage::RollbackArgs),
+    /// Delete a function with all its versions.
+    Rm(commands::manage::RmArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(commands::manage::KeysCommand),
+    /// Internal: compile one module in an isolated process.
+    #[command(name = "__compile", hide = true)]
+    Compile { input: PathBuf, output: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Compile { input, output } = &cli.command {
+        let code = wafer_runner::compile_worker_main(input, output);
+        return ExitCode::from(code as u8);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = || client::Client::new(&cli.url, cli.api_key.clone(), &cli.data_dir);
+        match &cli.command {
+            Command::Serve(a) => commands::serve::run(a, &cli.data_dir).await,
+            Command::Deploy(a) => commands::deploy::run(&client()?, a).await,
+            Command::Invoke(a) => commands::invoke::run(&client()?, a).await,
+            Command::Ls(a) => commands::manage::ls(&client()?, a).await,
+            Command::Versions(a) => commands::manage::versions(&client()?, a).await,
+            Command::Rollback(a) => commands::manage::rollback(&client()?, a).await,
+            Command::Rm(a) => commands::manage::rm(&client()?, a).await,
+            Command::Keys(k) => commands::manage::keys(&client()?, k).await,
+            Command::Compile { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<client::CliError>()
+                .map(|c| c.exit_code())
+                .unwrap_or(1);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The artifact store: module bytes and compiled code, content-addressed.
+//!
+//! The embedded backend is a local directory opened with `cap-std`, so no key can name a file
+//! outside it; writes go to a temporary file that is synced and then renamed into place, so a
+//! crash never leaves a half-written artifact under its final name.
+
+use crate::names::Digest;
+use bytes::Bytes;
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Failures of an artifact store.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The backing storage failed.
+    #[error("artifact store I/O error on {key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fingerprint used in a key was not plain hex.
+    #[error("invalid engine fingerprint {0:?}")]
+    Fingerprint(String),
+}
+
+/// The name of one artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ArtifactKey {
+    /// The uploaded module bytes.
+    Module(Digest),
+    /// Code compiled from a module by an engine with the given fingerprint.
+    Compiled { fingerprint: String, digest: Digest },
+}
+
+impl ArtifactKey {
+    /// The key of code compiled from `digest` by the engine with `fingerprint` (hex).
+    pub fn compiled(fingerprint: &str, digest: &Digest) -> Result<Self, ArtifactError> {
+        if fingerprint.is_empty()
+            || fingerprint.len() > 64
+            || !fingerprint.bytes().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(ArtifactError::Fingerprint(fingerprint.to_owned()));
+        }
+        Ok(ArtifactKey::Compiled {
+            fingerprint: fingerprint.to_owned(),
+            digest: digest.clone(),
+        })
+    }
+
+    /// The relative path of the artifact; built only from validated parts.
+    pub fn relative_path(&self) -> PathBuf {
+        match self {
+            ArtifactKey::Module(d) => PathBuf::from(format!("modules/{}.wasm", d.hex())),
+            ArtifactKey::Compiled {
+                fingerprint,
+                digest,
+            } => PathBuf::from(format!("compiled/{fingerprint}/{}.cwasm", digest.hex())),
+        }
+    }
+}
+
+/// Where modules and compiled code live. Implementations must make `put` atomic: readers see
+/// either nothing or the whole artifact.
+#[async_trait::async_trait]
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Stores an artifact atomically, replacing any previous one with the same key.
+    async fn put(&self, key: &ArtifactKey, bytes: Bytes) -> Result<(), ArtifactError>;
+    /// Reads an artifact, `None` when absent.
+    async fn get(&self, key: &ArtifactKey) -> Result<Option<Bytes>, ArtifactError>;
+    /// Whether an artifact exists.
+    async fn exists(&self, key: &ArtifactKey) -> Result<bool, ArtifactError>;
+    /// A local file holding the artifact, when the backend has one, so that compiled code can
+    /// be memory-mapped instead of copied.
+    fn local_path(&self, key: &ArtifactKey) -> Option<PathBuf>;
+}
+
+/// The embedded artifact store: a directory on local disk.
+#[derive(Clone)]
+pub struct FsArtifactStore {
+    root: PathBuf,
+    dir: Arc<Dir>,
+}
+
+impl FsArtifactStore {
+    /// Opens (creating it if needed) the store rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> std::io::Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root)?;
+        let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
+        for sub in ["modules", "compiled", "tmp"] {
+            dir.create_dir_all(sub)?;
+        }
+        // Left-overs of writes interrupted by a crash are never visible; clear them out.
+        if let Ok(entries) = dir.read_dir("tmp") {
+            for entry in entries.flatten() {
+                let _ = dir.remove_file(Path::new("tmp").join(entry.file_name()));
+            }
+        }
+        Ok(Self {
+            root,
+            dir: Arc::new(dir),
+        })
+    }
+
+    fn write_atomic(root: &Path, dir: &Dir, rel: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        dir.create_dir_all(parent)?;
+        let tmp = Path::new("tmp").join(format!("{:016x}.part", rand::random::<u64>()));
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        let result = (|| {
+            let mut file = dir.open_with(&tmp, &opts)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            dir.rename(&tmp, dir, rel)?;
+            // Make the rename itself durable. `parent` is built only from validated parts.
+            std::fs::File::open(root.join(parent))?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = dir.remove_file(&tmp);
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl ArtifactStore for FsArtifactStore {
+    async fn put(&self, key: &ArtifactKey, bytes: Bytes) -> Result<(), ArtifactError> {
+        let dir = self.dir.clone();
+        let root = self.root.clone();
+        let rel = key.relative_path();
+        let res =
+            tokio::task::spawn_blocking(move || Self::write_atomic(&root, &dir, &rel, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        res.map_err(|source| ArtifactError::Io {
+            key: key.relative_path().display().to_string(),
+            source,
+        })
+    }
+
+    async fn get(&self, key: &ArtifactKey) -> Result<Option<Bytes>, ArtifactError> {
+        let dir = self.dir.clone();
+        let rel = key.relative_path();
+        let res = tokio::task::spawn_blocking(move || dir.read(&rel))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match res {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ArtifactError::Io {
+                key: key.relative_path().display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn exists(&self, key: &ArtifactKey) -> Result<bool, ArtifactError> {
+        Ok(self.dir.exists(key.relative_path()))
+    }
+
+    fn local_path(&self, key: &ArtifactKey) -> Option<PathBuf> {
+        Some(self.root.join(key.relative_path()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_round_trip_and_missing_is_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsArtifactStore::open(tmp.path()).unwrap();
+        let d = Digest::of(b"module");
+        let key = ArtifactKey::Module(d.clone());
+        assert!(store.get(&key).await.unwrap().is_none());
+        store
+            .put(&key, Bytes::from_static(b"module"))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), &b"module"[..]);
+        assert!(store.exists(&key).await.unwrap());
+        let ck = ArtifactKey::compiled("abc123", &d).unwrap();
+        store.put(&ck, Bytes::from_static(b"code")).await.unwrap();
+        assert!(store.local_path(&ck).unwrap().exists());
+    }
+
+    #[tokio::test]
+    async fn interrupted_writes_are_cleared_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        FsArtifactStore::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("tmp/dead.part"), b"half").unwrap();
+        FsArtifactStore::open(tmp.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn fingerprints_must_be_hex() {
+        let d = Digest::of(b"x");
+        assert!(ArtifactKey::compiled("../etc", &d).is_err());
+        assert!(ArtifactKey::compiled("", &d).is_err());
+    }
+}

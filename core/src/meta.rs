@@ -1,0 +1,484 @@
+//! The metadata store: modules per tenant, functions, versions, aliases and API keys.
+//!
+//! [`MetaStore`] is the seam for backends; [`EmbeddedMetaStore`] is the default, a `redb`
+//! database file in the data directory. Each mutation is one ACID transaction, so a crash or a
+//! kill in the middle of a deploy leaves either the whole new version or none of it.
+
+use crate::names::{AliasName, Digest, FunctionName, TenantId, VersionRef};
+use crate::spec::{FunctionRecord, KeyRecord, ModuleRecord, VersionRecord, VersionSpec};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Failures of a metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// No function of that name is visible to the caller's tenant.
+    #[error("function {0} not found")]
+    FunctionNotFound(FunctionName),
+    /// The function exists but has no such version.
+    #[error("function {name} has no version {version}")]
+    VersionNotFound { name: FunctionName, version: String },
+    /// The backend failed.
+    #[error("metadata store error: {0}")]
+    Storage(String),
+}
+
+fn storage<E: Into<redb::Error>>(e: E) -> MetaError {
+    MetaError::Storage(e.into().to_string())
+}
+
+/// Everything Wafer knows about functions and keys. Mutations that touch a function take the
+/// caller's tenant and fail with [`MetaError::FunctionNotFound`] when another tenant owns it,
+/// so ownership is checked in the same transaction as the change.
+#[async_trait::async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Records that `tenant` uploaded a module; returns true when it is new for this tenant.
+    async fn put_module(&self, tenant: &TenantId, rec: ModuleRecord) -> Result<bool, MetaError>;
+    /// The tenant's record of a module.
+    async fn get_module(
+        &self,
+        tenant: &TenantId,
+        digest: &Digest,
+    ) -> Result<Option<ModuleRecord>, MetaError>;
+    /// Creates the next version of a function (creating the function if needed) and moves
+    /// `latest` to it.
+    async fn create_version(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        spec: VersionSpec,
+    ) -> Result<VersionRecord, MetaError>;
+    /// A function, whoever owns it (callers check the tenant).
+    async fn get_function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, MetaError>;
+    /// All functions of a tenant, by name.
+    async fn list_functions(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>, MetaError>;
+    /// All versions of a function, oldest first.
+    async fn list_versions(&self, name: &FunctionName) -> Result<Vec<VersionRecord>, MetaError>;
+    /// Resolves `name@ref` to the function and the version it denotes, in one read.
+    async fn resolve(
+        &self,
+        name: &FunctionName,
+        vref: &VersionRef,
+    ) -> Result<Option<(FunctionRecord, VersionRecord)>, MetaError>;
+    /// Points an alias at an existing version.
+    async fn set_alias(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        alias: &AliasName,
+        version: u32,
+    ) -> Result<FunctionRecord, MetaError>;
+    /// Deletes a function with all its versions and aliases.
+    async fn delete_function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<(), MetaError>;
+    /// Stores an API key under the hash of its secret.
+    async fn put_key(&self, hash: &str, rec: KeyRecord) -> Result<(), MetaError>;
+    /// Looks an API key up by the hash of its secret.
+    async fn get_key(&self, hash: &str) -> Result<Option<KeyRecord>, MetaError>;
+}
+
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+const VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("versions");
+const MODULES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("modules");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+
+/// The embedded, durable metadata store: one `redb` file.
+#[derive(Clone)]
+pub struct EmbeddedMetaStore {
+    db: Arc<Database>,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, MetaError> {
+    serde_json::from_slice(b).map_err(|e| MetaError::Storage(format!("corrupt record: {e}")))
+}
+
+impl EmbeddedMetaStore {
+    /// Opens or creates the database file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, MetaError> {
+        let db = Database::create(path.as_ref()).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(FUNCTIONS).map_err(storage)?;
+        txn.open_table(VERSIONS).map_err(storage)?;
+        txn.open_table(MODULES).map_err(storage)?;
+        txn.open_table(KEYS).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs a write transaction off the async runtime (commits fsync).
+    async fn write<R, F>(&self, f: F) -> Result<R, MetaError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<R, MetaError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(storage)?;
+            let r = f(&txn)?;
+            txn.commit().map_err(storage)?;
+            Ok(r)
+        })
+        .await
+        .map_err(|e| MetaError::Storage(e.to_string()))?
+    }
+
+    fn read_function(
+        txn: &redb::ReadTransaction,
+        name: &str,
+    ) -> Result<Option<FunctionRecord>, MetaError> {
+        let t = txn.open_table(FUNCTIONS).map_err(storage)?;
+        match t.get(name).map_err(storage)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Loads a function for a mutation by `tenant`; another tenant's function is "not found".
+fn owned_function(
+    t: &redb::Table<&str, &[u8]>,
+    tenant: &TenantId,
+    name: &FunctionName,
+) -> Result<Option<FunctionRecord>, MetaError> {
+    let Some(v) = t.get(name.as_str()).map_err(storage)? else {
+        return Ok(None);
+    };
+    let f: FunctionRecord = decode(v.value())?;
+    if &f.tenant != tenant {
+        return Err(MetaError::FunctionNotFound(name.clone()));
+    }
+    Ok(Some(f))
+}
+
+#[async_trait::async_trait]
+impl MetaStore for EmbeddedMetaStore {
+    async fn put_module(&self, tenant: &TenantId, rec: ModuleRecord) -> Result<bool, MetaError> {
+        let tenant = tenant.clone();
+        self.write(move |txn| {
+            let mut t = txn.open_table(MODULES).map_err(storage)?;
+            let key = (tenant.as_str(), rec.digest.as_str());
+            if t.get(key).map_err(storage)?.is_some() {
+                return Ok(false);
+            }
+            t.insert(key, encode(&rec).as_slice()).map_err(storage)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn get_module(
+        &self,
+        tenant: &TenantId,
+        digest: &Digest,
+    ) -> Result<Option<ModuleRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(MODULES).map_err(storage)?;
+        match t.get((tenant.as_str(), digest.as_str())).map_err(storage)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn create_version(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        spec: VersionSpec,
+    ) -> Result<VersionRecord, MetaError> {
+        let (tenant, name) = (tenant.clone(), name.clone());
+        self.write(move |txn| {
+            let mut ft = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let now = crate::now_unix();
+            let mut f = owned_function(&ft, &tenant, &name)?.unwrap_or_else(|| FunctionRecord {
+                name: name.clone(),
+                tenant: tenant.clone(),
+                latest_version: 0,
+                aliases: BTreeMap::new(),
+                created: now,
+            });
+            f.latest_version += 1;
+            let rec = VersionRecord {
+                function: name.clone(),
+                version: f.latest_version,
+                spec,
+                created: now,
+            };
+            f.aliases
+                .insert(AliasName::new("latest").expect("valid"), rec.version);
+            let mut vt = txn.open_table(VERSIONS).map_err(storage)?;
+            vt.insert((name.as_str(), rec.version), encode(&rec).as_slice())
+                .map_err(storage)?;
+            ft.insert(name.as_str(), encode(&f).as_slice())
+                .map_err(storage)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn get_function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        Self::read_function(&txn, name.as_str())
+    }
+
+    async fn list_functions(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(FUNCTIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            let f: FunctionRecord = decode(v.value())?;
+            if &f.tenant == tenant {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_versions(&self, name: &FunctionName) -> Result<Vec<VersionRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(VERSIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t
+            .range((name.as_str(), 0)..=(name.as_str(), u32::MAX))
+            .map_err(storage)?
+        {
+            let (_, v) = entry.map_err(storage)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn resolve(
+        &self,
+        name: &FunctionName,
+        vref: &VersionRef,
+    ) -> Result<Option<(FunctionRecord, VersionRecord)>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let Some(f) = Self::read_function(&txn, name.as_str())? else {
+            return Ok(None);
+        };
+        let number = match vref {
+            VersionRef::Number(n) => *n,
+            VersionRef::Alias(a) => match f.aliases.get(a) {
+                Some(n) => *n,
+                None => return Ok(None),
+            },
+        };
+        let t = txn.open_table(VERSIONS).map_err(storage)?;
+        let Some(v) = t.get((name.as_str(), number)).map_err(storage)? else {
+            return Ok(None);
+        };
+        let rec = decode(v.value())?;
+        Ok(Some((f, rec)))
+    }
+
+    async fn set_alias(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        alias: &AliasName,
+        version: u32,
+    ) -> Result<FunctionRecord, MetaError> {
+        let (tenant, name, alias) = (tenant.clone(), name.clone(), alias.clone());
+        self.write(move |txn| {
+            let mut ft = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let mut f = owned_function(&ft, &tenant, &name)?
+                .ok_or_else(|| MetaError::FunctionNotFound(name.clone()))?;
+            let vt = txn.open_table(VERSIONS).map_err(storage)?;
+            if vt.get((name.as_str(), version)).map_err(storage)?.is_none() {
+                return Err(MetaError::VersionNotFound {
+                    name: name.clone(),
+                    version: version.to_string(),
+                });
+            }
+            f.aliases.insert(alias, version);
+            ft.insert(name.as_str(), encode(&f).as_slice())
+                .map_err(storage)?;
+            Ok(f)
+        })
+        .await
+    }
+
+    async fn delete_function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<(), MetaError> {
+        let (tenant, name) = (tenant.clone(), name.clone());
+        self.write(move |txn| {
+            let mut ft = txn.open_table(FUNCTIONS).map_err(storage)?;
+            owned_function(&ft, &tenant, &name)?
+                .ok_or_else(|| MetaError::FunctionNotFound(name.clone()))?;
+            ft.remove(name.as_str()).map_err(storage)?;
+            let mut vt = txn.open_table(VERSIONS).map_err(storage)?;
+            vt.retain_in((name.as_str(), 0)..=(name.as_str(), u32::MAX), |_, _| false)
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_key(&self, hash: &str, rec: KeyRecord) -> Result<(), MetaError> {
+        let hash = hash.to_owned();
+        self.write(move |txn| {
+            let mut t = txn.open_table(KEYS).map_err(storage)?;
+            t.insert(hash.as_str(), encode(&rec).as_slice())
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_key(&self, hash: &str) -> Result<Option<KeyRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(KEYS).map_err(storage)?;
+        match t.get(hash).map_err(storage)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Abi;
+
+    fn spec(d: &Digest) -> VersionSpec {
+        VersionSpec {
+            module: d.clone(),
+            abi: Abi::Command,
+            timeout_ms: 1000,
+            memory_mb: 64,
+            fuel: 1_000_000,
+            env: BTreeMap::new(),
+            public: false,
+        }
+    }
+
+    fn t(s: &str) -> TenantId {
+        TenantId::new(s).unwrap()
+    }
+
+    fn n(s: &str) -> FunctionName {
+        FunctionName::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn versions_count_up_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let d = Digest::of(b"m");
+        {
+            let store = EmbeddedMetaStore::open(&path).unwrap();
+            assert_eq!(
+                store
+                    .create_version(&t("a"), &n("f"), spec(&d))
+                    .await
+                    .unwrap()
+                    .version,
+                1
+            );
+            assert_eq!(
+                store
+                    .create_version(&t("a"), &n("f"), spec(&d))
+                    .await
+                    .unwrap()
+                    .version,
+                2
+            );
+            let prod = AliasName::new("prod").unwrap();
+            store.set_alias(&t("a"), &n("f"), &prod, 1).await.unwrap();
+        }
+        let store = EmbeddedMetaStore::open(&path).unwrap();
+        let (f, v) = store
+            .resolve(&n("f"), &VersionRef::latest())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((f.latest_version, v.version), (2, 2));
+        let prod = VersionRef::parse("prod").unwrap();
+        assert_eq!(
+            store
+                .resolve(&n("f"), &prod)
+                .await
+                .unwrap()
+                .unwrap()
+                .1
+                .version,
+            1
+        );
+        assert_eq!(store.list_versions(&n("f")).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_tenants_cannot_touch_a_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let d = Digest::of(b"m");
+        store
+            .create_version(&t("a"), &n("f"), spec(&d))
+            .await
+            .unwrap();
+        let latest = AliasName::new("latest").unwrap();
+        assert!(matches!(
+            store.create_version(&t("b"), &n("f"), spec(&d)).await,
+            Err(MetaError::FunctionNotFound(_))
+        ));
+        assert!(matches!(
+            store.set_alias(&t("b"), &n("f"), &latest, 1).await,
+            Err(MetaError::FunctionNotFound(_))
+        ));
+        assert!(matches!(
+            store.delete_function(&t("b"), &n("f")).await,
+            Err(MetaError::FunctionNotFound(_))
+        ));
+        assert!(store.list_functions(&t("b")).await.unwrap().is_empty());
+        assert_eq!(store.list_functions(&t("a")).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_versions_and_alias_to_missing_version_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let d = Digest::of(b"m");
+        store
+            .create_version(&t("a"), &n("f"), spec(&d))
+            .await
+            .unwrap();
+        let prod = AliasName::new("prod").unwrap();
+        assert!(matches!(
+            store.set_alias(&t("a"), &n("f"), &prod, 9).await,
+            Err(MetaError::VersionNotFound { .. })
+        ));
+        store.delete_function(&t("a"), &n("f")).await.unwrap();
+        assert!(store.get_function(&n("f")).await.unwrap().is_none());
+        assert!(store.list_versions(&n("f")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn modules_are_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let d = Digest::of(b"m");
+        let rec = ModuleRecord {
+            digest: d.clone(),
+            size: 1,
+            abi: Abi::Command,
+            created: 0,
+        };
+        assert!(store.put_module(&t("a"), rec.clone()).await.unwrap());
+        assert!(!store.put_module(&t("a"), rec.clone()).await.unwrap());
+        assert!(store.get_module(&t("b"), &d).await.unwrap().is_none());
+        assert!(store.put_module(&t("b"), rec).await.unwrap());
+    }
+}

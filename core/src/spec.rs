@@ -1,0 +1,123 @@
+//! The records Wafer keeps about modules, functions, versions and API keys.
+
+use crate::names::{AliasName, Digest, FunctionName, TenantId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How a module talks to the world, detected from its exports at upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Abi {
+    /// A component exporting `wasi:http/incoming-handler`: it sees the whole HTTP request.
+    Http,
+    /// A WASI command (preview 1 module or preview 2 component): body on stdin, stdout back.
+    Command,
+}
+
+impl Abi {
+    /// The lowercase name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Abi::Http => "http",
+            Abi::Command => "command",
+        }
+    }
+}
+
+/// An uploaded module as one tenant sees it. The bytes live once in the artifact store; the
+/// record is per tenant so that a digest is never an oracle for another tenant's uploads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// Content address of the module bytes.
+    pub digest: Digest,
+    /// Size of the module in bytes.
+    pub size: u64,
+    /// The ABI detected at upload.
+    pub abi: Abi,
+    /// Unix seconds of the first upload by this tenant.
+    pub created: u64,
+}
+
+/// What a client asks for when it creates a version (`PUT /v1/functions/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionSpec {
+    /// The module this version runs.
+    pub module: Digest,
+    /// The module's ABI (copied from the module record so invocation needs one lookup).
+    pub abi: Abi,
+    /// Wall-clock limit of one invocation.
+    pub timeout_ms: u64,
+    /// Linear memory limit of one invocation, in MiB.
+    pub memory_mb: u64,
+    /// Fuel (deterministic CPU budget) of one invocation.
+    pub fuel: u64,
+    /// Environment variables the function sees; the host's environment is never visible.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Whether anyone may invoke it without an API key.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The function this version belongs to.
+    pub function: FunctionName,
+    /// The version number, from 1, never reused while the function exists.
+    pub version: u32,
+    /// The configuration frozen into this version.
+    #[serde(flatten)]
+    pub spec: VersionSpec,
+    /// Unix seconds of creation.
+    pub created: u64,
+}
+
+/// A function: a name owned by a tenant, with its versions and aliases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The function's name (global).
+    pub name: FunctionName,
+    /// The tenant that created it; nobody else can see it.
+    pub tenant: TenantId,
+    /// The highest version number created so far.
+    pub latest_version: u32,
+    /// Alias name → version number; `latest` always exists.
+    pub aliases: BTreeMap<AliasName, u32>,
+    /// Unix seconds of creation.
+    pub created: u64,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Create API keys for any tenant.
+    Admin,
+    /// Upload modules and create or change functions.
+    Deploy,
+    /// Invoke the tenant's functions.
+    Invoke,
+    /// Read functions, versions and modules.
+    Read,
+}
+
+/// A stored API key. The key itself is never stored, only its hash (the store key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// A public identifier of the key, safe to log.
+    pub id: String,
+    /// The tenant the key acts for.
+    pub tenant: TenantId,
+    /// What the key may do.
+    pub scopes: Vec<Scope>,
+    /// Unix seconds of creation.
+    pub created: u64,
+}
+
+impl KeyRecord {
+    /// Whether the key grants `scope` (admin keys grant everything).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+}

@@ -1,0 +1,213 @@
+//! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
+
+use crate::auth;
+use crate::problem::ApiError;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use wafer_core::{Abi, Scope, VersionRecord, VersionRef};
+use wafer_runner::{Input, Invocation, Limits, Output};
+
+/// Splits `/fn/<target>/<rest>?q` into the target and the path (with query) the function sees.
+fn split_path(uri: &Uri) -> (&str, String) {
+    let path = uri.path().strip_prefix("/fn/").unwrap_or("");
+    let (target, rest) = match path.find('/') {
+        Some(i) => (&path[..i], &path[i..]),
+        None => (path, "/"),
+    };
+    let rest = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    (target, rest)
+}
+
+/// The limits of one invocation of `v`.
+fn limits_of(state: &AppState, v: &VersionRecord) -> Limits {
+    let d = &state.config.functions;
+    Limits {
+        timeout: Duration::from_millis(v.spec.timeout_ms),
+        fuel: v.spec.fuel,
+        memory_bytes: (v.spec.memory_mb as usize) << 20,
+        table_elements: 100_000,
+        stdout_bytes: d.max_stdout_bytes,
+        stderr_bytes: d.max_log_bytes,
+        response_bytes: d.max_response_bytes,
+    }
+}
+
+/// Response body type of command output: JSON when it parses as JSON.
+fn content_type_of(stdout: &[u8]) -> &'static str {
+    let first = stdout.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'{') | Some(b'['))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(stdout).is_ok()
+    {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// Runs a function and returns its response.
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (target, fn_path) = split_path(req.uri());
+    let (name, vref) = VersionRef::split(target)?;
+    let Some((function, version)) = state.meta.resolve(&name, &vref).await? else {
+        return Err(match state.meta.get_function(&name).await? {
+            Some(_) => wafer_core::MetaError::VersionNotFound {
+                name: name.clone(),
+                version: vref.to_string(),
+            }
+            .into(),
+            None => ApiError::function_not_found(name.as_str()),
+        });
+    };
+    let caller = auth::caller(&state, req.headers()).await?;
+    if !version.spec.public {
+        match &caller {
+            None => {
+                return Err(ApiError::unauthorized(
+                    "this function is not public: an API key with the invoke scope is required",
+                ));
+            }
+            Some(k) if k.tenant != function.tenant => {
+                return Err(ApiError::function_not_found(name.as_str()));
+            }
+            Some(k) if !k.allows(Scope::Invoke) => {
+                return Err(ApiError::forbidden("this key lacks the Invoke scope"));
+            }
+            Some(_) => {}
+        }
+    }
+    let _slot = state
+        .inflight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::overloaded("too many invocations in flight"))?;
+    let _running = state.metrics.in_flight();
+
+    let (parts, body) = req.into_parts();
+    let body = super::read_limited(
+        &parts.headers,
+        body,
+        state.config.max_request_bytes,
+        "request-too-large",
+    )
+    .await?;
+    let span = tracing::info_span!(
+        "invocation",
+        tenant = %function.tenant,
+        function = %name,
+        version = version.version,
+        request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
+
+    let started = Instant::now();
+    let mut env: Vec<(String, String)> = version
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let input = match version.spec.abi {
+        Abi::Http => {
+            let mut builder = axum::http::Request::builder()
+                .method(parts.method.clone())
+                .uri(fn_path.as_str());
+            for (k, v) in &parts.headers {
+                builder = builder.header(k, v);
+            }
+            if !parts.headers.contains_key(header::HOST) {
+                builder = builder.header(header::HOST, "localhost");
+            }
+            Input::Http(Box::new(builder.body(body).map_err(ApiError::internal)?))
+        }
+        Abi::Command => {
+            env.push(("WAFER_METHOD".into(), parts.method.to_string()));
+            env.push(("WAFER_PATH".into(), fn_path.clone()));
+            Input::Stdin(body)
+        }
+    };
+    let result = async {
+        let (prepared, cold) = state.runner.prepare(&version.spec.module).await?;
+        let inv = Invocation {
+            limits: limits_of(&state, &version),
+            args: vec![name.to_string()],
+            env,
+            input,
+        };
+        state.runner.invoke(&prepared, inv).await.map(|o| (o, cold))
+    }
+    .instrument(span.clone())
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let version_header = (
+        HeaderName::from_static("x-wafer-version"),
+        HeaderValue::from(version.version),
+    );
+    match result {
+        Ok((outcome, cold)) => {
+            state
+                .metrics
+                .record(name.as_str(), "ok", seconds, outcome.fuel, cold);
+            if !outcome.log.is_empty() {
+                tracing::debug!(parent: &span, log = %String::from_utf8_lossy(&outcome.log), "function log");
+            }
+            let mut resp = match outcome.output {
+                Output::Http(r) => r.map(Body::from).into_response(),
+                Output::Stdout(bytes) => {
+                    let ct = content_type_of(&bytes);
+                    (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response()
+                }
+            };
+            resp.headers_mut()
+                .insert(version_header.0, version_header.1);
+            Ok(resp)
+        }
+        Err(e) => {
+            let err: ApiError = e.into();
+            state
+                .metrics
+                .record(name.as_str(), err.slug, seconds, 0, false);
+            tracing::info!(parent: &span, outcome = err.slug, detail = %err.detail, "invocation failed");
+            let mut resp = err.into_response();
+            resp.headers_mut()
+                .insert(version_header.0, version_header.1);
+            Ok(resp)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_target_and_function_path() {
+        let u: Uri = "/fn/hello@2/a/b?x=1".parse().unwrap();
+        assert_eq!(split_path(&u), ("hello@2", "/a/b?x=1".to_string()));
+        let u: Uri = "/fn/hello".parse().unwrap();
+        assert_eq!(split_path(&u), ("hello", "/".to_string()));
+        let u: Uri = "/fn/hello?name=x".parse().unwrap();
+        assert_eq!(split_path(&u), ("hello", "/?name=x".to_string()));
+    }
+
+    #[test]
+    fn json_output_is_labelled() {
+        assert_eq!(content_type_of(br#"{"stress":100.0}"#), "application/json");
+        assert_eq!(content_type_of(b"{not json"), "application/octet-stream");
+        assert_eq!(content_type_of(b"hello"), "application/octet-stream");
+    }
+}

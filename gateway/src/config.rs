@@ -1,0 +1,94 @@
+//! Gateway configuration: one struct with defaults that make `wafer serve` work with no flags.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use wafer_runner::EngineConfig;
+
+/// Everything `wafer serve` needs; loaded from an optional TOML file, then `WAFER_*`
+/// environment variables and flags (layered by the CLI).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory: metadata database, artifacts, admin key.
+    pub data_dir: PathBuf,
+    /// Largest module upload, in bytes.
+    pub max_module_bytes: u64,
+    /// Largest invocation request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest JSON body of an API call, in bytes.
+    pub max_json_bytes: usize,
+    /// Invocations running at once before new ones get 503.
+    pub max_inflight: usize,
+    /// Compilations running at once; more wait.
+    pub max_compiles: usize,
+    /// Time limit of one compilation, in ms.
+    pub compile_timeout_ms: u64,
+    /// Address-space limit of the compile worker, in MiB.
+    pub compile_memory_mb: u64,
+    /// Function defaults and ceilings.
+    pub functions: FunctionDefaults,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Pre-linked modules kept hot.
+    pub hot_modules: u64,
+}
+
+/// Defaults for a version's limits and the most a version may ask for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionDefaults {
+    /// Default wall-clock timeout, ms.
+    pub timeout_ms: u64,
+    /// Largest timeout a version may set, ms.
+    pub max_timeout_ms: u64,
+    /// Default memory limit, MiB.
+    pub memory_mb: u64,
+    /// Default fuel.
+    pub fuel: u64,
+    /// Largest fuel a version may set.
+    pub max_fuel: u64,
+    /// Largest stdout a command may write, bytes.
+    pub max_stdout_bytes: usize,
+    /// Largest response body an HTTP function may send, bytes.
+    pub max_response_bytes: usize,
+    /// Log (stderr) tail kept per invocation, bytes.
+    pub max_log_bytes: usize,
+}
+
+impl Default for FunctionDefaults {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            max_timeout_ms: 300_000,
+            memory_mb: 64,
+            fuel: 10_000_000_000,
+            max_fuel: 10_000_000_000_000,
+            max_stdout_bytes: 8 << 20,
+            max_response_bytes: 8 << 20,
+            max_log_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(".wafer"),
+            max_module_bytes: 64 << 20,
+            max_request_bytes: 16 << 20,
+            max_json_bytes: 1 << 20,
+            max_inflight: engine.max_instances as usize,
+            max_compiles: 2,
+            compile_timeout_ms: 60_000,
+            compile_memory_mb: 4096,
+            functions: FunctionDefaults::default(),
+            engine,
+            hot_modules: 1024,
+        }
+    }
+}

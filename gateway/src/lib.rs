@@ -1,0 +1,215 @@
+//! The Wafer gateway: the HTTP API in front of the runner.
+//!
+//! [`Gateway::start`] opens the embedded stores in the data directory, creates the admin key
+//! on first start, builds the runner and returns a router; [`serve`] runs it until the
+//! shutdown token fires, draining in-flight requests.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod state;
+
+pub use config::Config;
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get, put};
+use http_body_util::BodyExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use wafer_core::{EmbeddedMetaStore, FsArtifactStore, Scope, TenantId};
+use wafer_runner::{CompileMode, Runner, RunnerConfig};
+
+/// File in the data directory that holds the admin key (mode 0600).
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// A started gateway: its state and, on first start, the new admin key.
+pub struct Gateway {
+    /// Shared state.
+    pub state: Arc<AppState>,
+    /// The admin key created on this start (first start only), to print once.
+    pub new_admin_key: Option<auth::Secret>,
+}
+
+impl Gateway {
+    /// Opens the data directory and builds everything. `compile` says where modules are
+    /// compiled (the `wafer` binary passes its own compile worker).
+    pub async fn start(config: Config, compile: CompileMode) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let meta = Arc::new(EmbeddedMetaStore::open(config.data_dir.join("meta.redb"))?);
+        let artifacts = Arc::new(FsArtifactStore::open(config.data_dir.join("artifacts"))?);
+        let scratch = config.data_dir.join("scratch");
+        std::fs::create_dir_all(&scratch)?;
+        let runner = Runner::new(
+            RunnerConfig {
+                engine: config.engine.clone(),
+                hot_entries: config.hot_modules,
+                compile,
+                scratch_dir: scratch,
+            },
+            artifacts,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let state = Arc::new(AppState {
+            inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
+            compiles: Arc::new(Semaphore::new(config.max_compiles.max(1))),
+            metrics: metrics::Metrics::default(),
+            runner: Arc::new(runner),
+            meta,
+            config,
+        });
+        let new_admin_key = bootstrap_admin_key(&state).await?;
+        Ok(Self {
+            state,
+            new_admin_key,
+        })
+    }
+
+    /// The router with every route and layer.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+}
+
+/// Creates the admin key on first start and writes it to `<data-dir>/admin.key` (0600).
+async fn bootstrap_admin_key(state: &AppState) -> anyhow::Result<Option<auth::Secret>> {
+    let path = admin_key_path(&state.config.data_dir);
+    if path.exists() {
+        return Ok(None);
+    }
+    let admin = TenantId::new("admin").expect("valid tenant");
+    let (key, _) = auth::create_key(state, admin, vec![Scope::Admin])
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    write_private(&path, key.expose())?;
+    Ok(Some(key))
+}
+
+/// Where the admin key of a data directory lives.
+pub fn admin_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(ADMIN_KEY_FILE)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Every route, with request ids, tracing and problem decoration as layers.
+pub fn router(state: Arc<AppState>) -> Router {
+    use api::{functions, health, invoke, keys, modules};
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .route("/v1/modules", put(modules::upload))
+        .route("/v1/functions", get(functions::list))
+        .route(
+            "/v1/functions/{name}",
+            put(functions::put)
+                .get(functions::get)
+                .delete(functions::delete),
+        )
+        .route("/v1/functions/{name}/versions", get(functions::versions))
+        .route(
+            "/v1/functions/{name}/aliases/{alias}",
+            put(functions::set_alias),
+        )
+        .route("/v1/keys", axum::routing::post(keys::create))
+        .route("/fn/{target}", any(invoke::invoke))
+        .route("/fn/{target}/", any(invoke::invoke))
+        .route("/fn/{target}/{*path}", any(invoke::invoke))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(problem_instance))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Function failures are 5xx answers, not server faults: keep them out of ERROR logs.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such route; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this route does not take that method; see /openapi.json",
+    )
+}
+
+/// Fills the `instance` member of problem responses with the request id.
+async fn problem_instance(req: Request, next: Next) -> Response {
+    let id = req.headers().get("x-request-id").cloned();
+    let resp = next.run(req).await;
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/problem+json");
+    let Some(id) = id.filter(|_| is_problem) else {
+        return resp;
+    };
+    let (mut parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let bytes = collected.to_bytes();
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if let (Some(obj), Ok(id)) = (v.as_object_mut(), id.to_str()) {
+        obj.insert("instance".into(), id.into());
+    }
+    let out = serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Response::from_parts(parts, Body::from(out))
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics of invocations.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the invocation counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Function name.
+    pub function: String,
+    /// `ok` or the problem slug.
+    pub outcome: String,
+}
+
+/// Labels of per-function metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    /// Function name.
+    pub function: String,
+}
+
+type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+
+/// The gateway's metrics, registered once at start-up.
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<OutcomeLabels, Counter>,
+    duration: HistogramFamily,
+    cold_starts: Family<FunctionLabels, Counter>,
+    fuel: Family<FunctionLabels, Counter>,
+    in_flight: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs … ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wafer");
+        let invocations = Family::<OutcomeLabels, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let cold_starts = Family::<FunctionLabels, Counter>::default();
+        let fuel = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "invocations",
+            "Invocations by function and outcome",
+            invocations.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Wall-clock duration of invocations",
+            duration.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Invocations that loaded compiled code",
+            cold_starts.clone(),
+        );
+        registry.register(
+            "fuel_consumed",
+            "Fuel consumed by invocations",
+            fuel.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "invocations_in_flight",
+            "Invocations running now",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            duration,
+            cold_starts,
+            fuel,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished invocation.
+    pub fn record(&self, function: &str, outcome: &str, seconds: f64, fuel: u64, cold: bool) {
+        let f = FunctionLabels {
+            function: function.to_owned(),
+        };
+        self.invocations
+            .get_or_create(&OutcomeLabels {
+                function: function.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.duration.get_or_create(&f).observe(seconds);
+        if fuel > 0 {
+            self.fuel.get_or_create(&f).inc_by(fuel);
+        }
+        if cold {
+            self.cold_starts.get_or_create(&f).inc();
+        }
+    }
+
+    /// Counts an invocation as running until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
+        out
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_show_up_in_the_exposition() {
+        let m = Metrics::default();
+        m.record("hello", "ok", 0.001, 42, true);
+        let text = m.render();
+        assert!(
+            text.contains("wafer_invocations_total{function=\"hello\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wafer_cold_starts_total{function=\"hello\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wafer_fuel_consumed_total{function=\"hello\"} 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wafer_invocation_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared state, built once at start-up from [`Config`].
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use wafer_core::MetaStore;
+use wafer_runner::Runner;
+
+/// Everything handlers need, behind one `Arc`.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// Functions, versions, keys.
+    pub meta: Arc<dyn MetaStore>,
+    /// The engine.
+    pub runner: Arc<Runner>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Invocation slots; none free means 503.
+    pub inflight: Arc<Semaphore>,
+    /// Compilation slots; callers wait for one.
+    pub compiles: Arc<Semaphore>,
+}

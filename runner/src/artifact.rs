@@ -1,0 +1,247 @@
+//! Compiling modules: format detection, ABI detection, ahead-of-time compilation, and the
+//! isolated compile worker that bounds a hostile module's compile time and memory.
+
+use crate::engine::EngineConfig;
+use crate::error::CompileError;
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wafer_core::Abi;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+const MAGIC: &[u8; 4] = b"\0asm";
+const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+const COMPONENT_VERSION: [u8; 4] = [0x0d, 0, 1, 0];
+
+/// The environment variable through which the compile worker receives the engine settings.
+pub const ENGINE_CONFIG_ENV: &str = "WAFER_COMPILE_ENGINE_CONFIG";
+
+/// What kind of binary an upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryKind {
+    /// A core WebAssembly module (WASI preview 1).
+    Module,
+    /// A component (WASI preview 2).
+    Component,
+}
+
+/// Looks at the header only: empty, not wasm, or which binary kind.
+pub fn detect(bytes: &[u8]) -> Result<BinaryKind, CompileError> {
+    if bytes.is_empty() {
+        return Err(CompileError::Empty);
+    }
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(if bytes.len() < 8 && MAGIC.starts_with(bytes) {
+            CompileError::Invalid("truncated header".into())
+        } else {
+            CompileError::NotWasm
+        });
+    }
+    let version: [u8; 4] = bytes[4..8].try_into().expect("4 bytes");
+    match version {
+        CORE_VERSION => Ok(BinaryKind::Module),
+        COMPONENT_VERSION => Ok(BinaryKind::Component),
+        v => Err(CompileError::UnsupportedVersion(u32::from_le_bytes(v))),
+    }
+}
+
+fn invalid(e: wasmtime::Error) -> CompileError {
+    // The full chain carries the validator's message and offset.
+    CompileError::Invalid(format!("{e:#}"))
+}
+
+/// Compiles `bytes` for `engine`, detects its ABI and returns the serialized code.
+pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<(Abi, Vec<u8>), CompileError> {
+    match detect(bytes)? {
+        BinaryKind::Module => {
+            let module = Module::new(engine, bytes).map_err(invalid)?;
+            for import in module.imports() {
+                if import.module() != "wasi_snapshot_preview1" {
+                    return Err(CompileError::UnsupportedImport(format!(
+                        "{}::{} (a core module may only import wasi_snapshot_preview1)",
+                        import.module(),
+                        import.name()
+                    )));
+                }
+            }
+            if module.get_export("_start").is_none() {
+                return Err(CompileError::UnsupportedAbi(
+                    "the module exports no `_start` function: build it as a WASI command \
+                     (e.g. a Rust `bin` for wasm32-wasip1)"
+                        .into(),
+                ));
+            }
+            let code = module
+                .serialize()
+                .map_err(|e| CompileError::Internal(e.to_string()))?;
+            Ok((Abi::Command, code))
+        }
+        BinaryKind::Component => {
+            let component = Component::new(engine, bytes).map_err(invalid)?;
+            let abi = component_abi(engine, &component)?;
+            let code = component
+                .serialize()
+                .map_err(|e| CompileError::Internal(e.to_string()))?;
+            Ok((abi, code))
+        }
+    }
+}
+
+/// An HTTP handler wins over a command entry point when a component exports both.
+fn component_abi(engine: &Engine, component: &Component) -> Result<Abi, CompileError> {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+    if has("wasi:http/incoming-handler@0.2") {
+        Ok(Abi::Http)
+    } else if has("wasi:cli/run@0.2") {
+        Ok(Abi::Command)
+    } else {
+        Err(CompileError::UnsupportedAbi(format!(
+            "the component exports neither `wasi:http/incoming-handler@0.2.x` nor \
+             `wasi:cli/run@0.2.x` (it exports: {})",
+            if names.is_empty() {
+                "nothing".to_string()
+            } else {
+                names.join(", ")
+            }
+        )))
+    }
+}
+
+/// Where compilation happens.
+#[derive(Debug, Clone)]
+pub enum CompileMode {
+    /// In this process, on a blocking thread. For tests and tools; a hostile module can take
+    /// as long and as much memory as it likes here.
+    InProcess,
+    /// In a child process (`program args… <module> <output>`) killed at the time limit and
+    /// run under an address-space limit, so no upload can stall or exhaust the server.
+    Worker {
+        program: PathBuf,
+        args: Vec<OsString>,
+        timeout: Duration,
+        memory_bytes: u64,
+    },
+}
+
+/// What the compile worker prints on stdout.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerReport {
+    /// Compiled; the code is in the output file.
+    Compiled(Abi),
+    /// Refused.
+    Refused(CompileError),
+}
+
+/// Runs compilation in a child process and waits for it within the time limit.
+pub async fn compile_in_worker(
+    engine_config: &EngineConfig,
+    program: &Path,
+    args: &[OsString],
+    timeout: Duration,
+    memory_bytes: u64,
+    input: &Path,
+    output: &Path,
+) -> Result<Abi, CompileError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .arg(input)
+        .arg(output)
+        .env(
+            ENGINE_CONFIG_ENV,
+            serde_json::to_string(engine_config).expect("config serializes"),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: memory_bytes as libc::rlim_t,
+                rlim_max: memory_bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| CompileError::Internal(format!("cannot start compile worker: {e}")))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => return Err(CompileError::Timeout(timeout.as_millis() as u64)),
+        Ok(Err(e)) => return Err(CompileError::Internal(e.to_string())),
+        Ok(Ok(out)) => out,
+    };
+    match serde_json::from_slice::<WorkerReport>(&out.stdout) {
+        Ok(WorkerReport::Compiled(abi)) if out.status.success() => Ok(abi),
+        Ok(WorkerReport::Refused(e)) => Err(e),
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: String = stderr
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Err(CompileError::Resources(format!(
+                "compile worker ended with {} {}",
+                out.status,
+                tail.trim()
+            )))
+        }
+    }
+}
+
+/// The body of the compile worker process: `<module path> <output path>`, engine settings in
+/// [`ENGINE_CONFIG_ENV`]. Prints a [`WorkerReport`] as JSON; returns the exit code.
+pub fn compile_worker_main(input: &Path, output: &Path) -> i32 {
+    let report = (|| {
+        let cfg: EngineConfig = match std::env::var(ENGINE_CONFIG_ENV) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| CompileError::Internal(e.to_string()))?,
+            Err(_) => EngineConfig::default(),
+        };
+        let engine = cfg
+            .build(false)
+            .map_err(|e| CompileError::Internal(e.to_string()))?;
+        let bytes = std::fs::read(input).map_err(|e| CompileError::Internal(e.to_string()))?;
+        let (abi, code) = compile(&engine, &bytes)?;
+        std::fs::write(output, code).map_err(|e| CompileError::Internal(e.to_string()))?;
+        Ok(abi)
+    })();
+    let (code, report) = match report {
+        Ok(abi) => (0, WorkerReport::Compiled(abi)),
+        Err(e) => (3, WorkerReport::Refused(e)),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("report serializes")
+    );
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_headers() {
+        assert_eq!(detect(b""), Err(CompileError::Empty));
+        assert_eq!(detect(b"hello world"), Err(CompileError::NotWasm));
+        assert!(matches!(detect(b"\0as"), Err(CompileError::Invalid(_))));
+        assert_eq!(detect(b"\0asm\x01\0\0\0").unwrap(), BinaryKind::Module);
+        assert_eq!(detect(b"\0asm\x0d\0\x01\0").unwrap(), BinaryKind::Component);
+        assert!(matches!(
+            detect(b"\0asm\x02\0\0\0"),
+            Err(CompileError::UnsupportedVersion(2))
+        ));
+    }
+}

@@ -1,0 +1,114 @@
+//! The wasmtime [`Engine`]: pooling allocator, fuel, epochs and the stack bound.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// Engine-wide settings: the ceilings that any one function's limits must fit under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Largest linear memory any function may be given, in MiB (the pool's slot size).
+    pub max_memory_mb: u64,
+    /// How many instances may run at once (pool size).
+    pub max_instances: u32,
+    /// Maximum wasm stack, in bytes.
+    pub max_wasm_stack: usize,
+    /// Epoch tick: how often running guests yield and check their deadline.
+    pub epoch_tick_ms: u64,
+    /// Use the pooling allocator (instantiation in microseconds); off only for tools.
+    pub pooling: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_memory_mb: 512,
+            max_instances: 128,
+            max_wasm_stack: 512 * 1024,
+            epoch_tick_ms: 5,
+            pooling: true,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The wasmtime configuration; everything that affects compiled code is set here, so the
+    /// compile worker and the server agree on the engine fingerprint.
+    fn wasmtime_config(&self, pooling: bool) -> Config {
+        let mut c = Config::new();
+        c.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(self.max_wasm_stack)
+            .cranelift_opt_level(OptLevel::Speed)
+            .parallel_compilation(true);
+        if pooling {
+            let n = self.max_instances.max(1);
+            let mut p = PoolingAllocationConfig::default();
+            p.total_component_instances(n)
+                .total_core_instances(n * 8)
+                .total_memories(n * 2)
+                .total_tables(n * 4)
+                .total_stacks(n)
+                .total_gc_heaps(n)
+                .max_core_instances_per_component(32)
+                .max_memories_per_component(8)
+                .max_tables_per_component(16)
+                .max_memories_per_module(1)
+                .max_tables_per_module(4)
+                .max_core_instance_size(1 << 20)
+                .max_component_instance_size(1 << 20)
+                .max_memory_size((self.max_memory_mb as usize) << 20)
+                .max_unused_warm_slots(n / 4);
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+        }
+        c
+    }
+
+    /// Builds the engine. `pooling` is false for the compile worker, which never instantiates.
+    pub fn build(&self, pooling: bool) -> wasmtime::Result<Engine> {
+        Engine::new(&self.wasmtime_config(pooling && self.pooling))
+    }
+
+    /// The epoch tick as a duration.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.epoch_tick_ms.max(1))
+    }
+}
+
+/// Feeds `Hash` output into SHA-256, so the fingerprint is stable across processes.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// A short hex fingerprint of everything that makes compiled code compatible with `engine`
+/// (wasmtime version, compiler settings, features). Part of every compiled artifact's key.
+pub fn fingerprint(engine: &Engine) -> String {
+    let mut h = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    hex::encode(&h.0.finalize()[..12])
+}
+
+/// Starts the thread that advances the engine's epoch every tick; guests yield and check
+/// their deadline on each tick. The thread lives as long as the process.
+pub fn start_epoch_ticker(engine: Engine, tick: Duration) {
+    std::thread::Builder::new()
+        .name("wafer-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawn epoch thread");
+}

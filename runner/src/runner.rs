@@ -1,0 +1,366 @@
+//! The runner: compile once, keep pre-linked instances hot, run invocations.
+
+use crate::abi::command::{self, CommandRun};
+use crate::abi::{self, HostState, Input, Output, P1State};
+use crate::artifact::{self, CompileMode};
+use crate::engine::{self, EngineConfig};
+use crate::error::{CompileError, InvokeError};
+use crate::limits::Limits;
+use bytes::Bytes;
+use std::sync::Arc;
+use wafer_core::artifacts::ArtifactKey;
+use wafer_core::{Abi, ArtifactStore, Digest};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, InstancePre, Module, Precompiled};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Engine ceilings and pool size.
+    pub engine: EngineConfig,
+    /// How many pre-linked modules to keep hot.
+    pub hot_entries: u64,
+    /// Where compilation happens.
+    pub compile: CompileMode,
+    /// Scratch directory for the compile worker's files.
+    pub scratch_dir: std::path::PathBuf,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            hot_entries: 1024,
+            compile: CompileMode::InProcess,
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// A module compiled, linked and ready to instantiate in microseconds.
+pub enum Prepared {
+    /// An HTTP component.
+    Http(ProxyPre<HostState>),
+    /// A preview 2 command component.
+    CommandComponent(CommandPre<HostState>),
+    /// A preview 1 command module.
+    CommandModule(InstancePre<P1State>),
+}
+
+impl Prepared {
+    /// The ABI this module speaks.
+    pub fn abi(&self) -> Abi {
+        match self {
+            Prepared::Http(_) => Abi::Http,
+            _ => Abi::Command,
+        }
+    }
+}
+
+/// One invocation's inputs.
+#[derive(Debug)]
+pub struct Invocation {
+    /// Its limits.
+    pub limits: Limits,
+    /// `argv` of commands (the function name first).
+    pub args: Vec<String>,
+    /// The only environment the guest sees.
+    pub env: Vec<(String, String)>,
+    /// The request.
+    pub input: Input,
+}
+
+/// One invocation's result.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The response.
+    pub output: Output,
+    /// The tail of the guest's log output.
+    pub log: Bytes,
+    /// Fuel consumed.
+    pub fuel: u64,
+}
+
+/// The engine with its linkers, the artifact store and the hot cache.
+pub struct Runner {
+    engine: Engine,
+    fingerprint: String,
+    config: RunnerConfig,
+    components: Linker<HostState>,
+    modules: wasmtime::Linker<P1State>,
+    artifacts: Arc<dyn ArtifactStore>,
+    hot: moka::sync::Cache<Digest, Arc<Prepared>>,
+}
+
+fn link_error(e: wasmtime::Error) -> CompileError {
+    CompileError::UnsupportedImport(format!("{e:#}"))
+}
+
+impl Runner {
+    /// Builds the engine and linkers and starts the epoch ticker.
+    pub fn new(config: RunnerConfig, artifacts: Arc<dyn ArtifactStore>) -> wasmtime::Result<Self> {
+        let engine = config.engine.build(true)?;
+        engine::start_epoch_ticker(engine.clone(), config.engine.tick());
+        let mut components = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)?;
+        let mut modules = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| s.wasi())?;
+        let fingerprint = engine::fingerprint(&engine);
+        let hot = moka::sync::Cache::new(config.hot_entries);
+        Ok(Self {
+            engine,
+            fingerprint,
+            config,
+            components,
+            modules,
+            artifacts,
+            hot,
+        })
+    }
+
+    /// The engine fingerprint that keys compiled artifacts.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The engine settings (ceilings for per-function limits).
+    pub fn engine_config(&self) -> &EngineConfig {
+        &self.config.engine
+    }
+
+    fn compiled_key(&self, digest: &Digest) -> ArtifactKey {
+        ArtifactKey::compiled(&self.fingerprint, digest).expect("fingerprint is hex")
+    }
+
+    /// Validates, compiles and stores a module, and makes it hot. Returns its digest and ABI.
+    /// A module compiled before (by this engine) is not compiled again.
+    pub async fn compile(&self, bytes: Bytes) -> Result<(Digest, Abi), CompileError> {
+        artifact::detect(&bytes)?;
+        let digest = {
+            let b = bytes.clone();
+            tokio::task::spawn_blocking(move || Digest::of(&b))
+                .await
+                .map_err(|e| CompileError::Internal(e.to_string()))?
+        };
+        if let Some(p) = self.hot.get(&digest) {
+            return Ok((digest, p.abi()));
+        }
+        let key = self.compiled_key(&digest);
+        let internal = |e: wafer_core::ArtifactError| CompileError::Internal(e.to_string());
+        if self.artifacts.exists(&key).await.map_err(internal)?
+            && let Ok(p) = self.load(&digest).await
+        {
+            return Ok((digest, p.abi()));
+        }
+        let module_key = ArtifactKey::Module(digest.clone());
+        let code = match &self.config.compile {
+            CompileMode::InProcess => {
+                let engine = self.engine.clone();
+                let b = bytes.clone();
+                let (_, code) = tokio::task::spawn_blocking(move || artifact::compile(&engine, &b))
+                    .await
+                    .map_err(|e| CompileError::Internal(e.to_string()))??;
+                code
+            }
+            CompileMode::Worker {
+                program,
+                args,
+                timeout,
+                memory_bytes,
+            } => {
+                let tag = format!("{}-{:08x}", &digest.hex()[..16], unique_tag());
+                let input = self.config.scratch_dir.join(format!("wafer-{tag}.wasm"));
+                let output = self.config.scratch_dir.join(format!("wafer-{tag}.cwasm"));
+                let res = async {
+                    tokio::fs::write(&input, &bytes)
+                        .await
+                        .map_err(|e| CompileError::Internal(e.to_string()))?;
+                    artifact::compile_in_worker(
+                        &self.config.engine,
+                        program,
+                        args,
+                        *timeout,
+                        *memory_bytes,
+                        &input,
+                        &output,
+                    )
+                    .await?;
+                    tokio::fs::read(&output)
+                        .await
+                        .map_err(|e| CompileError::Internal(e.to_string()))
+                }
+                .await;
+                let _ = tokio::fs::remove_file(&input).await;
+                let _ = tokio::fs::remove_file(&output).await;
+                res?
+            }
+        };
+        self.artifacts
+            .put(&module_key, bytes)
+            .await
+            .map_err(internal)?;
+        self.artifacts
+            .put(&key, Bytes::from(code))
+            .await
+            .map_err(internal)?;
+        let prepared = self.load(&digest).await.map_err(|e| match e {
+            LoadError::Link(e) => e,
+            LoadError::Other(e) => CompileError::Internal(e.to_string()),
+        })?;
+        Ok((digest, prepared.abi()))
+    }
+
+    /// The hot pre-linked module for `digest`, loading its compiled code on a miss. The flag
+    /// is true on a miss (a cold start).
+    pub async fn prepare(&self, digest: &Digest) -> Result<(Arc<Prepared>, bool), InvokeError> {
+        if let Some(p) = self.hot.get(digest) {
+            return Ok((p, false));
+        }
+        match self.load(digest).await {
+            Ok(p) => Ok((p, true)),
+            Err(LoadError::Link(e)) => Err(InvokeError::Artifact(e.to_string())),
+            Err(LoadError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn load(&self, digest: &Digest) -> Result<Arc<Prepared>, LoadError> {
+        let key = self.compiled_key(digest);
+        let artifact_err = |e: String| LoadError::Other(InvokeError::Artifact(e));
+        let path = self.artifacts.local_path(&key).filter(|p| p.exists());
+        let bytes = match path {
+            Some(_) => None,
+            None => Some(
+                self.artifacts
+                    .get(&key)
+                    .await
+                    .map_err(|e| artifact_err(e.to_string()))?
+                    .ok_or_else(|| artifact_err(format!("no compiled code for {digest}")))?,
+            ),
+        };
+        let engine = self.engine.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> wasmtime::Result<Loaded> {
+            // SAFETY: compiled artifacts are only ever written by this runner's own compiler
+            // (in process or in the compile worker) into the artifact store, keyed by the
+            // engine fingerprint; wasmtime checks the header and compatibility again.
+            unsafe {
+                match (&path, &bytes) {
+                    (Some(p), _) => match Engine::detect_precompiled_file(p)? {
+                        Some(Precompiled::Component) => {
+                            Ok(Loaded::Component(Component::deserialize_file(&engine, p)?))
+                        }
+                        Some(Precompiled::Module) => {
+                            Ok(Loaded::Module(Module::deserialize_file(&engine, p)?))
+                        }
+                        None => wasmtime::bail!("not a compiled artifact"),
+                    },
+                    (None, Some(b)) => match Engine::detect_precompiled(b) {
+                        Some(Precompiled::Component) => {
+                            Ok(Loaded::Component(Component::deserialize(&engine, b)?))
+                        }
+                        Some(Precompiled::Module) => {
+                            Ok(Loaded::Module(Module::deserialize(&engine, b)?))
+                        }
+                        None => wasmtime::bail!("not a compiled artifact"),
+                    },
+                    (None, None) => unreachable!("either a path or bytes"),
+                }
+            }
+        })
+        .await
+        .map_err(|e| artifact_err(e.to_string()))?
+        .map_err(|e| artifact_err(format!("{e:#}")))?;
+        let prepared = match loaded {
+            Loaded::Module(m) => Prepared::CommandModule(
+                self.modules
+                    .instantiate_pre(&m)
+                    .map_err(|e| LoadError::Link(link_error(e)))?,
+            ),
+            Loaded::Component(c) => {
+                let pre = self
+                    .components
+                    .instantiate_pre(&c)
+                    .map_err(|e| LoadError::Link(link_error(e)))?;
+                let http = c
+                    .component_type()
+                    .exports(&self.engine)
+                    .any(|(n, _)| n.starts_with("wasi:http/incoming-handler@0.2"));
+                if http {
+                    Prepared::Http(ProxyPre::new(pre).map_err(|e| LoadError::Link(link_error(e)))?)
+                } else {
+                    Prepared::CommandComponent(
+                        CommandPre::new(pre).map_err(|e| LoadError::Link(link_error(e)))?,
+                    )
+                }
+            }
+        };
+        let prepared = Arc::new(prepared);
+        self.hot.insert(digest.clone(), prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Runs one invocation in a fresh store.
+    pub async fn invoke(
+        &self,
+        prepared: &Prepared,
+        inv: Invocation,
+    ) -> Result<Outcome, InvokeError> {
+        let Invocation {
+            limits,
+            args,
+            env,
+            input,
+        } = inv;
+        if limits.memory_bytes > (self.config.engine.max_memory_mb as usize) << 20 {
+            return Err(InvokeError::Internal(
+                "memory limit above the engine's maximum".into(),
+            ));
+        }
+        let command_result = |r: CommandRun| Outcome {
+            output: Output::Stdout(r.stdout),
+            log: r.stderr,
+            fuel: r.fuel,
+        };
+        match (prepared, input) {
+            (Prepared::Http(pre), Input::Http(req)) => {
+                let r = abi::http::run(&self.engine, pre, &limits, &env, *req).await?;
+                Ok(Outcome {
+                    output: Output::Http(r.response),
+                    log: r.log,
+                    fuel: r.fuel,
+                })
+            }
+            (Prepared::CommandModule(pre), Input::Stdin(stdin)) => {
+                command::run_module(&self.engine, pre, &limits, &args, &env, stdin)
+                    .await
+                    .map(command_result)
+            }
+            (Prepared::CommandComponent(pre), Input::Stdin(stdin)) => {
+                command::run_component(&self.engine, pre, &limits, &args, &env, stdin)
+                    .await
+                    .map(command_result)
+            }
+            _ => Err(InvokeError::Internal(
+                "input does not match the function's ABI".into(),
+            )),
+        }
+    }
+}
+
+enum Loaded {
+    Module(Module),
+    Component(Component),
+}
+
+enum LoadError {
+    Link(CompileError),
+    Other(InvokeError),
+}
+
+fn unique_tag() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) ^ std::process::id()
+}

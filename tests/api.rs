@@ -1,0 +1,291 @@
+//! The HTTP API end to end: deploy, invoke both ABIs, versions, aliases, health, metrics.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use wafer_e2e::{TestServer, assert_problem, function_bytes};
+
+#[test]
+fn hello_http_component_answers_with_version_and_request_id() {
+    let s = TestServer::start();
+    assert_eq!(s.deploy("hello", "hello", json!({})), 1);
+    let r = s
+        .anon(Method::GET, "/fn/hello?name=Ada")
+        .bearer_auth(&s.admin_key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-wafer-version"], "1");
+    assert!(!r.headers()["x-request-id"].is_empty());
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(r.text().unwrap(), "Hello, Ada!\n");
+    let r = s.admin(Method::GET, "/fn/hello/some/path").send().unwrap();
+    assert_eq!(r.text().unwrap(), "Hello, world!\n");
+}
+
+#[test]
+fn echo_command_round_trips_binary_bodies_for_preview1_and_preview2() {
+    let s = TestServer::start();
+    s.deploy("echo", "echo", json!({}));
+    s.deploy("echo2", "echo-p2", json!({}));
+    let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    for name in ["echo", "echo2"] {
+        let r = s.invoke(name, &body);
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(r.bytes().unwrap().as_ref(), &body[..], "{name}");
+    }
+}
+
+#[test]
+fn stress_computes_json_in_json_out() {
+    let s = TestServer::start();
+    s.deploy("stress", "stress", json!({}));
+    let r = s.invoke("stress", br#"{"force":1000,"section":10}"#);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().unwrap();
+    assert_eq!(v, json!({"stress": 100.0}));
+    let r = s.invoke("stress", br#"{"force":3,"section":4}"#);
+    assert_eq!(r.json::<Value>().unwrap(), json!({"stress": 0.75}));
+}
+
+#[test]
+fn versions_are_immutable_and_aliases_move() {
+    let s = TestServer::start();
+    assert_eq!(s.deploy("svc", "echo", json!({})), 1);
+    assert_eq!(s.deploy("svc", "stress", json!({})), 2);
+    // latest is v2 (stress), v1 is still echo.
+    let r = s.invoke("svc", br#"{"force":1,"section":1}"#);
+    assert_eq!(r.headers()["x-wafer-version"], "2");
+    assert_eq!(s.invoke("svc@1", b"same").text().unwrap(), "same");
+    let r = s
+        .admin(Method::PUT, "/v1/functions/svc/aliases/prod")
+        .json(&json!({"version": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["aliases"]["prod"], 1);
+    assert_eq!(s.invoke("svc@prod", b"p").text().unwrap(), "p");
+    // Rollback: latest back to 1.
+    s.admin(Method::PUT, "/v1/functions/svc/aliases/latest")
+        .json(&json!({"version": 1}))
+        .send()
+        .unwrap();
+    let r = s.invoke("svc", b"x");
+    assert_eq!(r.headers()["x-wafer-version"], "1");
+    let v: Value = s
+        .admin(Method::GET, "/v1/functions/svc/versions")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let versions: Vec<u64> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    let f: Value = s
+        .admin(Method::GET, "/v1/functions/svc")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(f["latest_version"], 2);
+    assert_eq!(f["current"]["version"], 1);
+    let list: Value = s
+        .admin(Method::GET, "/v1/functions")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(list["functions"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn unknown_functions_versions_and_aliases_are_404() {
+    let s = TestServer::start();
+    s.deploy("svc", "echo", json!({}));
+    assert_problem(s.invoke("nope", b""), 404, "function-not-found");
+    assert_problem(s.invoke("svc@7", b""), 404, "version-not-found");
+    assert_problem(s.invoke("svc@canary", b""), 404, "version-not-found");
+    let r = s
+        .admin(Method::PUT, "/v1/functions/svc/aliases/prod")
+        .json(&json!({"version": 9}))
+        .send()
+        .unwrap();
+    assert_problem(r, 404, "version-not-found");
+    assert_problem(
+        s.admin(Method::GET, "/v1/functions/nope").send().unwrap(),
+        404,
+        "function-not-found",
+    );
+    assert_problem(
+        s.admin(Method::DELETE, "/v1/functions/nope")
+            .send()
+            .unwrap(),
+        404,
+        "function-not-found",
+    );
+    assert_problem(
+        s.admin(Method::GET, "/v2/whatever").send().unwrap(),
+        404,
+        "not-found",
+    );
+}
+
+#[test]
+fn names_are_validated() {
+    let s = TestServer::start();
+    let digest = s
+        .upload(&s.admin_key, function_bytes("echo"))
+        .json::<Value>()
+        .unwrap()["digest"]
+        .clone();
+    for bad in ["Bad", "-x", "a_b", &"a".repeat(64)] {
+        let r = s
+            .admin(Method::PUT, &format!("/v1/functions/{bad}"))
+            .json(&json!({"module": digest}))
+            .send()
+            .unwrap();
+        assert_problem(r, 400, "invalid-name");
+    }
+    assert_problem(s.invoke("UPPER", b""), 400, "invalid-name");
+    assert_problem(s.invoke("ok@", b""), 400, "invalid-name");
+    s.assert_still_serving();
+}
+
+#[test]
+fn malformed_function_specs_are_rejected_precisely() {
+    let s = TestServer::start();
+    let digest = s
+        .upload(&s.admin_key, function_bytes("echo"))
+        .json::<Value>()
+        .unwrap()["digest"]
+        .clone();
+    let put = |body: Value| {
+        s.admin(Method::PUT, "/v1/functions/f")
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    assert_problem(put(json!({"module": "sha256:zz"})), 400, "invalid-config");
+    assert_problem(
+        put(json!({"module": digest, "timeout_ms": 0})),
+        400,
+        "invalid-config",
+    );
+    assert_problem(
+        put(json!({"module": digest, "memory_mb": 100000})),
+        400,
+        "invalid-config",
+    );
+    assert_problem(
+        put(json!({"module": digest, "env": {"BAD-KEY": "x"}})),
+        400,
+        "invalid-config",
+    );
+    assert_problem(
+        put(json!({"module": digest, "surprise": 1})),
+        400,
+        "invalid-json",
+    );
+    let missing = format!("sha256:{}", "0".repeat(64));
+    assert_problem(put(json!({"module": missing})), 422, "module-not-found");
+    let r = s
+        .admin(Method::PUT, "/v1/functions/f")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-json");
+    s.assert_still_serving();
+}
+
+#[test]
+fn delete_removes_a_function() {
+    let s = TestServer::start();
+    s.deploy("gone", "echo", json!({}));
+    let r = s
+        .admin(Method::DELETE, "/v1/functions/gone")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_problem(s.invoke("gone", b""), 404, "function-not-found");
+    // The name can be used again, starting at version 1.
+    assert_eq!(s.deploy("gone", "echo", json!({})), 1);
+}
+
+#[test]
+fn health_readiness_openapi_and_metrics() {
+    let s = TestServer::start();
+    assert_eq!(
+        s.anon(Method::GET, "/healthz")
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["status"],
+        "ok"
+    );
+    assert_eq!(
+        s.anon(Method::GET, "/readyz")
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["status"],
+        "ready"
+    );
+    let doc: Value = s
+        .anon(Method::GET, "/openapi.json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/v1/modules",
+        "/v1/functions/{name}",
+        "/v1/keys",
+        "/fn/{target}",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} documented");
+    }
+    s.deploy("hello", "hello", json!({}));
+    s.deploy("spin", "spin", json!({"fuel": 1000}));
+    assert_eq!(
+        s.admin(Method::GET, "/fn/hello").send().unwrap().status(),
+        200
+    );
+    assert_eq!(
+        s.admin(Method::GET, "/fn/hello").send().unwrap().status(),
+        200
+    );
+    assert_eq!(s.invoke("spin", b"").status(), 502);
+    let text = s
+        .anon(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains(r#"wafer_invocations_total{function="hello",outcome="ok"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wafer_invocations_total{function="spin",outcome="fuel-exhausted"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wafer_invocation_duration_seconds_count{function="hello"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wafer_fuel_consumed_total{function="hello"}"#),
+        "{text}"
+    );
+}

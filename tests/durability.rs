@@ -1,0 +1,137 @@
+//! Durability: a restart keeps everything; a kill -9 mid-upload leaves nothing half-visible.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use wafer_e2e::{TestServer, assert_problem, function_bytes};
+
+#[test]
+fn first_start_prints_the_admin_key_once_and_stores_it_private() {
+    let mut s = TestServer::start();
+    let printed = s.first_stdout.join("\n");
+    assert!(printed.contains(&s.admin_key), "{printed}");
+    let mode = std::fs::metadata(s.data_dir().join("admin.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = s.kill_and_restart().join("\n");
+    assert!(
+        !again.contains("wfr_"),
+        "the key is printed only on first start: {again}"
+    );
+    let still = std::fs::read_to_string(s.data_dir().join("admin.key")).unwrap();
+    assert_eq!(still.trim(), s.admin_key);
+}
+
+#[test]
+fn a_restart_keeps_functions_versions_aliases_and_keys() {
+    let mut s = TestServer::start();
+    let a = s.tenant_key("alpha");
+    s.deploy_as(&a, "svc", "echo", json!({"env": {"MODE": "one"}}));
+    s.deploy_as(&a, "svc", "hello", json!({"public": true}));
+    let r = s
+        .with_key(&a, Method::PUT, "/v1/functions/svc/aliases/prod")
+        .json(&json!({"version": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    s.kill_and_restart();
+
+    let f: Value = s
+        .with_key(&a, Method::GET, "/v1/functions/svc")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(f["latest_version"], 2);
+    assert_eq!(f["aliases"], json!({"latest": 2, "prod": 1}));
+    // Both ABIs run from the compiled artifacts on disk, without recompiling.
+    assert_eq!(
+        s.with_key(&a, Method::POST, "/fn/svc@prod")
+            .body("kept")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "kept"
+    );
+    assert_eq!(
+        s.anon(Method::GET, "/fn/svc?name=again")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "Hello, again!\n"
+    );
+    let m = s
+        .anon(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        m.contains(r#"wafer_cold_starts_total{function="svc"} 2"#),
+        "{m}"
+    );
+    // Re-uploading a known module is a 200, not a new compile.
+    assert_eq!(s.upload(&a, function_bytes("echo")).status(), 200);
+}
+
+#[test]
+fn kill_during_an_upload_leaves_no_half_visible_module_or_version() {
+    let mut s = TestServer::start();
+    s.deploy("svc", "echo", json!({}));
+    let bytes = function_bytes("hello");
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut sock = TcpStream::connect(&addr).unwrap();
+    write!(
+        sock,
+        "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
+        s.admin_key,
+        bytes.len()
+    )
+    .unwrap();
+    sock.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    sock.flush().unwrap();
+    s.kill_and_restart();
+    drop(sock);
+
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    let r = s
+        .admin(Method::PUT, "/v1/functions/half")
+        .json(&json!({"module": digest}))
+        .send()
+        .unwrap();
+    assert_problem(r, 422, "module-not-found");
+    let list: Value = s
+        .admin(Method::GET, "/v1/functions")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let names: Vec<&str> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["svc"]);
+    let versions: Value = s
+        .admin(Method::GET, "/v1/functions/svc/versions")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+    let tmp = std::fs::read_dir(s.data_dir().join("artifacts/tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "no partial artifact is left behind");
+    assert_eq!(s.invoke("svc", b"fine").text().unwrap(), "fine");
+}

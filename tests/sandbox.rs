@@ -1,0 +1,167 @@
+//! The sandbox: every limit is enforced with a precise problem, and the server keeps serving.
+
+use serde_json::{Value, json};
+use std::time::Instant;
+use wafer_e2e::{TestServer, assert_problem};
+
+#[test]
+fn fuel_exhaustion_is_502_fuel_exhausted() {
+    let s = TestServer::start();
+    s.deploy(
+        "spin",
+        "spin",
+        json!({"fuel": 1_000_000, "timeout_ms": 60_000}),
+    );
+    let v = assert_problem(s.invoke("spin", b""), 502, "fuel-exhausted");
+    assert!(v["detail"].as_str().unwrap().contains("fuel"), "{v}");
+    s.assert_still_serving();
+}
+
+#[test]
+fn endless_loop_hits_the_deadline_504() {
+    let s = TestServer::start();
+    s.deploy(
+        "spin",
+        "spin",
+        json!({"fuel": 10_000_000_000_000u64, "timeout_ms": 300}),
+    );
+    let v = assert_problem(s.invoke("spin", b""), 504, "timeout");
+    assert_eq!(v["limit"], 300);
+    s.assert_still_serving();
+}
+
+#[test]
+fn a_sleeping_host_call_still_ends_at_the_deadline() {
+    let s = TestServer::start();
+    // nap sleeps 30 s in a host call; epoch interruption alone would not stop it.
+    s.deploy("nap", "nap", json!({"timeout_ms": 400}));
+    let started = Instant::now();
+    let v = assert_problem(s.invoke("nap", b""), 504, "timeout");
+    assert_eq!(v["limit"], 400);
+    assert!(
+        started.elapsed().as_secs() < 25,
+        "the 30 s sleep was cut short"
+    );
+    s.assert_still_serving();
+}
+
+#[test]
+fn memory_growth_past_the_limit_is_502_memory_limit() {
+    let s = TestServer::start();
+    s.deploy("hog", "hog", json!({"memory_mb": 16}));
+    let v = assert_problem(s.invoke("hog", b""), 502, "memory-limit");
+    assert_eq!(v["limit"], 16 << 20);
+    assert!(
+        v["detail"].as_str().unwrap().contains("memory limit"),
+        "{v}"
+    );
+    s.assert_still_serving();
+}
+
+#[test]
+fn unbounded_recursion_is_502_stack_overflow() {
+    let s = TestServer::start();
+    s.deploy("deep", "deep", json!({}));
+    assert_problem(s.invoke("deep", b""), 502, "stack-overflow");
+    s.assert_still_serving();
+}
+
+#[test]
+fn endless_stdout_is_502_output_limit() {
+    let s = TestServer::start();
+    s.deploy("flood", "flood", json!({}));
+    let v = assert_problem(s.invoke("flood", b""), 502, "output-limit");
+    assert_eq!(v["limit"], 8 << 20);
+    s.assert_still_serving();
+}
+
+#[test]
+fn nonzero_exit_is_502_with_the_stderr_tail() {
+    let s = TestServer::start();
+    s.deploy("fail", "fail", json!({}));
+    let v = assert_problem(s.invoke("fail", b"disk full"), 502, "nonzero-exit");
+    assert_eq!(v["exit_code"], 3);
+    assert!(
+        v["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("something went wrong: disk full"),
+        "{v}"
+    );
+    s.assert_still_serving();
+}
+
+#[test]
+fn no_filesystem_and_no_host_environment() {
+    let s = TestServer::start();
+    s.deploy("escape", "escape", json!({"env": {"GRANTED": "yes"}}));
+    let r = s.invoke("escape", b"");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    let files = v["files"].as_object().unwrap();
+    assert!(files.len() >= 5, "{v}");
+    for (path, result) in files {
+        assert!(
+            result.as_str().unwrap().starts_with("denied"),
+            "{path}: {result}"
+        );
+    }
+    let env = v["env"].as_object().unwrap();
+    let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["GRANTED", "WAFER_METHOD", "WAFER_PATH"], "{v}");
+    assert_eq!(env["GRANTED"], "yes");
+}
+
+#[test]
+fn hostile_functions_do_not_disturb_others_meanwhile() {
+    let s = TestServer::start();
+    s.deploy(
+        "spin",
+        "spin",
+        json!({"fuel": 10_000_000_000_000u64, "timeout_ms": 3000}),
+    );
+    s.deploy("hello", "hello", json!({}));
+    std::thread::scope(|scope| {
+        let spinners: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| s.invoke("spin", b"").status().as_u16()))
+            .collect();
+        // While two guests spin on both cores, hello still answers.
+        for _ in 0..20 {
+            let r = s.admin(reqwest::Method::GET, "/fn/hello").send().unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        for h in spinners {
+            assert_eq!(h.join().unwrap(), 504);
+        }
+    });
+}
+
+#[test]
+fn too_many_invocations_in_flight_get_503_with_retry_after() {
+    let s = TestServer::start_with_config("max_inflight = 1\n");
+    s.deploy("nap", "nap", json!({"timeout_ms": 5000}));
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| s.invoke("nap", b"").status().as_u16());
+        // Wait until the first invocation holds the only slot.
+        let mut busy = false;
+        for _ in 0..500 {
+            let m = s
+                .anon(reqwest::Method::GET, "/metrics")
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            if m.contains("wafer_invocations_in_flight 1") {
+                busy = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(busy, "the first invocation never started");
+        let r = s.invoke("nap", b"");
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_problem(r, 503, "overloaded");
+        assert_eq!(first.join().unwrap(), 504);
+    });
+}

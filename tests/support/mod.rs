@@ -1,0 +1,300 @@
+//! Helpers for end-to-end tests: start the real `wafer` binary on a free port with a
+//! temporary data directory, talk to it over HTTP and through the CLI, kill it on drop.
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `wafer` binary under test: `WAFER_BIN`, or the one next to this test's target dir.
+pub fn wafer_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WAFER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("wafer");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p wafer) or set WAFER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A built test function: `functions/dist/<name>.wasm`.
+pub fn function(name: &str) -> PathBuf {
+    let dir = std::env::var("WAFER_FUNCTIONS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/dist"));
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} not found: run functions/build.sh",
+        p.display()
+    );
+    p
+}
+
+/// The bytes of a built test function.
+pub fn function_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(function(name)).expect("read function")
+}
+
+/// A running `wafer serve`.
+pub struct TestServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: Option<String>,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// The admin key read from the data directory.
+    pub admin_key: String,
+    /// What the server printed on its first start (the admin key line).
+    pub first_stdout: Vec<String>,
+    http: Client,
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Starts a server with a TOML config file of `config` (empty for defaults).
+    pub fn start_with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = (!config.is_empty()).then(|| config.to_owned());
+        let (child, url, lines) = spawn(dir.path(), config.as_deref());
+        let admin_key = std::fs::read_to_string(dir.path().join("data/admin.key"))
+            .expect("admin key written")
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            dir,
+            config,
+            url,
+            admin_key,
+            first_stdout: lines,
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Kills the server with SIGKILL (no graceful shutdown) and starts it again on the same
+    /// data directory. Returns what it printed while starting.
+    pub fn kill_and_restart(&mut self) -> Vec<String> {
+        self.kill();
+        let (child, url, lines) = spawn(self.dir.path(), self.config.as_deref());
+        self.child = child;
+        self.url = url;
+        lines
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A request with the admin key.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.with_key(&self.admin_key.clone(), method, path)
+    }
+
+    /// A request with the given key.
+    pub fn with_key(&self, key: &str, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.anon(method, path).bearer_auth(key)
+    }
+
+    /// A request without a key.
+    pub fn anon(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{}", self.url, path))
+    }
+
+    /// Creates a key for `tenant` with deploy, invoke and read scopes.
+    pub fn tenant_key(&self, tenant: &str) -> String {
+        let r = self
+            .admin(reqwest::Method::POST, "/v1/keys")
+            .json(&json!({"tenant": tenant, "scopes": ["deploy", "invoke", "read"]}))
+            .send()
+            .expect("create key");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Uploads a module with `key`; returns the response.
+    pub fn upload(&self, key: &str, bytes: Vec<u8>) -> Response {
+        self.with_key(key, reqwest::Method::PUT, "/v1/modules")
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .expect("upload")
+    }
+
+    /// Uploads test function `file` and creates a version of `name` with `spec` merged in.
+    /// Panics unless both succeed; returns the version number.
+    pub fn deploy_as(&self, key: &str, name: &str, file: &str, spec: Value) -> u64 {
+        let r = self.upload(key, function_bytes(file));
+        let status = r.status();
+        let body: Value = r.json().unwrap();
+        assert!(status.is_success(), "upload {file}: {status} {body}");
+        let mut s = json!({"module": body["digest"]});
+        if let Value::Object(m) = spec {
+            for (k, v) in m {
+                s[k] = v;
+            }
+        }
+        let r = self
+            .with_key(key, reqwest::Method::PUT, &format!("/v1/functions/{name}"))
+            .json(&s)
+            .send()
+            .expect("put function");
+        let status = r.status();
+        let body: Value = r.json().unwrap();
+        assert_eq!(status, 201, "create {name}: {body}");
+        body["version"].as_u64().unwrap()
+    }
+
+    /// [`Self::deploy_as`] with the admin key.
+    pub fn deploy(&self, name: &str, file: &str, spec: Value) -> u64 {
+        self.deploy_as(&self.admin_key.clone(), name, file, spec)
+    }
+
+    /// Invokes a function with the admin key.
+    pub fn invoke(&self, name: &str, body: &[u8]) -> Response {
+        self.admin(reqwest::Method::POST, &format!("/fn/{name}"))
+            .body(body.to_vec())
+            .send()
+            .expect("invoke")
+    }
+
+    /// Asserts the server still serves a freshly deployed `hello` (used after hostile tests).
+    pub fn assert_still_serving(&self) {
+        self.deploy("still-alive", "hello", json!({}));
+        let r = self
+            .admin(reqwest::Method::GET, "/fn/still-alive?name=ok")
+            .send()
+            .expect("invoke hello");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().unwrap(), "Hello, ok!\n");
+    }
+
+    /// Runs the CLI against this server with the admin key.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[("WAFER_API_KEY", &self.admin_key)])
+    }
+
+    /// Runs the CLI against this server with extra environment.
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(wafer_bin());
+        cmd.args(args)
+            .env("WAFER_URL", &self.url)
+            .env_remove("WAFER_API_KEY")
+            .env_remove("WAFER_DATA_DIR")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run wafer")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(dir: &Path, config: Option<&str>) -> (Child, String, Vec<String>) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log file");
+    let mut cmd = Command::new(wafer_bin());
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("WAFER_LOG", "info,wafer_gateway=debug")
+        .env_remove("WAFER_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    if let Some(c) = config {
+        let path = dir.join("wafer.toml");
+        std::fs::write(&path, c).expect("write config");
+        cmd.arg("--config").arg(path);
+    }
+    let mut child = cmd.spawn().expect("spawn wafer serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // After start-up nobody listens; keep draining so the server never blocks.
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("wafer listening on ") {
+                    return (child, url.trim().to_owned(), lines);
+                }
+                lines.push(line);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("wafer serve did not start; output {lines:?}; log:\n{log}");
+            }
+        }
+    }
+}
+
+/// Parses a response as problem+json and checks status and problem slug.
+pub fn assert_problem(resp: Response, status: u16, slug: &str) -> Value {
+    let got = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    let text = resp.text().unwrap_or_default();
+    assert_eq!(got, status, "status; body: {text}");
+    assert_eq!(ct, "application/problem+json", "content type; body: {text}");
+    let v: Value = serde_json::from_str(&text).expect("problem is JSON");
+    assert_eq!(
+        v["type"],
+        format!("https://wafer.dev/problems/{slug}"),
+        "problem type; body: {text}"
+    );
+    assert_eq!(v["status"], status);
+    assert!(v["title"].is_string() && v["detail"].is_string(), "{text}");
+    v
+}

@@ -1,0 +1,211 @@
+//! Uploads: ABI detection, idempotence, and every malformed or hostile upload.
+
+use reqwest::Method;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use wafer_e2e::{TestServer, assert_problem, function_bytes};
+
+#[test]
+fn upload_detects_the_abi_and_is_idempotent() {
+    let s = TestServer::start();
+    for (file, abi) in [
+        ("hello", "http"),
+        ("echo", "command"),
+        ("echo-p2", "command"),
+    ] {
+        let bytes = function_bytes(file);
+        let r = s.upload(&s.admin_key, bytes.clone());
+        assert_eq!(r.status(), 201, "{file}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["abi"], abi, "{file}");
+        assert_eq!(v["size"], bytes.len() as u64);
+        let digest = v["digest"].as_str().unwrap().to_owned();
+        assert!(digest.starts_with("sha256:") && digest.len() == 71);
+        let again = s.upload(&s.admin_key, bytes);
+        assert_eq!(again.status(), 200, "{file} second upload");
+        assert_eq!(again.json::<Value>().unwrap()["digest"], digest);
+    }
+}
+
+#[test]
+fn empty_upload_is_400() {
+    let s = TestServer::start();
+    assert_problem(s.upload(&s.admin_key, vec![]), 400, "empty-module");
+    s.assert_still_serving();
+}
+
+#[test]
+fn non_wasm_upload_is_422() {
+    let s = TestServer::start();
+    assert_problem(
+        s.upload(&s.admin_key, b"#!/bin/sh\necho hi\n".to_vec()),
+        422,
+        "not-wasm",
+    );
+    s.assert_still_serving();
+}
+
+#[test]
+fn truncated_module_is_422() {
+    let s = TestServer::start();
+    let mut bytes = function_bytes("hello");
+    bytes.truncate(bytes.len() / 2);
+    let v = assert_problem(s.upload(&s.admin_key, bytes), 422, "invalid-module");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("invalid WebAssembly"),
+        "{v}"
+    );
+    let mut p1 = function_bytes("echo");
+    p1.truncate(100);
+    assert_problem(s.upload(&s.admin_key, p1), 422, "invalid-module");
+    s.assert_still_serving();
+}
+
+#[test]
+fn unknown_binary_version_is_422() {
+    let s = TestServer::start();
+    assert_problem(
+        s.upload(&s.admin_key, b"\0asm\x02\0\0\0".to_vec()),
+        422,
+        "unsupported-version",
+    );
+}
+
+#[test]
+fn module_without_entry_point_is_unsupported_abi() {
+    let s = TestServer::start();
+    // The empty core module and the empty component are valid but export nothing runnable.
+    let v = assert_problem(
+        s.upload(&s.admin_key, b"\0asm\x01\0\0\0".to_vec()),
+        422,
+        "unsupported-abi",
+    );
+    assert!(v["detail"].as_str().unwrap().contains("_start"), "{v}");
+    let v = assert_problem(
+        s.upload(&s.admin_key, b"\0asm\x0d\0\x01\0".to_vec()),
+        422,
+        "unsupported-abi",
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wasi:http/incoming-handler"),
+        "{v}"
+    );
+    s.assert_still_serving();
+}
+
+#[test]
+fn module_with_foreign_imports_is_422() {
+    let s = TestServer::start();
+    // (module (import "env" "foo" (func)) (func (export "_start")))
+    let module: Vec<u8> = [
+        &b"\0asm\x01\0\0\0"[..],
+        &[0x01, 0x04, 0x01, 0x60, 0x00, 0x00],
+        &[
+            0x02, 0x0b, 0x01, 0x03, b'e', b'n', b'v', 0x03, b'f', b'o', b'o', 0x00, 0x00,
+        ],
+        &[0x03, 0x02, 0x01, 0x00],
+        &[
+            0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x01,
+        ],
+        &[0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b],
+    ]
+    .concat();
+    let v = assert_problem(s.upload(&s.admin_key, module), 422, "unsupported-import");
+    assert!(v["detail"].as_str().unwrap().contains("env::foo"), "{v}");
+    s.assert_still_serving();
+}
+
+#[test]
+fn wrong_media_type_is_415() {
+    let s = TestServer::start();
+    let r = s
+        .admin(Method::PUT, "/v1/modules")
+        .header("content-type", "text/plain")
+        .body(function_bytes("echo"))
+        .send()
+        .unwrap();
+    assert_problem(r, 415, "unsupported-media-type");
+}
+
+#[test]
+fn oversized_upload_is_413() {
+    let s = TestServer::start_with_config("max_module_bytes = 65536\n");
+    let v = assert_problem(
+        s.upload(&s.admin_key, function_bytes("hello")),
+        413,
+        "module-too-large",
+    );
+    assert_eq!(v["limit"], 65536);
+    let r = s.upload(&s.admin_key, function_bytes("spin"));
+    assert_eq!(
+        r.status(),
+        201,
+        "a module under the limit is still accepted"
+    );
+}
+
+#[test]
+fn oversized_declared_length_is_refused_before_the_body_is_sent() {
+    let s = TestServer::start();
+    // Declare 1 GiB and send nothing: the answer must come without waiting for the body.
+    let addr = s.url.trim_start_matches("http://");
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        sock,
+        "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 1073741824\r\n\r\n",
+        s.admin_key
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("module-too-large"), "{head}");
+}
+
+#[test]
+fn compilation_past_its_time_limit_is_refused() {
+    let s = TestServer::start_with_config("compile_timeout_ms = 1\n");
+    let r = s.upload(&s.admin_key, function_bytes("hello"));
+    assert_problem(r, 422, "compile-timeout");
+}
+
+#[test]
+fn uploads_need_a_deploy_key() {
+    let s = TestServer::start();
+    let r = s
+        .anon(Method::PUT, "/v1/modules")
+        .body(function_bytes("echo"))
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+    let r = s
+        .with_key("wfr_nope", Method::PUT, "/v1/modules")
+        .body(function_bytes("echo"))
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+    let reader = {
+        let r = s
+            .admin(Method::POST, "/v1/keys")
+            .json(&serde_json::json!({"tenant": "t", "scopes": ["read"]}))
+            .send()
+            .unwrap();
+        r.json::<Value>().unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_problem(s.upload(&reader, function_bytes("echo")), 403, "forbidden");
+}
