@@ -165,3 +165,24 @@ fn too_many_invocations_in_flight_get_503_with_retry_after() {
         assert_eq!(first.join().unwrap(), 504);
     });
 }
+
+#[test]
+fn http_response_bodies_past_the_cap_are_502_output_limit() {
+    let s = TestServer::start_with_config("[functions]\nmax_response_bytes = 8\n");
+    s.deploy("hello", "hello", json!({}));
+    let v = assert_problem(
+        s.admin(reqwest::Method::GET, "/fn/hello").send().unwrap(),
+        502,
+        "output-limit",
+    );
+    assert_eq!(v["limit"], 8);
+}
+
+#[test]
+fn request_bodies_past_the_limit_are_413() {
+    let s = TestServer::start_with_config("max_request_bytes = 1024\n");
+    s.deploy("echo", "echo", json!({}));
+    let v = assert_problem(s.invoke("echo", &[b'x'; 2048]), 413, "request-too-large");
+    assert_eq!(v["limit"], 1024);
+    assert_eq!(s.invoke("echo", &[b'x'; 1000]).bytes().unwrap().len(), 1000);
+}

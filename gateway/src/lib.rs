@@ -51,6 +51,8 @@ impl Gateway {
         let meta = Arc::new(EmbeddedMetaStore::open(config.data_dir.join("meta.redb"))?);
         let artifacts = Arc::new(FsArtifactStore::open(config.data_dir.join("artifacts"))?);
         let scratch = config.data_dir.join("scratch");
+        // The compile worker's files from a crashed run are of no use; start empty.
+        let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch)?;
         let runner = Runner::new(
             RunnerConfig {

