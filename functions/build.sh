@@ -19,7 +19,7 @@ package_args() {
 
 # shellcheck disable=SC2046 # word splitting of the -p list is intended
 cargo build --release --target wasm32-wasip1 $(package_args "${commands[@]}")
-cargo build --release --target wasm32-wasip2 -p hello -p echo
+cargo build --release --target wasm32-wasip2 -p hello -p inspect -p echo
 
 rm -rf dist
 mkdir -p dist
@@ -27,6 +27,7 @@ for name in "${commands[@]}"; do
     install -m 0644 "$p1/$name.wasm" "dist/$name.wasm"
 done
 install -m 0644 "$p2/hello.wasm" dist/hello.wasm
+install -m 0644 "$p2/inspect.wasm" dist/inspect.wasm
 install -m 0644 "$p2/echo.wasm" dist/echo-p2.wasm
 
 for file in dist/*.wasm; do

@@ -15,10 +15,11 @@ threads="${BENCH_THREADS:-2}"
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
 
 bash functions/build.sh >/dev/null
-cargo build --release -q -p wafer -p wafer-gateway --example hyper_floor
-target_dir="${CARGO_TARGET_DIR:-target}"
-wafer="$target_dir/release/wafer"
-floor="$target_dir/release/examples/hyper_floor"
+cargo build --release -q -p wafer
+cargo build --release -q -p wafer-gateway --example hyper_floor
+source scripts/lib.sh
+wafer="$(target_dir)/release/wafer"
+floor="$(target_dir)/release/examples/hyper_floor"
 hello=functions/dist/hello.wasm
 
 work=$(mktemp -d)

@@ -4,14 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-installed=$(rustup target list --installed)
-for t in wasm32-wasip1 wasm32-wasip2; do
-    grep -qx "$t" <<<"$installed" || rustup target add "$t"
-done
+source scripts/lib.sh
+ensure_wasm_targets
 bash functions/build.sh >/dev/null
 cargo build --release -p wafer
-target_dir="${CARGO_TARGET_DIR:-target}"
-wafer="$target_dir/release/wafer"
+wafer="$(target_dir)/release/wafer"
 
 export WAFER_DATA_DIR="${WAFER_DATA_DIR:-.wafer}"
 export WAFER_URL="${WAFER_URL:-http://127.0.0.1:8080}"

@@ -4,19 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-installed=$(rustup target list --installed)
-for t in wasm32-wasip1 wasm32-wasip2; do
-    grep -qx "$t" <<<"$installed" || rustup target add "$t"
-done
+source scripts/lib.sh
+ensure_wasm_targets
 
 echo "== building functions (wasm)"
 bash functions/build.sh
 
 echo "== building wafer"
 cargo build -p wafer
-target_dir="${CARGO_TARGET_DIR:-target}"
-export WAFER_BIN="$PWD/$target_dir/debug/wafer"
-case "$target_dir" in /*) export WAFER_BIN="$target_dir/debug/wafer" ;; esac
+WAFER_BIN="$(target_dir)/debug/wafer"
+export WAFER_BIN
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -289,3 +289,89 @@ fn health_readiness_openapi_and_metrics() {
         "{text}"
     );
 }
+
+#[test]
+fn http_functions_see_the_whole_request_but_not_the_callers_key() {
+    let s = TestServer::start();
+    s.deploy("inspect", "inspect", json!({"public": true}));
+    let r = s
+        .admin(Method::POST, "/fn/inspect/a/b?x=1&y=two")
+        .header("x-custom", "value")
+        .body("12345")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-inspected"], "yes");
+    assert_eq!(r.headers()["x-wafer-version"], "1");
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/a/b?x=1&y=two");
+    assert_eq!(v["body_len"], 5);
+    assert_eq!(v["headers"]["x-custom"], "value");
+    assert_eq!(v["headers"]["x-request-id"], request_id.as_str());
+    assert!(
+        v["headers"].get("authorization").is_none(),
+        "the Wafer key reached the function: {v}"
+    );
+    // A non-Wafer Authorization header is the function's own business and passes through.
+    let v: Value = s
+        .anon(Method::GET, "/fn/inspect")
+        .header("authorization", "Basic dXNlcjpwdw==")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["headers"]["authorization"], "Basic dXNlcjpwdw==");
+    assert_eq!(v["path"], "/");
+
+    // What the function printed is kept as the invocation's log.
+    let logs: Value = s
+        .admin(Method::GET, "/v1/functions/inspect/logs")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let first = &logs["logs"][0];
+    assert_eq!(first["request_id"], request_id.as_str());
+    assert_eq!(first["outcome"], "ok");
+    assert!(
+        first["log"]
+            .as_str()
+            .unwrap()
+            .contains("inspect saw POST /a/b?x=1&y=two"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_failed_commands_stderr_is_in_its_logs() {
+    let s = TestServer::start();
+    s.deploy("fail", "fail", json!({}));
+    assert_problem(s.invoke("fail", b"first"), 502, "nonzero-exit");
+    assert_problem(s.invoke("fail", b"second"), 502, "nonzero-exit");
+    let logs: Value = s
+        .admin(Method::GET, "/v1/functions/fail/logs")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let list = logs["logs"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["outcome"], "nonzero-exit");
+    assert!(
+        list[1]["log"]
+            .as_str()
+            .unwrap()
+            .contains("something went wrong: second"),
+        "{logs}"
+    );
+    let other = s.tenant_key("other");
+    assert_problem(
+        s.with_key(&other, Method::GET, "/v1/functions/fail/logs")
+            .send()
+            .unwrap(),
+        404,
+        "function-not-found",
+    );
+}

@@ -194,3 +194,28 @@ fn keys_create_makes_a_working_tenant_key() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["functions"][0]["tenant"], "team-a");
 }
+
+#[test]
+fn logs_show_what_a_function_printed() {
+    let s = TestServer::start();
+    let fail = function("fail");
+    assert!(
+        s.cli(&["deploy", "fail", fail.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(
+        s.cli(&["invoke", "fail", "-d", "remember me"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let o = s.cli(&["logs", "fail"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nonzero-exit"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("something went wrong: remember me"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -213,6 +213,14 @@ fn uploads_need_a_deploy_key() {
 #[test]
 fn compilation_past_its_memory_limit_is_refused() {
     let s = TestServer::start_with_config("compile_memory_mb = 16\n");
-    assert_problem(s.upload(&s.admin_key, function_bytes("hello")), 422, "compile-resources");
-    assert_problem(s.upload(&s.admin_key, function_bytes("echo")), 422, "compile-resources");
+    assert_problem(
+        s.upload(&s.admin_key, function_bytes("hello")),
+        422,
+        "compile-resources",
+    );
+    assert_problem(
+        s.upload(&s.admin_key, function_bytes("echo")),
+        422,
+        "compile-resources",
+    );
 }

@@ -81,6 +81,15 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<KeyR
     }
 }
 
+/// The caller of an invocation: only a `Bearer wfr_…` header is a Wafer key; any other
+/// Authorization header belongs to the function (e.g. its own Basic auth) and is ignored here.
+pub async fn invoker(state: &AppState, headers: &HeaderMap) -> Result<Option<KeyRecord>, ApiError> {
+    match headers.get(header::AUTHORIZATION) {
+        Some(v) if v.as_bytes().starts_with(b"Bearer wfr_") => caller(state, headers).await,
+        _ => Ok(None),
+    }
+}
+
 /// The caller, who must exist and hold `scope`.
 pub async fn require(
     state: &AppState,

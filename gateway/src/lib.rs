@@ -7,8 +7,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod logs;
 pub mod metrics;
 pub mod problem;
+pub mod resolve;
 pub mod state;
 
 pub use config::Config;
@@ -68,6 +70,8 @@ impl Gateway {
             inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
             compiles: Arc::new(Semaphore::new(config.max_compiles.max(1))),
             metrics: metrics::Metrics::default(),
+            logs: logs::LogBook::default(),
+            resolver: resolve::Resolver::default(),
             runner: Arc::new(runner),
             meta,
             config,
@@ -137,6 +141,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/versions", get(functions::versions))
+        .route("/v1/functions/{name}/logs", get(functions::logs))
         .route(
             "/v1/functions/{name}/aliases/{alias}",
             put(functions::set_alias),

@@ -21,4 +21,8 @@ pub struct AppState {
     pub inflight: Arc<Semaphore>,
     /// Compilation slots; callers wait for one.
     pub compiles: Arc<Semaphore>,
+    /// Cached `name@ref` resolutions for the invoke path.
+    pub resolver: crate::resolve::Resolver,
+    /// Recent invocation logs per function.
+    pub logs: crate::logs::LogBook,
 }

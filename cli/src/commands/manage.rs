@@ -22,6 +22,16 @@ pub struct VersionsArgs {
     json: bool,
 }
 
+/// Flags of `wafer logs`.
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// Function name.
+    name: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Flags of `wafer rollback`.
 #[derive(clap::Args)]
 pub struct RollbackArgs {
@@ -111,6 +121,33 @@ pub async fn versions(client: &Client, a: &VersionsArgs) -> anyhow::Result<()> {
             ver["fuel"],
             ver["module"].as_str().unwrap_or("?")
         );
+    }
+    Ok(())
+}
+
+/// Shows the recent invocation logs of a function, oldest first.
+pub async fn logs(client: &Client, a: &LogsArgs) -> anyhow::Result<()> {
+    let v = client
+        .json(client.request(Method::GET, &format!("/v1/functions/{}/logs", a.name)))
+        .await?;
+    if a.json {
+        println!("{v}");
+        return Ok(());
+    }
+    let empty = Vec::new();
+    for e in v["logs"].as_array().unwrap_or(&empty) {
+        println!(
+            "--- {} v{} {} {} {:.1}ms",
+            e["time"],
+            e["version"],
+            e["request_id"].as_str().unwrap_or(""),
+            e["outcome"].as_str().unwrap_or(""),
+            e["duration_ms"].as_f64().unwrap_or(0.0)
+        );
+        let log = e["log"].as_str().unwrap_or("");
+        if !log.is_empty() {
+            println!("{}", log.trim_end());
+        }
     }
     Ok(())
 }

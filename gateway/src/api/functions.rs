@@ -75,6 +75,18 @@ async fn owned(
     }
 }
 
+/// Validates the name and loads the function for a caller with the read scope.
+async fn readable(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: String,
+) -> Result<(FunctionName, FunctionRecord), ApiError> {
+    let name = FunctionName::new(name)?;
+    let caller = auth::require(state, headers, Scope::Read).await?;
+    let f = owned(state, &caller, &name).await?;
+    Ok((name, f))
+}
+
 /// Creates a new immutable version and moves `latest` to it.
 #[tracing::instrument(skip_all, fields(function = %name))]
 pub async fn put(
@@ -153,6 +165,7 @@ pub async fn put(
         .meta
         .create_version(&caller.tenant, &name, spec)
         .await?;
+    state.resolver.invalidate(&name);
     tracing::info!(version = rec.version, "created version");
     Ok((
         StatusCode::CREATED,
@@ -181,9 +194,7 @@ pub async fn get(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let name = FunctionName::new(name)?;
-    let caller = auth::require(&state, &headers, Scope::Read).await?;
-    let f = owned(&state, &caller, &name).await?;
+    let (name, f) = readable(&state, &headers, name).await?;
     let current = state
         .meta
         .resolve(&name, &VersionRef::latest())
@@ -200,12 +211,20 @@ pub async fn versions(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let name = FunctionName::new(name)?;
-    let caller = auth::require(&state, &headers, Scope::Read).await?;
-    owned(&state, &caller, &name).await?;
+    let (name, _) = readable(&state, &headers, name).await?;
     let versions = state.meta.list_versions(&name).await?;
     let list: Vec<Value> = versions.iter().map(version_json).collect();
     Ok(Json(json!({ "versions": list })))
+}
+
+/// The recent invocation logs of a function, oldest first.
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (name, _) = readable(&state, &headers, name).await?;
+    Ok(Json(json!({ "logs": state.logs.recent(name.as_str()) })))
 }
 
 #[derive(Deserialize)]
@@ -229,6 +248,7 @@ pub async fn set_alias(
         .meta
         .set_alias(&caller.tenant, &name, &alias, req.version)
         .await?;
+    state.resolver.invalidate(&name);
     tracing::info!(function = %name, %alias, version = req.version, "alias moved");
     Ok(Json(serde_json::to_value(&f).map_err(ApiError::internal)?))
 }
@@ -242,6 +262,8 @@ pub async fn delete(
     let name = FunctionName::new(name)?;
     let caller = auth::require(&state, &headers, Scope::Deploy).await?;
     state.meta.delete_function(&caller.tenant, &name).await?;
+    state.resolver.invalidate(&name);
+    state.logs.forget(name.as_str());
     tracing::info!(function = %name, "function deleted");
     Ok(StatusCode::NO_CONTENT)
 }

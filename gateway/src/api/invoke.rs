@@ -60,7 +60,11 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let (target, fn_path) = split_path(req.uri());
     let (name, vref) = VersionRef::split(target)?;
-    let Some((function, version)) = state.meta.resolve(&name, &vref).await? else {
+    let Some(resolved) = state
+        .resolver
+        .resolve(state.meta.as_ref(), &name, &vref)
+        .await?
+    else {
         return Err(match state.meta.get_function(&name).await? {
             Some(_) => wafer_core::MetaError::VersionNotFound {
                 name: name.clone(),
@@ -70,7 +74,8 @@ pub async fn invoke(
             None => ApiError::function_not_found(name.as_str()),
         });
     };
-    let caller = auth::caller(&state, req.headers()).await?;
+    let (function, version) = (&resolved.0, &resolved.1);
+    let caller = auth::invoker(&state, req.headers()).await?;
     if !version.spec.public {
         match &caller {
             None => {
@@ -102,16 +107,18 @@ pub async fn invoke(
         "request-too-large",
     )
     .await?;
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let span = tracing::info_span!(
         "invocation",
         tenant = %function.tenant,
         function = %name,
         version = version.version,
-        request_id = parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
+        request_id = %request_id,
     );
 
     let started = Instant::now();
@@ -127,6 +134,10 @@ pub async fn invoke(
                 .method(parts.method.clone())
                 .uri(fn_path.as_str());
             for (k, v) in &parts.headers {
+                // The caller's Wafer key is not the function's business.
+                if k == header::AUTHORIZATION && v.as_bytes().starts_with(b"Bearer wfr_") {
+                    continue;
+                }
                 builder = builder.header(k, v);
             }
             if !parts.headers.contains_key(header::HOST) {
@@ -143,7 +154,7 @@ pub async fn invoke(
     let result = async {
         let (prepared, cold) = state.runner.prepare(&version.spec.module).await?;
         let inv = Invocation {
-            limits: limits_of(&state, &version),
+            limits: limits_of(&state, version),
             args: vec![name.to_string()],
             env,
             input,
@@ -163,10 +174,23 @@ pub async fn invoke(
                 .metrics
                 .record(name.as_str(), "ok", seconds, outcome.fuel, cold);
             if !outcome.log.is_empty() {
-                tracing::debug!(parent: &span, log = %String::from_utf8_lossy(&outcome.log), "function log");
+                keep_log(
+                    &state,
+                    &name,
+                    version,
+                    &request_id,
+                    "ok",
+                    seconds,
+                    &outcome.log,
+                );
             }
             let mut resp = match outcome.output {
-                Output::Http(r) => r.map(Body::from).into_response(),
+                Output::Http(mut r) => {
+                    // The body is buffered: framing is ours to set, not the guest's.
+                    r.headers_mut().remove(header::CONTENT_LENGTH);
+                    r.headers_mut().remove(header::TRANSFER_ENCODING);
+                    r.map(Body::from).into_response()
+                }
                 Output::Stdout(bytes) => {
                     let ct = content_type_of(&bytes);
                     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response()
@@ -177,10 +201,23 @@ pub async fn invoke(
             Ok(resp)
         }
         Err(e) => {
+            let log = match &e {
+                wafer_runner::InvokeError::Exit { stderr, .. } => stderr.clone(),
+                _ => String::new(),
+            };
             let err: ApiError = e.into();
             state
                 .metrics
                 .record(name.as_str(), err.slug, seconds, 0, false);
+            keep_log(
+                &state,
+                &name,
+                version,
+                &request_id,
+                err.slug,
+                seconds,
+                log.as_bytes(),
+            );
             tracing::info!(parent: &span, outcome = err.slug, detail = %err.detail, "invocation failed");
             let mut resp = err.into_response();
             resp.headers_mut()
@@ -188,6 +225,29 @@ pub async fn invoke(
             Ok(resp)
         }
     }
+}
+
+/// Keeps the tail of an invocation's log for `GET /v1/functions/{name}/logs`.
+fn keep_log(
+    state: &AppState,
+    name: &wafer_core::FunctionName,
+    version: &VersionRecord,
+    request_id: &str,
+    outcome: &str,
+    seconds: f64,
+    log: &[u8],
+) {
+    state.logs.push(
+        name.as_str(),
+        crate::logs::LogEntry {
+            request_id: request_id.to_owned(),
+            version: version.version,
+            time: wafer_core::now_unix(),
+            outcome: outcome.to_owned(),
+            duration_ms: seconds * 1000.0,
+            log: String::from_utf8_lossy(log).into_owned(),
+        },
+    );
 }
 
 #[cfg(test)]
