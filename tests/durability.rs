@@ -135,3 +135,23 @@ fn kill_during_an_upload_leaves_no_half_visible_module_or_version() {
     assert_eq!(tmp, 0, "no partial artifact is left behind");
     assert_eq!(s.invoke("svc", b"fine").text().unwrap(), "fine");
 }
+
+#[test]
+fn sigterm_drains_in_flight_invocations_then_exits_cleanly() {
+    let mut s = TestServer::start();
+    s.deploy("nap", "nap", json!({"timeout_ms": 1500}));
+    let url = format!("{}/fn/nap", s.url);
+    let key = s.admin_key.clone();
+    let inflight = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .bearer_auth(key)
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    assert!(s.wait_in_flight(1), "the invocation never started");
+    let status = s.terminate();
+    assert!(status.success(), "wafer serve exited with {status}");
+    // The running invocation was answered (its own timeout), not cut off.
+    assert_eq!(inflight.join().unwrap().unwrap(), 504);
+}

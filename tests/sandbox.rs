@@ -144,21 +144,7 @@ fn too_many_invocations_in_flight_get_503_with_retry_after() {
     std::thread::scope(|scope| {
         let first = scope.spawn(|| s.invoke("nap", b"").status().as_u16());
         // Wait until the first invocation holds the only slot.
-        let mut busy = false;
-        for _ in 0..500 {
-            let m = s
-                .anon(reqwest::Method::GET, "/metrics")
-                .send()
-                .unwrap()
-                .text()
-                .unwrap();
-            if m.contains("wafer_invocations_in_flight 1") {
-                busy = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(busy, "the first invocation never started");
+        assert!(s.wait_in_flight(1), "the first invocation never started");
         let r = s.invoke("nap", b"");
         assert_eq!(r.headers()["retry-after"], "1");
         assert_problem(r, 503, "overloaded");

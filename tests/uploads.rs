@@ -224,3 +224,25 @@ fn compilation_past_its_memory_limit_is_refused() {
         "compile-resources",
     );
 }
+
+#[test]
+fn a_body_that_trickles_past_the_body_timeout_is_408() {
+    let s = TestServer::start_with_config("body_timeout_ms = 300\n");
+    let addr = s.url.trim_start_matches("http://");
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        sock,
+        "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 1000\r\n\r\n\0asm",
+        s.admin_key
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("body-timeout"), "{head}");
+    s.assert_still_serving();
+}

@@ -20,6 +20,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest JSON body of an API call, in bytes.
     pub max_json_bytes: usize,
+    /// Time a client has to send a request body, in ms (408 beyond).
+    pub body_timeout_ms: u64,
     /// Invocations running at once before new ones get 503.
     pub max_inflight: usize,
     /// Compilations running at once; more wait.
@@ -82,6 +84,7 @@ impl Default for Config {
             max_module_bytes: 64 << 20,
             max_request_bytes: 16 << 20,
             max_json_bytes: 1 << 20,
+            body_timeout_ms: 30_000,
             max_inflight: engine.max_instances as usize,
             max_compiles: 2,
             compile_timeout_ms: 60_000,

@@ -102,6 +102,15 @@ impl TestServer {
         lines
     }
 
+    /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait for wafer serve")
+    }
+
     /// SIGKILLs the server.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -197,6 +206,23 @@ impl TestServer {
             .expect("invoke hello");
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().unwrap(), "Hello, ok!\n");
+    }
+
+    /// Waits until `/metrics` shows `n` invocations in flight (bounded: about 5 s).
+    pub fn wait_in_flight(&self, n: u64) -> bool {
+        let needle = format!("wafer_invocations_in_flight {n}\n");
+        for _ in 0..500 {
+            let m = self
+                .anon(reqwest::Method::GET, "/metrics")
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            if m.contains(&needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// Runs the CLI against this server with the admin key.

@@ -90,7 +90,7 @@ pub async fn ls(client: &Client, a: &LsArgs) -> anyhow::Result<()> {
         println!(
             "{:<32} {:>7}  {}",
             f["name"].as_str().unwrap_or("?"),
-            f["latest_version"],
+            f["latest_version"].to_string(),
             aliases
         );
     }
@@ -114,11 +114,11 @@ pub async fn versions(client: &Client, a: &VersionsArgs) -> anyhow::Result<()> {
     for ver in v["versions"].as_array().unwrap_or(&empty) {
         println!(
             "{:>7}  {:<8} {:>7}ms {:>5}MiB {:>14}  {}",
-            ver["version"],
+            ver["version"].to_string(),
             ver["abi"].as_str().unwrap_or("?"),
-            ver["timeout_ms"],
-            ver["memory_mb"],
-            ver["fuel"],
+            ver["timeout_ms"].to_string(),
+            ver["memory_mb"].to_string(),
+            ver["fuel"].to_string(),
             ver["module"].as_str().unwrap_or("?")
         );
     }

@@ -97,7 +97,7 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = FunctionName::new(name)?;
     let caller = auth::require(&state, &headers, Scope::Deploy).await?;
-    let req: NewVersion = super::read_json(&headers, body, state.config.max_json_bytes).await?;
+    let req: NewVersion = super::read_json(&state, &headers, body).await?;
     let d = &state.config.functions;
     let digest = Digest::parse(&req.module).map_err(|e| invalid_config(e.to_string()))?;
     let timeout_ms = req.timeout_ms.unwrap_or(d.timeout_ms);
@@ -243,7 +243,7 @@ pub async fn set_alias(
     let name = FunctionName::new(name)?;
     let alias = AliasName::new(alias)?;
     let caller = auth::require(&state, &headers, Scope::Deploy).await?;
-    let req: AliasBody = super::read_json(&headers, body, state.config.max_json_bytes).await?;
+    let req: AliasBody = super::read_json(&state, &headers, body).await?;
     let f = state
         .meta
         .set_alias(&caller.tenant, &name, &alias, req.version)

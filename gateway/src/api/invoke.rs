@@ -101,6 +101,7 @@ pub async fn invoke(
 
     let (parts, body) = req.into_parts();
     let body = super::read_limited(
+        &state,
         &parts.headers,
         body,
         state.config.max_request_bytes,

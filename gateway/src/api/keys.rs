@@ -26,7 +26,7 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
-    let req: NewKey = super::read_json(&headers, body, state.config.max_json_bytes).await?;
+    let req: NewKey = super::read_json(&state, &headers, body).await?;
     if req.scopes.is_empty() || req.scopes.len() > 4 {
         return Err(ApiError::bad_request(
             "invalid-json",

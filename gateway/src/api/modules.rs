@@ -34,7 +34,7 @@ pub async fn upload(
         }
     }
     let limit = state.config.max_module_bytes as usize;
-    let bytes = super::read_limited(&headers, body, limit, "module-too-large").await?;
+    let bytes = super::read_limited(&state, &headers, body, limit, "module-too-large").await?;
     let size = bytes.len() as u64;
     let _slot = tokio::time::timeout(
         Duration::from_secs(30),
