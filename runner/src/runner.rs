@@ -156,6 +156,7 @@ impl Runner {
             return Ok((digest, p.abi()));
         }
         let module_key = ArtifactKey::Module(digest.clone());
+        let started = std::time::Instant::now();
         let code = match &self.config.compile {
             CompileMode::InProcess => {
                 let engine = self.engine.clone();
@@ -198,18 +199,26 @@ impl Runner {
                 res?
             }
         };
-        self.artifacts
-            .put(&module_key, bytes)
-            .await
-            .map_err(internal)?;
-        self.artifacts
-            .put(&key, Bytes::from(code))
-            .await
-            .map_err(internal)?;
+        let compiled = started.elapsed();
+        // Both artifacts are written (and synced) concurrently.
+        let (module_put, code_put) = tokio::join!(
+            self.artifacts.put(&module_key, bytes),
+            self.artifacts.put(&key, Bytes::from(code))
+        );
+        module_put.map_err(internal)?;
+        code_put.map_err(internal)?;
+        let stored = started.elapsed();
         let prepared = self.load(&digest).await.map_err(|e| match e {
             LoadError::Link(e) => e,
             LoadError::Other(e) => CompileError::Internal(e.to_string()),
         })?;
+        tracing::info!(
+            %digest,
+            compile_ms = compiled.as_millis() as u64,
+            store_ms = (stored - compiled).as_millis() as u64,
+            load_ms = (started.elapsed() - stored).as_millis() as u64,
+            "compiled module"
+        );
         Ok((digest, prepared.abi()))
     }
 
