@@ -30,6 +30,28 @@ install -m 0644 "$p2/hello.wasm" dist/hello.wasm
 install -m 0644 "$p2/inspect.wasm" dist/inspect.wasm
 install -m 0644 "$p2/echo.wasm" dist/echo-p2.wasm
 
+# pyhello: a Python HTTP component, when componentize-py is available (scripts/test.sh installs
+# it). Built against the wasi:http WIT that the host's wasmtime-wasi-http crate ships. It takes
+# ~20 s, so the result is cached in the target directory by the hash of its inputs.
+py="${COMPONENTIZE_PY:-$(command -v componentize-py || true)}"
+if [ -n "$py" ]; then
+    key=$( (cat pyhello/app.py; "$py" --version) | sha256sum | cut -c1-16)
+    cached="$target_dir/pyhello-$key.wasm"
+    if [ ! -f "$cached" ]; then
+        wit=$(cargo metadata --format-version 1 --manifest-path ../Cargo.toml | python3 -c '
+import json, os, sys
+m = json.load(sys.stdin)
+print(next(os.path.join(os.path.dirname(p["manifest_path"]), "wit")
+           for p in m["packages"] if p["name"] == "wasmtime-wasi-http"))')
+        mkdir -p "$target_dir"
+        (cd pyhello && "$py" -d "$wit" -w wasi:http/proxy@0.2.12 componentize app -o "$cached.part")
+        mv "$cached.part" "$cached"
+    fi
+    install -m 0644 "$cached" dist/pyhello.wasm
+else
+    echo "componentize-py not found: skipping pyhello (pip install componentize-py)" >&2
+fi
+
 for file in dist/*.wasm; do
     printf '%10d  %s\n' "$(stat -c %s "$file")" "$file"
 done

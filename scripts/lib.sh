@@ -14,3 +14,15 @@ target_dir() {
     local d="${CARGO_TARGET_DIR:-target}"
     case "$d" in /*) echo "$d" ;; *) echo "$PWD/$d" ;; esac
 }
+
+# Installs componentize-py (for the Python test function) in a venv kept in the target
+# directory, and exports COMPONENTIZE_PY.
+ensure_componentize_py() {
+    local venv
+    venv="$(target_dir)/pyenv"
+    if [ ! -x "$venv/bin/componentize-py" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q componentize-py==0.25.1
+    fi
+    export COMPONENTIZE_PY="$venv/bin/componentize-py"
+}

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 source scripts/lib.sh
 ensure_wasm_targets
+ensure_componentize_py
 
 echo "== building functions (wasm)"
 bash functions/build.sh

@@ -375,3 +375,26 @@ fn a_failed_commands_stderr_is_in_its_logs() {
         "function-not-found",
     );
 }
+
+#[test]
+fn python_components_instantiate_and_are_denied_at_the_call() {
+    // Built by componentize-py: imports much of wasi:cli, wasi:filesystem and wasi:sockets.
+    let s = TestServer::start();
+    s.deploy("py", "pyhello", json!({"env": {"ONLY": "this"}}));
+    let r = s.admin(Method::GET, "/fn/py/some/where").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "Hello from Python at /some/where\n");
+    let v: Value = s
+        .admin(Method::GET, "/fn/py/escape")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for (path, result) in v["files"].as_object().unwrap() {
+        assert!(
+            result.as_str().unwrap().starts_with("denied"),
+            "{path}: {result}"
+        );
+    }
+    assert_eq!(v["env"], json!({"ONLY": "this"}));
+}
