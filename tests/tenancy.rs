@@ -245,3 +245,32 @@ fn keys_are_stored_only_as_hashes_and_never_logged() {
     assert_eq!(v["versions"][0]["env_keys"], json!(["SECRET_TOKEN"]));
     assert!(!v.to_string().contains("hunter2-value"));
 }
+
+#[test]
+fn one_tenant_at_its_concurrency_limit_does_not_block_another() {
+    let s = TestServer::start_with_config("max_inflight = 8\nmax_inflight_per_tenant = 1\n");
+    let a = s.tenant_key("alpha");
+    let b = s.tenant_key("beta");
+    s.deploy_as(&a, "slow", "nap", json!({"timeout_ms": 3000}));
+    s.deploy_as(&b, "quick", "echo", json!({}));
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| {
+            s.with_key(&a, Method::POST, "/fn/slow")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert!(s.wait_in_flight(1), "the first invocation never started");
+        let r = s.with_key(&a, Method::POST, "/fn/slow").send().unwrap();
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_problem(r, 503, "overloaded");
+        let r = s
+            .with_key(&b, Method::POST, "/fn/quick")
+            .body("b is fine")
+            .send()
+            .unwrap();
+        assert_eq!(r.text().unwrap(), "b is fine");
+        assert_eq!(first.join().unwrap(), 504);
+    });
+}

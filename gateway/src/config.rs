@@ -24,6 +24,9 @@ pub struct Config {
     pub body_timeout_ms: u64,
     /// Invocations running at once before new ones get 503.
     pub max_inflight: usize,
+    /// Invocations of one tenant's functions running at once; more get 503, so one tenant
+    /// cannot take every slot from the others.
+    pub max_inflight_per_tenant: usize,
     /// Compilations running at once; more wait.
     pub max_compiles: usize,
     /// Time limit of one compilation, in ms.
@@ -86,6 +89,7 @@ impl Default for Config {
             max_json_bytes: 1 << 20,
             body_timeout_ms: 30_000,
             max_inflight: engine.max_instances as usize,
+            max_inflight_per_tenant: engine.max_instances as usize * 3 / 4,
             max_compiles: 2,
             compile_timeout_ms: 60_000,
             compile_memory_mb: 4096,

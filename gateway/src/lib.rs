@@ -69,6 +69,7 @@ impl Gateway {
         let state = Arc::new(AppState {
             inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
             compiles: Arc::new(Semaphore::new(config.max_compiles.max(1))),
+            tenant_slots: moka::sync::Cache::new(100_000),
             metrics: metrics::Metrics::default(),
             logs: logs::LogBook::default(),
             resolver: resolve::Resolver::default(),
@@ -153,7 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn(problem_instance))
+        .layer(middleware::from_fn(problem_decoration))
         .layer(PropagateRequestIdLayer::x_request_id())
         // Function failures are 5xx answers, not server faults: keep them out of ERROR logs.
         .layer(
@@ -181,18 +182,33 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Fills the `instance` member of problem responses with the request id.
-async fn problem_instance(req: Request, next: Next) -> Response {
+/// Decorates problem responses: fills `instance` with the request id, and on a 4xx answer to
+/// a request that carried a body (which may not have been read) asks for the connection to be
+/// closed, so a client does not reuse a connection with unread bytes in flight.
+async fn problem_decoration(req: Request, next: Next) -> Response {
     let id = req.headers().get("x-request-id").cloned();
+    let had_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let resp = next.run(req).await;
     let is_problem = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == b"application/problem+json");
-    let Some(id) = id.filter(|_| is_problem) else {
+    if !is_problem {
         return resp;
-    };
+    }
     let (mut parts, body) = resp.into_parts();
+    if had_body && parts.status.is_client_error() {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let Some(id) = id else {
+        return Response::from_parts(parts, body);
+    };
     let Ok(collected) = body.collect().await else {
         return Response::from_parts(parts, Body::empty());
     };

@@ -19,6 +19,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Invocation slots; none free means 503.
     pub inflight: Arc<Semaphore>,
+    /// Invocation slots per tenant (created on first use).
+    pub tenant_slots: moka::sync::Cache<wafer_core::TenantId, Arc<Semaphore>>,
     /// Compilation slots; callers wait for one.
     pub compiles: Arc<Semaphore>,
     /// Cached `name@ref` resolutions for the invoke path.

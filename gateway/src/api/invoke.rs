@@ -9,6 +9,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use wafer_core::{Abi, Scope, VersionRecord, VersionRef};
 use wafer_runner::{Input, Invocation, Limits, Output};
@@ -97,6 +98,18 @@ pub async fn invoke(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded("too many invocations in flight"))?;
+    let per_tenant = state.config.max_inflight_per_tenant.max(1);
+    let _tenant_slot = state
+        .tenant_slots
+        .get_with(function.tenant.clone(), || {
+            Arc::new(Semaphore::new(per_tenant))
+        })
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::overloaded(format!(
+                "this tenant's functions already have {per_tenant} invocations in flight"
+            ))
+        })?;
     let _running = state.metrics.in_flight();
 
     let (parts, body) = req.into_parts();
