@@ -249,9 +249,18 @@ fn health_readiness_openapi_and_metrics() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for p in [
         "/v1/modules",
+        "/v1/functions",
         "/v1/functions/{name}",
+        "/v1/functions/{name}/versions",
+        "/v1/functions/{name}/logs",
+        "/v1/functions/{name}/aliases/{alias}",
         "/v1/keys",
         "/fn/{target}",
+        "/fn/{target}/{path}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} documented");
     }
