@@ -34,6 +34,9 @@ install -m 0644 "$p2/echo.wasm" dist/echo-p2.wasm
 # it). Built against the wasi:http WIT that the host's wasmtime-wasi-http crate ships. It takes
 # ~20 s, so the result is cached in the target directory by the hash of its inputs.
 py="${COMPONENTIZE_PY:-$(command -v componentize-py || true)}"
+if [ -z "$py" ] && [ -x "$target_dir/pyenv/bin/componentize-py" ]; then
+    py="$target_dir/pyenv/bin/componentize-py"
+fi
 if [ -n "$py" ]; then
     key=$( (cat pyhello/app.py; "$py" --version) | sha256sum | cut -c1-16)
     cached="$target_dir/pyhello-$key.wasm"

@@ -57,15 +57,20 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(commands::manage::KeysCommand),
-    /// Internal: compile one module in an isolated process.
+    /// Internal: compile one module in an isolated process (paths as arguments, or one job
+    /// read from stdin after warming up).
     #[command(name = "__compile", hide = true)]
-    Compile { input: PathBuf, output: PathBuf },
+    Compile {
+        input: Option<PathBuf>,
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Compile { input, output } = &cli.command {
-        let code = wafer_runner::compile_worker_main(input, output);
+        let paths = input.as_deref().zip(output.as_deref());
+        let code = wafer_runner::compile_worker_main(paths);
         return ExitCode::from(code as u8);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

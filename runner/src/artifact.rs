@@ -136,87 +136,47 @@ pub enum WorkerReport {
     Refused(CompileError),
 }
 
-/// Runs compilation in a child process and waits for it within the time limit.
-pub async fn compile_in_worker(
-    engine_config: &EngineConfig,
-    program: &Path,
-    args: &[OsString],
-    timeout: Duration,
-    memory_bytes: u64,
-    input: &Path,
-    output: &Path,
-) -> Result<Abi, CompileError> {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .arg(input)
-        .arg(output)
-        .env(
-            ENGINE_CONFIG_ENV,
-            serde_json::to_string(engine_config).expect("config serializes"),
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: memory_bytes as libc::rlim_t,
-                rlim_max: memory_bytes as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| CompileError::Internal(format!("cannot start compile worker: {e}")))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => return Err(CompileError::Timeout(timeout.as_millis() as u64)),
-        Ok(Err(e)) => return Err(CompileError::Internal(e.to_string())),
-        Ok(Ok(out)) => out,
-    };
-    match serde_json::from_slice::<WorkerReport>(&out.stdout) {
-        Ok(WorkerReport::Compiled(abi)) if out.status.success() => Ok(abi),
-        Ok(WorkerReport::Refused(e)) => Err(e),
-        _ => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: String = stderr
-                .chars()
-                .rev()
-                .take(300)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            Err(CompileError::Resources(format!(
-                "compile worker ended with {} {}",
-                out.status,
-                tail.trim()
-            )))
-        }
-    }
-}
+/// A tiny valid module compiled once when a worker starts, so the compiler's code is paged
+/// in and its thread pool running before the real job arrives:
+/// `(module (func (export "f") (param i32) (result i32) local.get 0 i32.const 1 i32.add))`.
+const WARM_UP: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f,
+    0x03, 0x02, 0x01, 0x00, 0x07, 0x05, 0x01, 0x01, 0x66, 0x00, 0x00, 0x0a, 0x09, 0x01, 0x07, 0x00,
+    0x20, 0x00, 0x41, 0x01, 0x6a, 0x0b,
+];
 
-/// The body of the compile worker process: `<module path> <output path>`, engine settings in
+/// The body of the compile worker process (`wafer __compile`). With paths, compiles
+/// `input` into `output`; without, warms up and then reads one job (two lines: input path,
+/// output path) from stdin, exiting quietly on end of input. Engine settings come from
 /// [`ENGINE_CONFIG_ENV`]. Prints a [`WorkerReport`] as JSON; returns the exit code.
-pub fn compile_worker_main(input: &Path, output: &Path) -> i32 {
-    let report = (|| {
+pub fn compile_worker_main(paths: Option<(&Path, &Path)>) -> i32 {
+    let engine = (|| {
         let cfg: EngineConfig = match std::env::var(ENGINE_CONFIG_ENV) {
             Ok(s) => serde_json::from_str(&s).map_err(|e| CompileError::Internal(e.to_string()))?,
             Err(_) => EngineConfig::default(),
         };
-        let engine = cfg
-            .build(false)
-            .map_err(|e| CompileError::Internal(e.to_string()))?;
-        let bytes = std::fs::read(input).map_err(|e| CompileError::Internal(e.to_string()))?;
-        let (abi, code) = compile(&engine, &bytes)?;
-        std::fs::write(output, code).map_err(|e| CompileError::Internal(e.to_string()))?;
-        Ok(abi)
+        cfg.build(false)
+            .map_err(|e| CompileError::Internal(e.to_string()))
     })();
+    let job = match paths {
+        Some((i, o)) => (i.to_path_buf(), o.to_path_buf()),
+        None => {
+            if let Ok(engine) = &engine {
+                let _ = Module::new(engine, WARM_UP);
+            }
+            let mut lines = std::io::stdin().lines();
+            match (lines.next(), lines.next()) {
+                (Some(Ok(i)), Some(Ok(o))) => (PathBuf::from(i), PathBuf::from(o)),
+                _ => return 0,
+            }
+        }
+    };
+    let report = engine.and_then(|engine| {
+        let bytes = std::fs::read(&job.0).map_err(|e| CompileError::Internal(e.to_string()))?;
+        let (abi, code) = compile(&engine, &bytes)?;
+        std::fs::write(&job.1, code).map_err(|e| CompileError::Internal(e.to_string()))?;
+        Ok(abi)
+    });
     let (code, report) = match report {
         Ok(abi) => (0, WorkerReport::Compiled(abi)),
         Err(e) => (3, WorkerReport::Refused(e)),
@@ -231,6 +191,12 @@ pub fn compile_worker_main(input: &Path, output: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warm_up_module_is_valid() {
+        let engine = EngineConfig::default().build(false).unwrap();
+        Module::new(&engine, WARM_UP).unwrap();
+    }
 
     #[test]
     fn detects_headers() {

@@ -8,6 +8,7 @@
 
 pub mod abi;
 pub mod artifact;
+pub mod compiler;
 pub mod engine;
 pub mod error;
 pub mod limits;

@@ -3,6 +3,7 @@
 use crate::abi::command::{self, CommandRun};
 use crate::abi::{self, HostState, Input, Output, P1State};
 use crate::artifact::{self, CompileMode};
+use crate::compiler::IsolatedCompiler;
 use crate::engine::{self, EngineConfig};
 use crate::error::{CompileError, InvokeError};
 use crate::limits::Limits;
@@ -92,6 +93,7 @@ pub struct Runner {
     modules: wasmtime::Linker<P1State>,
     artifacts: Arc<dyn ArtifactStore>,
     hot: moka::sync::Cache<Digest, Arc<Prepared>>,
+    compiler: Option<IsolatedCompiler>,
 }
 
 fn link_error(e: wasmtime::Error) -> CompileError {
@@ -110,6 +112,21 @@ impl Runner {
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| s.wasi())?;
         let fingerprint = engine::fingerprint(&engine);
         let hot = moka::sync::Cache::new(config.hot_entries);
+        let compiler = match &config.compile {
+            CompileMode::InProcess => None,
+            CompileMode::Worker {
+                program,
+                args,
+                timeout,
+                memory_bytes,
+            } => Some(IsolatedCompiler::new(
+                &config.engine,
+                program.clone(),
+                args.clone(),
+                *timeout,
+                *memory_bytes,
+            )),
+        };
         Ok(Self {
             engine,
             fingerprint,
@@ -118,6 +135,7 @@ impl Runner {
             modules,
             artifacts,
             hot,
+            compiler,
         })
     }
 
@@ -166,12 +184,8 @@ impl Runner {
                     .map_err(|e| CompileError::Internal(e.to_string()))??;
                 code
             }
-            CompileMode::Worker {
-                program,
-                args,
-                timeout,
-                memory_bytes,
-            } => {
+            CompileMode::Worker { .. } => {
+                let compiler = self.compiler.as_ref().expect("worker mode has a compiler");
                 let tag = format!("{}-{:08x}", &digest.hex()[..16], unique_tag());
                 let input = self.config.scratch_dir.join(format!("wafer-{tag}.wasm"));
                 let output = self.config.scratch_dir.join(format!("wafer-{tag}.cwasm"));
@@ -179,16 +193,7 @@ impl Runner {
                     tokio::fs::write(&input, &bytes)
                         .await
                         .map_err(|e| CompileError::Internal(e.to_string()))?;
-                    artifact::compile_in_worker(
-                        &self.config.engine,
-                        program,
-                        args,
-                        *timeout,
-                        *memory_bytes,
-                        &input,
-                        &output,
-                    )
-                    .await?;
+                    compiler.compile(&input, &output).await?;
                     tokio::fs::read(&output)
                         .await
                         .map_err(|e| CompileError::Internal(e.to_string()))
