@@ -87,9 +87,14 @@ impl IsolatedCompiler {
         let ready = self.next.lock().expect("compiler lock").take();
         let mut child = match ready {
             Some(c) => c,
-            None => self
-                .spawn()
-                .map_err(|e| CompileError::Internal(format!("cannot start compile worker: {e}")))?,
+            None => self.spawn().map_err(|e| {
+                if e.kind() == std::io::ErrorKind::OutOfMemory {
+                    // The address-space limit is too small for the worker even to start.
+                    CompileError::Resources(format!("cannot start compile worker: {e}"))
+                } else {
+                    CompileError::Internal(format!("cannot start compile worker: {e}"))
+                }
+            })?,
         };
         let job = format!("{}\n{}\n", input.display(), output.display());
         if let Some(mut stdin) = child.stdin.take() {
