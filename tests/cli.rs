@@ -81,12 +81,7 @@ fn deploy_invoke_list_rollback_and_remove() {
 #[test]
 fn invoke_reads_data_from_a_file_and_stdin_and_sends_headers() {
     let s = TestServer::start();
-    let echo = function("echo");
-    assert!(
-        s.cli(&["deploy", "echo", echo.to_str().unwrap()])
-            .status
-            .success()
-    );
+    s.cli_deploy("echo", "echo");
     let file = s.data_dir().join("../body.bin");
     std::fs::write(&file, b"from a file").unwrap();
     let arg = format!("@{}", file.display());
@@ -116,12 +111,7 @@ fn invoke_reads_data_from_a_file_and_stdin_and_sends_headers() {
 #[test]
 fn failures_exit_nonzero_with_the_problem_on_stderr() {
     let s = TestServer::start();
-    let fail = function("fail");
-    assert!(
-        s.cli(&["deploy", "fail", fail.to_str().unwrap()])
-            .status
-            .success()
-    );
+    s.cli_deploy("fail", "fail");
     let o = s.cli(&["invoke", "fail", "-d", "oops"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
@@ -198,12 +188,7 @@ fn keys_create_makes_a_working_tenant_key() {
 #[test]
 fn logs_show_what_a_function_printed() {
     let s = TestServer::start();
-    let fail = function("fail");
-    assert!(
-        s.cli(&["deploy", "fail", fail.to_str().unwrap()])
-            .status
-            .success()
-    );
+    s.cli_deploy("fail", "fail");
     assert_eq!(
         s.cli(&["invoke", "fail", "-d", "remember me"])
             .status

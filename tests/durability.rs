@@ -3,8 +3,6 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use wafer_e2e::{TestServer, assert_problem, function_bytes};
 
@@ -87,18 +85,7 @@ fn kill_during_an_upload_leaves_no_half_visible_module_or_version() {
     let mut s = TestServer::start();
     s.deploy("svc", "echo", json!({}));
     let bytes = function_bytes("hello");
-    let addr = s.url.trim_start_matches("http://").to_owned();
-    let mut sock = TcpStream::connect(&addr).unwrap();
-    write!(
-        sock,
-        "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
-        s.admin_key,
-        bytes.len()
-    )
-    .unwrap();
-    sock.write_all(&bytes[..bytes.len() / 2]).unwrap();
-    sock.flush().unwrap();
+    let sock = s.raw_upload(bytes.len(), &bytes[..bytes.len() / 2]);
     s.kill_and_restart();
     drop(sock);
 

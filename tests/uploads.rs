@@ -2,10 +2,7 @@
 
 use reqwest::Method;
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-use wafer_e2e::{TestServer, assert_problem, function_bytes};
+use wafer_e2e::{TestServer, assert_problem, function_bytes, read_head};
 
 #[test]
 fn upload_detects_the_abi_and_is_idempotent() {
@@ -156,20 +153,8 @@ fn oversized_upload_is_413() {
 fn oversized_declared_length_is_refused_before_the_body_is_sent() {
     let s = TestServer::start();
     // Declare 1 GiB and send nothing: the answer must come without waiting for the body.
-    let addr = s.url.trim_start_matches("http://");
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        sock,
-        "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/wasm\r\nContent-Length: 1073741824\r\n\r\n",
-        s.admin_key
-    )
-    .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = sock.read(&mut buf).unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut sock = s.raw_upload(1 << 30, b"");
+    let head = read_head(&mut sock);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("module-too-large"), "{head}");
 }
@@ -228,20 +213,8 @@ fn compilation_past_its_memory_limit_is_refused() {
 #[test]
 fn a_body_that_trickles_past_the_body_timeout_is_408() {
     let s = TestServer::start_with_config("body_timeout_ms = 300\n");
-    let addr = s.url.trim_start_matches("http://");
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        sock,
-        "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/wasm\r\nContent-Length: 1000\r\n\r\n\0asm",
-        s.admin_key
-    )
-    .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = sock.read(&mut buf).unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut sock = s.raw_upload(1000, b"\0asm");
+    let head = read_head(&mut sock);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("body-timeout"), "{head}");
     s.assert_still_serving();

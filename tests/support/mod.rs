@@ -3,7 +3,8 @@
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -225,6 +226,31 @@ impl TestServer {
         false
     }
 
+    /// Opens a raw connection and sends the head of a module upload declaring
+    /// `content_length` bytes, followed by `body` (which may be shorter: the rest never comes).
+    pub fn raw_upload(&self, content_length: usize, body: &[u8]) -> TcpStream {
+        let mut sock = TcpStream::connect(self.url.trim_start_matches("http://")).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        write!(
+            sock,
+            "PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/wasm\r\nContent-Length: {content_length}\r\n\r\n",
+            self.admin_key
+        )
+        .expect("write head");
+        sock.write_all(body).expect("write body");
+        sock.flush().expect("flush");
+        sock
+    }
+
+    /// Deploys a built test function through the CLI, asserting success.
+    pub fn cli_deploy(&self, name: &str, file: &str) {
+        let path = function(file);
+        let o = self.cli(&["deploy", name, path.to_str().expect("utf-8 path")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
     /// Runs the CLI against this server with the admin key.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_with(args, &[("WAFER_API_KEY", &self.admin_key)])
@@ -301,6 +327,13 @@ fn spawn(dir: &Path, config: Option<&str>) -> (Child, String, Vec<String>) {
             }
         }
     }
+}
+
+/// Reads the first bytes of the answer on a raw connection (status line and headers).
+pub fn read_head(sock: &mut TcpStream) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.read(&mut buf).expect("read answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// Parses a response as problem+json and checks status and problem slug.
