@@ -175,8 +175,8 @@ impl Runner {
         }
         let module_key = ArtifactKey::Module(digest.clone());
         let started = std::time::Instant::now();
-        let code = match &self.config.compile {
-            CompileMode::InProcess => {
+        let code = match &self.compiler {
+            None => {
                 let engine = self.engine.clone();
                 let b = bytes.clone();
                 let (_, code) = tokio::task::spawn_blocking(move || artifact::compile(&engine, &b))
@@ -184,8 +184,7 @@ impl Runner {
                     .map_err(|e| CompileError::Internal(e.to_string()))??;
                 code
             }
-            CompileMode::Worker { .. } => {
-                let compiler = self.compiler.as_ref().expect("worker mode has a compiler");
+            Some(compiler) => {
                 let tag = format!("{}-{:08x}", &digest.hex()[..16], unique_tag());
                 let input = self.config.scratch_dir.join(format!("wafer-{tag}.wasm"));
                 let output = self.config.scratch_dir.join(format!("wafer-{tag}.cwasm"));
@@ -373,8 +372,9 @@ enum LoadError {
     Other(InvokeError),
 }
 
+/// A number unique within this process, for scratch file names (one server owns a data dir).
 fn unique_tag() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed) ^ std::process::id()
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
