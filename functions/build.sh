@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 commands=(echo stress spin hog deep flood escape nap fail)
-target_dir="${CARGO_TARGET_DIR:-target}"
+# Absolute, so it names the same place from every directory below (a relative
+# CARGO_TARGET_DIR, or the default `target`, is relative to this directory).
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 p1="$target_dir/wasm32-wasip1/release"
 p2="$target_dir/wasm32-wasip2/release"
 

@@ -16,6 +16,9 @@ cargo build -p wafer
 WAFER_BIN="$(target_dir)/debug/wafer"
 export WAFER_BIN
 
+echo "== guest SDK unit tests"
+cargo test --manifest-path sdk/rust/Cargo.toml --features http
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
