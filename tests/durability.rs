@@ -66,12 +66,7 @@ fn a_restart_keeps_functions_versions_aliases_and_keys() {
             .unwrap(),
         "Hello, again!\n"
     );
-    let m = s
-        .anon(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let m = s.metrics();
     assert!(
         m.contains(r#"wafer_cold_starts_total{function="svc"} 2"#),
         "{m}"
@@ -123,22 +118,73 @@ fn kill_during_an_upload_leaves_no_half_visible_module_or_version() {
     assert_eq!(s.invoke("svc", b"fine").text().unwrap(), "fine");
 }
 
-#[test]
-fn sigterm_drains_in_flight_invocations_then_exits_cleanly() {
-    let mut s = TestServer::start();
-    s.deploy("nap", "nap", json!({"timeout_ms": 1500}));
+/// Starts `POST /fn/nap` with `body` (milliseconds to sleep) on a thread.
+fn nap_call(
+    s: &TestServer,
+    body: &'static str,
+) -> std::thread::JoinHandle<Result<(u16, String), String>> {
     let url = format!("{}/fn/nap", s.url);
     let key = s.admin_key.clone();
-    let inflight = std::thread::spawn(move || {
-        reqwest::blocking::Client::new()
+    std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new()
             .post(url)
             .bearer_auth(key)
+            .body(body)
             .send()
-            .map(|r| r.status().as_u16())
-    });
+            .map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().map_err(|e| e.to_string())?))
+    })
+}
+
+#[test]
+fn sigterm_lets_a_running_call_succeed_and_refuses_new_connections() {
+    let mut s = TestServer::start();
+    s.deploy("nap", "nap", json!({"timeout_ms": 10000}));
+    let call = nap_call(&s, "1500");
     assert!(s.wait_in_flight(1), "the invocation never started");
-    let status = s.terminate();
+    s.signal(libc::SIGTERM);
+    // The listener closes at once: new connections are refused while the call still runs.
+    let started = std::time::Instant::now();
+    let refused = loop {
+        if std::net::TcpStream::connect(s.addr()).is_err() {
+            break true;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(1) {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(
+        refused,
+        "new connections were still accepted during the drain"
+    );
+    assert!(
+        !call.is_finished(),
+        "the call ended before the listener closed"
+    );
+    assert_eq!(call.join().unwrap().unwrap(), (200, "awake\n".to_owned()));
+    let status = s.wait_exit();
     assert!(status.success(), "wafer serve exited with {status}");
-    // The running invocation was answered (its own timeout), not cut off.
-    assert_eq!(inflight.join().unwrap().unwrap(), 504);
+}
+
+#[test]
+fn the_drain_ends_at_its_deadline() {
+    let mut s = TestServer::start_with_config("shutdown_grace_ms = 1000\n");
+    s.deploy("nap", "nap", json!({"timeout_ms": 60000}));
+    let call = nap_call(&s, "30000");
+    assert!(s.wait_in_flight(1), "the invocation never started");
+    let started = std::time::Instant::now();
+    let status = s.terminate();
+    let took = started.elapsed();
+    println!("exited {took:?} after SIGTERM with a 30 s call in flight");
+    assert!(status.success(), "wafer serve exited with {status}");
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(10),
+        "the drain took {took:?} with a grace of 1 s"
+    );
+    assert!(
+        call.join().unwrap().is_err(),
+        "the cut-off call got an answer"
+    );
 }

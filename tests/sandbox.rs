@@ -1,7 +1,7 @@
 //! The sandbox: every limit is enforced with a precise problem, and the server keeps serving.
 
 use serde_json::{Value, json};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wafer_e2e::{TestServer, assert_problem};
 
 #[test]
@@ -119,18 +119,81 @@ fn hostile_functions_do_not_disturb_others_meanwhile() {
     s.deploy(
         "spin",
         "spin",
-        json!({"fuel": 10_000_000_000_000u64, "timeout_ms": 3000}),
+        json!({"fuel": 10_000_000_000_000u64, "timeout_ms": 4000}),
     );
     s.deploy("hello", "hello", json!({}));
     std::thread::scope(|scope| {
         let spinners: Vec<_> = (0..2)
             .map(|_| scope.spawn(|| s.invoke("spin", b"").status().as_u16()))
             .collect();
-        // While two guests spin on both cores, hello still answers.
+        assert!(s.wait_in_flight(2), "the spinners never started");
+        // While two guests spin on both cores, hello still answers, and quickly.
+        let mut slowest = Duration::ZERO;
         for _ in 0..20 {
+            let t = Instant::now();
             let r = s.admin(reqwest::Method::GET, "/fn/hello").send().unwrap();
             assert_eq!(r.status(), 200);
+            slowest = slowest.max(t.elapsed());
         }
+        println!("slowest hello beside two spinners: {slowest:?}");
+        assert!(slowest < Duration::from_millis(300), "{slowest:?}");
+        assert!(
+            s.metrics().contains("wafer_invocations_in_flight 2\n"),
+            "spinners ended early"
+        );
+        for h in spinners {
+            assert_eq!(h.join().unwrap(), 504);
+        }
+    });
+}
+
+#[test]
+fn the_control_plane_answers_while_every_slot_spins() {
+    const SLOTS: usize = 64;
+    let s = TestServer::start_with_config(&format!(
+        "max_inflight = {SLOTS}\nmax_inflight_per_tenant = {SLOTS}\n"
+    ));
+    s.deploy(
+        "spin",
+        "spin",
+        json!({"fuel": 10_000_000_000_000u64, "timeout_ms": 8000}),
+    );
+    std::thread::scope(|scope| {
+        let spinners: Vec<_> = (0..SLOTS)
+            .map(|_| scope.spawn(|| s.invoke("spin", b"").status().as_u16()))
+            .collect();
+        assert!(s.wait_in_flight(SLOTS as u64), "not every slot is spinning");
+        assert_problem(s.invoke("spin", b""), 503, "overloaded");
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            for path in [
+                "/healthz",
+                "/readyz",
+                "/v1/functions",
+                "/v1/functions/spin/versions",
+            ] {
+                let t = Instant::now();
+                let r = s.admin(reqwest::Method::GET, path).send().unwrap();
+                assert_eq!(r.status(), 200, "{path}");
+                slowest = slowest.max(t.elapsed());
+            }
+        }
+        let t = Instant::now();
+        s.deploy("fresh", "hello", json!({}));
+        let deploy = t.elapsed();
+        println!(
+            "with {SLOTS} guests spinning: slowest control read {slowest:?}, deploy {deploy:?}"
+        );
+        assert!(
+            slowest < Duration::from_millis(250),
+            "control reads took up to {slowest:?}"
+        );
+        assert!(deploy < Duration::from_secs(5), "a deploy took {deploy:?}");
+        assert!(
+            s.metrics()
+                .contains(&format!("wafer_invocations_in_flight {SLOTS}\n")),
+            "spinners ended before the control calls were measured"
+        );
         for h in spinners {
             assert_eq!(h.join().unwrap(), 504);
         }

@@ -80,6 +80,10 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_key(&self, hash: &str, rec: KeyRecord) -> Result<(), MetaError>;
     /// Looks an API key up by the hash of its secret.
     async fn get_key(&self, hash: &str) -> Result<Option<KeyRecord>, MetaError>;
+    /// Every API key's record (never the secrets, which are not stored).
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, MetaError>;
+    /// Deletes the key with public id `id`; false when there is none.
+    async fn delete_key(&self, id: &str) -> Result<bool, MetaError>;
 }
 
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
@@ -204,6 +208,7 @@ impl MetaStore for EmbeddedMetaStore {
                 latest_version: 0,
                 aliases: BTreeMap::new(),
                 created: now,
+                incarnation: rand::random(),
             });
             f.latest_version += 1;
             let rec = VersionRecord {
@@ -346,6 +351,41 @@ impl MetaStore for EmbeddedMetaStore {
             None => Ok(None),
         }
     }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(KEYS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            out.push(decode::<KeyRecord>(v.value())?);
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, MetaError> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut t = txn.open_table(KEYS).map_err(storage)?;
+            let mut found = None;
+            for entry in t.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                if decode::<KeyRecord>(v.value())?.id == id {
+                    found = Some(k.value().to_owned());
+                    break;
+                }
+            }
+            match found {
+                Some(hash) => {
+                    t.remove(hash.as_str()).map_err(storage)?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -480,5 +520,56 @@ mod tests {
         assert!(!store.put_module(&t("a"), rec.clone()).await.unwrap());
         assert!(store.get_module(&t("b"), &d).await.unwrap().is_none());
         assert!(store.put_module(&t("b"), rec).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn keys_are_listed_and_revoked_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let rec = |id: &str| KeyRecord {
+            id: id.into(),
+            tenant: t("a"),
+            scopes: vec![crate::Scope::Read],
+            created: 1,
+        };
+        store.put_key("h1", rec("key_1")).await.unwrap();
+        store.put_key("h2", rec("key_2")).await.unwrap();
+        let ids: Vec<String> = store
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(ids, ["key_1", "key_2"]);
+        assert!(store.delete_key("key_1").await.unwrap());
+        assert!(!store.delete_key("key_1").await.unwrap());
+        assert!(store.get_key("h1").await.unwrap().is_none());
+        assert!(store.get_key("h2").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_name_created_again_is_a_new_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let d = Digest::of(b"m");
+        store
+            .create_version(&t("a"), &n("f"), spec(&d))
+            .await
+            .unwrap();
+        let first = store.get_function(&n("f")).await.unwrap().unwrap();
+        store
+            .create_version(&t("a"), &n("f"), spec(&d))
+            .await
+            .unwrap();
+        let same = store.get_function(&n("f")).await.unwrap().unwrap();
+        assert_eq!(first.incarnation, same.incarnation);
+        store.delete_function(&t("a"), &n("f")).await.unwrap();
+        store
+            .create_version(&t("a"), &n("f"), spec(&d))
+            .await
+            .unwrap();
+        let again = store.get_function(&n("f")).await.unwrap().unwrap();
+        assert_ne!(first.incarnation, again.incarnation);
     }
 }

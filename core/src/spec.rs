@@ -86,6 +86,10 @@ pub struct FunctionRecord {
     pub aliases: BTreeMap<AliasName, u32>,
     /// Unix seconds of creation.
     pub created: u64,
+    /// Random identity of this function, new when a deleted name is created again, so
+    /// nothing kept about the old function (such as logs) shows up under the new one.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What an API key may do.
@@ -100,6 +104,8 @@ pub enum Scope {
     Invoke,
     /// Read functions, versions and modules.
     Read,
+    /// Read the operator's `/metrics` (every tenant's function names and counts).
+    Metrics,
 }
 
 /// A stored API key. The key itself is never stored, only its hash (the store key).

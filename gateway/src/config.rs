@@ -22,11 +22,22 @@ pub struct Config {
     pub max_json_bytes: usize,
     /// Time a client has to send a request body, in ms (408 beyond).
     pub body_timeout_ms: u64,
+    /// Time a client has to send a request head, in ms, counted from when the connection
+    /// waits for one; it also closes idle keep-alive connections.
+    pub header_read_timeout_ms: u64,
+    /// Client connections open at once; more are closed as soon as they are accepted.
+    /// Kept below the process's open-file limit (raised to its hard limit at start).
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish after SIGTERM, in ms; then the server exits.
+    pub shutdown_grace_ms: u64,
     /// Invocations running at once before new ones get 503.
     pub max_inflight: usize,
     /// Invocations of one tenant's functions running at once; more get 503, so one tenant
     /// cannot take every slot from the others.
     pub max_inflight_per_tenant: usize,
+    /// Guest memory that invocations in flight may hold together, in MiB; each reserves its
+    /// version's `memory_mb` and more get 503. 0 means half of the machine's memory.
+    pub memory_budget_mb: u64,
     /// Compilations running at once; more wait.
     pub max_compiles: usize,
     /// Time limit of one compilation, in ms.
@@ -88,10 +99,14 @@ impl Default for Config {
             max_request_bytes: 16 << 20,
             max_json_bytes: 1 << 20,
             body_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            shutdown_grace_ms: 30_000,
             max_inflight: engine.max_instances as usize,
             max_inflight_per_tenant: engine.max_instances as usize * 3 / 4,
+            memory_budget_mb: 0,
             max_compiles: 2,
-            compile_timeout_ms: 60_000,
+            compile_timeout_ms: 20_000,
             compile_memory_mb: 4096,
             functions: FunctionDefaults::default(),
             engine,

@@ -4,6 +4,7 @@
 //! on first start, builds the runner and returns a router; [`serve`] runs it until the
 //! shutdown token fires, draining in-flight requests.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod logs;
 pub mod metrics;
 pub mod problem;
 pub mod resolve;
+pub mod server;
 pub mod state;
 
 pub use config::Config;
@@ -18,17 +20,14 @@ pub use config::Config;
 use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::Router;
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get, put};
-use http_body_util::BodyExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use wafer_core::{EmbeddedMetaStore, FsArtifactStore, Scope, TenantId};
@@ -66,11 +65,20 @@ impl Gateway {
             artifacts,
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let budget_mb = match config.memory_budget_mb {
+            0 => admission::default_memory_budget_mb(),
+            mb => mb,
+        };
         let state = Arc::new(AppState {
-            inflight: Arc::new(Semaphore::new(config.max_inflight.max(1))),
+            admission: admission::Admission::new(
+                config.max_inflight,
+                config.max_inflight_per_tenant,
+                budget_mb,
+                metrics.clone(),
+            ),
             compiles: Arc::new(Semaphore::new(config.max_compiles.max(1))),
-            tenant_slots: moka::sync::Cache::new(100_000),
-            metrics: metrics::Metrics::default(),
+            metrics,
             logs: logs::LogBook::default(),
             resolver: resolve::Resolver::default(),
             runner: Arc::new(runner),
@@ -147,7 +155,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/functions/{name}/aliases/{alias}",
             put(functions::set_alias),
         )
-        .route("/v1/keys", axum::routing::post(keys::create))
+        .route(
+            "/v1/keys",
+            axum::routing::post(keys::create).get(keys::list),
+        )
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/fn/{target}", any(invoke::invoke))
         .route("/fn/{target}/", any(invoke::invoke))
         .route("/fn/{target}/{*path}", any(invoke::invoke))
@@ -182,57 +194,31 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Decorates problem responses: fills `instance` with the request id, and on a 4xx answer to
-/// a request that carried a body (which may not have been read) asks for the connection to be
-/// closed, so a client does not reuse a connection with unread bytes in flight.
+/// Gives problems the request id as `instance`, and on a 4xx answer to a request that carried
+/// a body (which may not have been read) asks for the connection to be closed, so a client
+/// does not reuse a connection with unread bytes in flight.
 async fn problem_decoration(req: Request, next: Next) -> Response {
-    let id = req.headers().get("x-request-id").cloned();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let had_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let resp = next.run(req).await;
+    let mut resp = match id {
+        Some(id) => problem::with_request_id(id, next.run(req)).await,
+        None => next.run(req).await,
+    };
     let is_problem = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == b"application/problem+json");
-    if !is_problem {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    if had_body && parts.status.is_client_error() {
-        parts
-            .headers
+    if is_problem && had_body && resp.status().is_client_error() {
+        resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let Some(id) = id else {
-        return Response::from_parts(parts, body);
-    };
-    let Ok(collected) = body.collect().await else {
-        return Response::from_parts(parts, Body::empty());
-    };
-    let bytes = collected.to_bytes();
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
-    };
-    if let (Some(obj), Ok(id)) = (v.as_object_mut(), id.to_str()) {
-        obj.insert("instance".into(), id.into());
-    }
-    let out = serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec());
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Response::from_parts(parts, Body::from(out))
-}
-
-/// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    resp
 }

@@ -2,7 +2,9 @@
 //! kept in memory per function so `wafer logs NAME` can show what a function printed.
 //!
 //! Bounded three ways: entries per function, bytes per entry, and functions tracked (least
-//! recently used functions are forgotten). Each function has its own lock.
+//! recently used functions are forgotten). Each function has its own lock. Logs are kept per
+//! incarnation of a name, so a function created again under a deleted name starts empty, even
+//! when an invocation of the old one finishes after the delete.
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -34,7 +36,7 @@ pub struct LogEntry {
 
 /// The per-function rings of recent logs.
 pub struct LogBook {
-    rings: moka::sync::Cache<String, Arc<Mutex<VecDeque<LogEntry>>>>,
+    rings: moka::sync::Cache<(String, u64), Arc<Mutex<VecDeque<LogEntry>>>>,
 }
 
 impl Default for LogBook {
@@ -47,7 +49,7 @@ impl Default for LogBook {
 
 impl LogBook {
     /// Records an invocation's log, keeping only the tail of long logs.
-    pub fn push(&self, function: &str, mut entry: LogEntry) {
+    pub fn push(&self, function: &str, incarnation: u64, mut entry: LogEntry) {
         if entry.log.len() > BYTES_PER_ENTRY {
             let mut cut = entry.log.len() - BYTES_PER_ENTRY;
             while !entry.log.is_char_boundary(cut) {
@@ -55,7 +57,7 @@ impl LogBook {
             }
             entry.log = entry.log.split_off(cut);
         }
-        let ring = self.rings.get_with(function.to_owned(), || {
+        let ring = self.rings.get_with((function.to_owned(), incarnation), || {
             Arc::new(Mutex::new(VecDeque::new()))
         });
         let mut ring = ring.lock().expect("log ring lock");
@@ -66,16 +68,16 @@ impl LogBook {
     }
 
     /// The recent logs of a function, oldest first.
-    pub fn recent(&self, function: &str) -> Vec<LogEntry> {
+    pub fn recent(&self, function: &str, incarnation: u64) -> Vec<LogEntry> {
         self.rings
-            .get(function)
+            .get(&(function.to_owned(), incarnation))
             .map(|r| r.lock().expect("log ring lock").iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// Forgets a function's logs (when it is deleted).
-    pub fn forget(&self, function: &str) {
-        self.rings.invalidate(function);
+    pub fn forget(&self, function: &str, incarnation: u64) {
+        self.rings.invalidate(&(function.to_owned(), incarnation));
     }
 }
 
@@ -98,15 +100,16 @@ mod tests {
     fn rings_are_bounded_and_keep_tails() {
         let book = LogBook::default();
         for i in 0..(ENTRIES_PER_FUNCTION + 5) {
-            book.push("f", entry(&i.to_string()));
+            book.push("f", 1, entry(&i.to_string()));
         }
-        let recent = book.recent("f");
+        assert!(book.recent("f", 2).is_empty(), "another incarnation");
+        let recent = book.recent("f", 1);
         assert_eq!(recent.len(), ENTRIES_PER_FUNCTION);
         assert_eq!(recent[0].log, "5");
-        book.push("g", entry(&"é".repeat(BYTES_PER_ENTRY)));
-        let g = book.recent("g");
+        book.push("g", 1, entry(&"é".repeat(BYTES_PER_ENTRY)));
+        let g = book.recent("g", 1);
         assert!(g[0].log.len() <= BYTES_PER_ENTRY && g[0].log.ends_with('é'));
-        book.forget("f");
-        assert!(book.recent("f").is_empty());
+        book.forget("f", 1);
+        assert!(book.recent("f", 1).is_empty());
     }
 }

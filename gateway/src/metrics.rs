@@ -33,6 +33,8 @@ pub struct Metrics {
     cold_starts: Family<FunctionLabels, Counter>,
     fuel: Family<FunctionLabels, Counter>,
     in_flight: Gauge,
+    connections: Gauge,
+    connections_refused: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -73,6 +75,18 @@ impl Default for Metrics {
             "Invocations running now",
             in_flight.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept because the connection cap was reached",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -80,6 +94,8 @@ impl Default for Metrics {
             cold_starts,
             fuel,
             in_flight,
+            connections,
+            connections_refused,
         }
     }
 }
@@ -111,6 +127,17 @@ impl Metrics {
         InFlight(self.in_flight.clone())
     }
 
+    /// Counts a client connection as open until the guard is dropped.
+    pub fn connection_opened(&self) -> InFlight {
+        self.connections.inc();
+        InFlight(self.connections.clone())
+    }
+
+    /// Counts a connection closed at once because the cap was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -119,7 +146,7 @@ impl Metrics {
     }
 }
 
-/// Decrements the in-flight gauge when dropped.
+/// Decrements a gauge (invocations or connections in flight) when dropped.
 pub struct InFlight(Gauge);
 
 impl Drop for InFlight {

@@ -125,9 +125,23 @@ impl ApiError {
     }
 }
 
+tokio::task_local! {
+    /// The request id of the request being handled, for problems' `instance`.
+    static REQUEST_ID: String;
+}
+
+/// Runs `f` (the handling of one request) with `id` as the `instance` of any problem it
+/// answers with.
+pub async fn with_request_id<F: Future>(id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.body(None)).expect("problem serializes");
+        let body = REQUEST_ID
+            .try_with(|id| self.body(Some(id)))
+            .unwrap_or_else(|_| self.body(None));
+        let body = serde_json::to_vec(&body).expect("problem serializes");
         let mut resp = (self.status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -222,17 +236,19 @@ impl From<InvokeError> for ApiError {
             InvokeError::OutputLimit { limit, .. } => {
                 bad_gateway("output-limit", "Output limit exceeded").with("limit", limit)
             }
-            InvokeError::Exit { code, ref stderr } => {
-                let tail = tail_chars(stderr, 2048);
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "nonzero-exit",
-                    "Function exited with an error",
-                    format!("{detail}: {}", tail_chars(stderr, 300).trim()),
-                )
-                .with("exit_code", code)
-                .with("stderr", tail)
+            // Callers who may not see the function's log get the exit code alone (the
+            // handler empties `stderr` for them).
+            InvokeError::Exit { code, ref stderr } if stderr.is_empty() => {
+                bad_gateway("nonzero-exit", "Function exited with an error").with("exit_code", code)
             }
+            InvokeError::Exit { code, ref stderr } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "nonzero-exit",
+                "Function exited with an error",
+                format!("{detail}: {}", tail_chars(stderr, 300).trim()),
+            )
+            .with("exit_code", code)
+            .with("stderr", tail_chars(stderr, 2048)),
             InvokeError::NoResponse => bad_gateway("no-response", "No response"),
             InvokeError::GuestHttpError(_) => {
                 bad_gateway("guest-http-error", "Function HTTP error")

@@ -16,11 +16,9 @@ pub struct AppState {
     /// The engine.
     pub runner: Arc<Runner>,
     /// Metrics.
-    pub metrics: Metrics,
-    /// Invocation slots; none free means 503.
-    pub inflight: Arc<Semaphore>,
-    /// Invocation slots per tenant (created on first use).
-    pub tenant_slots: moka::sync::Cache<wafer_core::TenantId, Arc<Semaphore>>,
+    pub metrics: Arc<Metrics>,
+    /// Invocation slots (global and per tenant) and the host memory budget.
+    pub admission: crate::admission::Admission,
     /// Compilation slots; callers wait for one.
     pub compiles: Arc<Semaphore>,
     /// Cached `name@ref` resolutions for the invoke path.

@@ -26,6 +26,10 @@ pub struct EngineConfig {
     /// (only dirty pages, found with PAGEMAP_SCAN where the kernel has it) instead of being
     /// returned with `madvise`, which costs page faults and cross-core TLB shootdowns.
     pub keep_resident_bytes: usize,
+    /// Threads that run guests, apart from the threads that serve the API (0: one per core).
+    pub guest_threads: usize,
+    /// Nice value (0–19) of the guest threads: higher lets the control plane win a core.
+    pub guest_nice: i32,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +41,8 @@ impl Default for EngineConfig {
             epoch_tick_ms: 5,
             pooling: true,
             keep_resident_bytes: 16 << 20,
+            guest_threads: 0,
+            guest_nice: 10,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod output;
+pub mod pool;
 mod runner;
 
 pub use abi::{Input, Output};

@@ -7,8 +7,10 @@ use crate::compiler::IsolatedCompiler;
 use crate::engine::{self, EngineConfig};
 use crate::error::{CompileError, InvokeError};
 use crate::limits::Limits;
+use crate::pool::GuestPool;
 use bytes::Bytes;
 use std::sync::Arc;
+use tracing::Instrument;
 use wafer_core::artifacts::ArtifactKey;
 use wafer_core::{Abi, ArtifactStore, Digest};
 use wasmtime::component::{Component, Linker};
@@ -94,6 +96,7 @@ pub struct Runner {
     artifacts: Arc<dyn ArtifactStore>,
     hot: moka::sync::Cache<Digest, Arc<Prepared>>,
     compiler: Option<IsolatedCompiler>,
+    guests: GuestPool,
 }
 
 fn link_error(e: wasmtime::Error) -> CompileError {
@@ -112,6 +115,7 @@ impl Runner {
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| s.wasi())?;
         let fingerprint = engine::fingerprint(&engine);
         let hot = moka::sync::Cache::new(config.hot_entries);
+        let guests = GuestPool::new(config.engine.guest_threads, config.engine.guest_nice)?;
         let compiler = match &config.compile {
             CompileMode::InProcess => None,
             CompileMode::Worker {
@@ -136,6 +140,7 @@ impl Runner {
             artifacts,
             hot,
             compiler,
+            guests,
         })
     }
 
@@ -314,23 +319,45 @@ impl Runner {
         Ok(prepared)
     }
 
-    /// Runs one invocation in a fresh store.
+    /// Runs one invocation in a fresh store, on the guest pool.
     pub async fn invoke(
         &self,
-        prepared: &Prepared,
+        prepared: Arc<Prepared>,
         inv: Invocation,
     ) -> Result<Outcome, InvokeError> {
-        let Invocation {
-            limits,
-            args,
-            env,
-            input,
-        } = inv;
-        if limits.memory_bytes > (self.config.engine.max_memory_mb as usize) << 20 {
+        if inv.limits.memory_bytes > (self.config.engine.max_memory_mb as usize) << 20 {
             return Err(InvokeError::Internal(
                 "memory limit above the engine's maximum".into(),
             ));
         }
+        let engine = self.engine.clone();
+        let span = tracing::Span::current();
+        self.guests
+            .run(async move { run(&engine, &prepared, inv).await }.instrument(span))
+            .await
+            .map_err(|e| {
+                InvokeError::Internal(if e.is_panic() {
+                    "the invocation panicked".into()
+                } else {
+                    "the invocation was cancelled".into()
+                })
+            })?
+    }
+}
+
+/// Runs one invocation of `prepared` in a fresh store of `engine`.
+async fn run(
+    engine: &Engine,
+    prepared: &Prepared,
+    inv: Invocation,
+) -> Result<Outcome, InvokeError> {
+    let Invocation {
+        limits,
+        args,
+        env,
+        input,
+    } = inv;
+    {
         let command_result = |r: CommandRun| Outcome {
             output: Output::Stdout(r.stdout),
             log: r.stderr,
@@ -338,7 +365,7 @@ impl Runner {
         };
         match (prepared, input) {
             (Prepared::Http(pre), Input::Http(req)) => {
-                let r = abi::http::run(&self.engine, pre, &limits, &env, *req).await?;
+                let r = abi::http::run(engine, pre, &limits, &env, *req).await?;
                 Ok(Outcome {
                     output: Output::Http(r.response),
                     log: r.log,
@@ -346,12 +373,12 @@ impl Runner {
                 })
             }
             (Prepared::CommandModule(pre), Input::Stdin(stdin)) => {
-                command::run_module(&self.engine, pre, &limits, &args, &env, stdin)
+                command::run_module(engine, pre, &limits, &args, &env, stdin)
                     .await
                     .map(command_result)
             }
             (Prepared::CommandComponent(pre), Input::Stdin(stdin)) => {
-                command::run_component(&self.engine, pre, &limits, &args, &env, stdin)
+                command::run_component(engine, pre, &limits, &args, &env, stdin)
                     .await
                     .map(command_result)
             }

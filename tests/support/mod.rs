@@ -105,11 +105,26 @@ impl TestServer {
 
     /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Sends `sig` to the server without waiting.
+    pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(self.child.id() as libc::pid_t, sig);
         }
+    }
+
+    /// Waits for the server process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait for wafer serve")
+    }
+
+    /// The `host:port` the server listens on.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     /// SIGKILLs the server.
@@ -209,15 +224,19 @@ impl TestServer {
         assert_eq!(r.text().unwrap(), "Hello, ok!\n");
     }
 
+    /// The `/metrics` text, read with the admin key.
+    pub fn metrics(&self) -> String {
+        self.admin(reqwest::Method::GET, "/metrics")
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+
     /// Waits until `/metrics` shows `n` invocations in flight (bounded: about 5 s).
     pub fn wait_in_flight(&self, n: u64) -> bool {
         let needle = format!("wafer_invocations_in_flight {n}\n");
         for _ in 0..500 {
-            let m = self
-                .anon(reqwest::Method::GET, "/metrics")
-                .send()
-                .and_then(|r| r.text())
-                .unwrap_or_default();
+            let m = self.metrics();
             if m.contains(&needle) {
                 return true;
             }

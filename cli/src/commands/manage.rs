@@ -56,12 +56,24 @@ pub enum KeysCommand {
         /// Tenant the key acts for.
         #[arg(long)]
         tenant: String,
-        /// Scopes: deploy, invoke, read, admin (repeatable; default deploy+invoke+read).
+        /// Scopes: deploy, invoke, read, metrics, admin (repeatable; default
+        /// deploy+invoke+read).
         #[arg(long = "scope")]
         scopes: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List every API key (admin only): id, tenant, scopes; never the secret.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key by its id (admin only); it stops working at once.
+    Revoke {
+        /// The key's id, as `wafer keys ls` shows it.
+        id: String,
     },
 }
 
@@ -189,7 +201,10 @@ pub async fn keys(client: &Client, k: &KeysCommand) -> anyhow::Result<()> {
                 vec!["deploy".into(), "invoke".into(), "read".into()]
             } else {
                 for s in scopes {
-                    if !matches!(s.as_str(), "deploy" | "invoke" | "read" | "admin") {
+                    if !matches!(
+                        s.as_str(),
+                        "deploy" | "invoke" | "read" | "metrics" | "admin"
+                    ) {
                         return Err(CliError::Usage(format!("unknown scope {s:?}")).into());
                     }
                 }
@@ -207,6 +222,38 @@ pub async fn keys(client: &Client, k: &KeysCommand) -> anyhow::Result<()> {
             } else {
                 println!("{}", v["key"].as_str().unwrap_or_default());
             }
+            Ok(())
+        }
+        KeysCommand::Ls { json } => {
+            let v = client.json(client.request(Method::GET, "/v1/keys")).await?;
+            if *json {
+                println!("{v}");
+                return Ok(());
+            }
+            let empty = Vec::new();
+            println!("{:<18} {:<24} {:>10}  SCOPES", "ID", "TENANT", "CREATED");
+            for k in v["keys"].as_array().unwrap_or(&empty) {
+                let scopes: Vec<&str> = k["scopes"]
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<18} {:<24} {:>10}  {}",
+                    k["id"].as_str().unwrap_or("?"),
+                    k["tenant"].as_str().unwrap_or("?"),
+                    k["created"].to_string(),
+                    scopes.join(",")
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { id } => {
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/keys/{id}")))
+                .await?;
+            println!("revoked {id}");
             Ok(())
         }
     }

@@ -48,6 +48,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = load_config(args, data_dir)?;
+    let fd_limit = wafer_gateway::server::raise_fd_limit();
     let compile = if args.compile_in_process {
         CompileMode::InProcess
     } else {
@@ -80,7 +81,19 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight requests");
         trigger.cancel();
     });
-    wafer_gateway::serve(listener, gateway.router(), shutdown).await?;
+    let config = &gateway.state.config;
+    let limits = wafer_gateway::server::ServerLimits {
+        max_connections: wafer_gateway::server::connection_cap(config.max_connections, fd_limit),
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
+    let metrics = gateway.state.metrics.clone();
+    wafer_gateway::server::serve(listener, gateway.router(), shutdown, limits, metrics).await?;
     Ok(())
 }
 

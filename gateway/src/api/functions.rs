@@ -127,6 +127,11 @@ pub async fn put(
         )));
     }
     for (k, v) in &req.env {
+        if k.starts_with("WAFER_") {
+            return Err(invalid_config(format!(
+                "environment variable {k} is reserved: Wafer sets WAFER_* variables itself"
+            )));
+        }
         if !valid_env_key(k) {
             return Err(invalid_config(format!(
                 "environment variable name {k:?} must match [A-Za-z_][A-Za-z0-9_]*"
@@ -223,8 +228,10 @@ pub async fn logs(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (name, _) = readable(&state, &headers, name).await?;
-    Ok(Json(json!({ "logs": state.logs.recent(name.as_str()) })))
+    let (name, f) = readable(&state, &headers, name).await?;
+    Ok(Json(
+        json!({ "logs": state.logs.recent(name.as_str(), f.incarnation) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -261,9 +268,10 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let name = FunctionName::new(name)?;
     let caller = auth::require(&state, &headers, Scope::Deploy).await?;
+    let f = owned(&state, &caller, &name).await?;
     state.meta.delete_function(&caller.tenant, &name).await?;
     state.resolver.invalidate(&name);
-    state.logs.forget(name.as_str());
+    state.logs.forget(name.as_str(), f.incarnation);
     tracing::info!(function = %name, "function deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,10 +4,11 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use wafer_core::Scope;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -30,15 +31,20 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
     }
 }
 
-/// Prometheus text exposition.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
+/// Prometheus text exposition. It names every tenant's functions, so it takes a key with the
+/// `metrics` scope (or an admin key).
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::require(&state, &headers, Scope::Metrics).await?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render(),
-    )
+    ))
 }
 
 /// The OpenAPI document.

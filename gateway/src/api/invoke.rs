@@ -2,16 +2,16 @@
 
 use crate::auth;
 use crate::problem::ApiError;
+use crate::resolve::Resolved;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tracing::Instrument;
-use wafer_core::{Abi, Scope, VersionRecord, VersionRef};
+use wafer_core::{Abi, FunctionName, KeyRecord, Scope, VersionRecord, VersionRef};
 use wafer_runner::{Input, Invocation, Limits, Output};
 
 /// Splits `/fn/<target>/<rest>?q` into the target and the path (with query) the function sees.
@@ -54,64 +54,77 @@ fn content_type_of(stdout: &[u8]) -> &'static str {
     }
 }
 
-/// Runs a function and returns its response.
-pub async fn invoke(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (target, fn_path) = split_path(req.uri());
-    let (name, vref) = VersionRef::split(target)?;
-    let Some(resolved) = state
+/// The function and version a caller may invoke. Whoever is not the owner gets the same 404
+/// for a function that is missing, private, or lacks the version or alias asked for, so
+/// nothing about another tenant's functions can be learnt by probing.
+async fn authorize_invocation(
+    state: &AppState,
+    caller: Option<&KeyRecord>,
+    name: &FunctionName,
+    vref: &VersionRef,
+) -> Result<Resolved, ApiError> {
+    let hidden = || ApiError::function_not_found(name.as_str());
+    let resolved = state
         .resolver
-        .resolve(state.meta.as_ref(), &name, &vref)
-        .await?
-    else {
-        return Err(match state.meta.get_function(&name).await? {
-            Some(_) => wafer_core::MetaError::VersionNotFound {
+        .resolve(state.meta.as_ref(), name, vref)
+        .await?;
+    let owner = match &resolved {
+        Some(r) => Some(r.0.tenant.clone()),
+        None => state.meta.get_function(name).await?.map(|f| f.tenant),
+    };
+    let own = caller.filter(|k| owner.as_ref() == Some(&k.tenant));
+    let Some(resolved) = resolved else {
+        return Err(match (own, owner) {
+            (Some(_), Some(_)) => wafer_core::MetaError::VersionNotFound {
                 name: name.clone(),
                 version: vref.to_string(),
             }
             .into(),
-            None => ApiError::function_not_found(name.as_str()),
+            _ => hidden(),
         });
     };
-    let (function, version) = (&resolved.0, &resolved.1);
-    let caller = auth::invoker(&state, req.headers()).await?;
-    if !version.spec.public {
-        match &caller {
-            None => {
-                return Err(ApiError::unauthorized(
-                    "this function is not public: an API key with the invoke scope is required",
-                ));
-            }
-            Some(k) if k.tenant != function.tenant => {
-                return Err(ApiError::function_not_found(name.as_str()));
-            }
+    if !resolved.1.spec.public {
+        match own {
+            None => return Err(hidden()),
             Some(k) if !k.allows(Scope::Invoke) => {
                 return Err(ApiError::forbidden("this key lacks the Invoke scope"));
             }
             Some(_) => {}
         }
     }
-    let _slot = state
-        .inflight
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::overloaded("too many invocations in flight"))?;
-    let per_tenant = state.config.max_inflight_per_tenant.max(1);
-    let _tenant_slot = state
-        .tenant_slots
-        .get_with(function.tenant.clone(), || {
-            Arc::new(Semaphore::new(per_tenant))
-        })
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::overloaded(format!(
-                "this tenant's functions already have {per_tenant} invocations in flight"
-            ))
-        })?;
-    let _running = state.metrics.in_flight();
+    Ok(resolved)
+}
 
+/// Runs a function and returns its response.
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
+        // TRACE would echo the caller's headers back through the function; CONNECT is a proxy's.
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("functions cannot be invoked with {}", req.method()),
+        ));
+    }
+    let (target, fn_path) = split_path(req.uri());
+    // Clients encode the segment (`hello%40stable` from `encodeURIComponent`).
+    let target = percent_encoding::percent_decode_str(target)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid-name", "the function name is not UTF-8"))?;
+    let (name, vref) = VersionRef::split(&target)?;
+    let caller = auth::invoker(&state, req.headers()).await?;
+    let resolved = authorize_invocation(&state, caller.as_ref(), &name, &vref).await?;
+    let (function, version) = (&resolved.0, &resolved.1);
+    // Only the owner, with the read scope, sees what the function printed.
+    let sees_logs = caller
+        .as_ref()
+        .is_some_and(|k| k.tenant == function.tenant && k.allows(Scope::Read));
+
+    // The body arrives before any slot is taken: a slow client holds a connection, never
+    // an invocation slot or memory budget.
     let (parts, body) = req.into_parts();
     let body = super::read_limited(
         &state,
@@ -121,6 +134,9 @@ pub async fn invoke(
         "request-too-large",
     )
     .await?;
+    let _admitted = state
+        .admission
+        .admit(&function.tenant, version.spec.memory_mb)?;
     let request_id = parts
         .headers
         .get("x-request-id")
@@ -148,8 +164,8 @@ pub async fn invoke(
                 .method(parts.method.clone())
                 .uri(fn_path.as_str());
             for (k, v) in &parts.headers {
-                // The caller's Wafer key is not the function's business.
-                if k == header::AUTHORIZATION && v.as_bytes().starts_with(b"Bearer wfr_") {
+                // Credentials sent to Wafer are not the function's business.
+                if k == header::AUTHORIZATION || k == header::PROXY_AUTHORIZATION {
                     continue;
                 }
                 builder = builder.header(k, v);
@@ -173,7 +189,7 @@ pub async fn invoke(
             env,
             input,
         };
-        state.runner.invoke(&prepared, inv).await.map(|o| (o, cold))
+        state.runner.invoke(prepared, inv).await.map(|o| (o, cold))
     }
     .instrument(span.clone())
     .await;
@@ -190,7 +206,7 @@ pub async fn invoke(
             if !outcome.log.is_empty() {
                 keep_log(
                     &state,
-                    &name,
+                    function,
                     version,
                     &request_id,
                     "ok",
@@ -214,9 +230,10 @@ pub async fn invoke(
                 .insert(version_header.0, version_header.1);
             Ok(resp)
         }
-        Err(e) => {
-            let log = match &e {
-                wafer_runner::InvokeError::Exit { stderr, .. } => stderr.clone(),
+        Err(mut e) => {
+            let log = match &mut e {
+                wafer_runner::InvokeError::Exit { stderr, .. } if sees_logs => stderr.clone(),
+                wafer_runner::InvokeError::Exit { stderr, .. } => std::mem::take(stderr),
                 _ => String::new(),
             };
             let err: ApiError = e.into();
@@ -225,7 +242,7 @@ pub async fn invoke(
                 .record(name.as_str(), err.slug, seconds, 0, false);
             keep_log(
                 &state,
-                &name,
+                function,
                 version,
                 &request_id,
                 err.slug,
@@ -244,7 +261,7 @@ pub async fn invoke(
 /// Keeps the tail of an invocation's log for `GET /v1/functions/{name}/logs`.
 fn keep_log(
     state: &AppState,
-    name: &wafer_core::FunctionName,
+    function: &wafer_core::FunctionRecord,
     version: &VersionRecord,
     request_id: &str,
     outcome: &str,
@@ -252,7 +269,8 @@ fn keep_log(
     log: &[u8],
 ) {
     state.logs.push(
-        name.as_str(),
+        function.name.as_str(),
+        function.incarnation,
         crate::logs::LogEntry {
             request_id: request_id.to_owned(),
             version: version.version,

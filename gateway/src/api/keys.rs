@@ -1,11 +1,11 @@
-//! `POST /v1/keys`: admins create API keys for tenants.
+//! `/v1/keys`: admins create, list and revoke API keys for tenants.
 
 use crate::auth;
 use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,15 +27,16 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let req: NewKey = super::read_json(&state, &headers, body).await?;
-    if req.scopes.is_empty() || req.scopes.len() > 4 {
-        return Err(ApiError::bad_request(
-            "invalid-json",
-            "scopes must list one to four of admin, deploy, invoke, read",
-        ));
-    }
-    let mut scopes = req.scopes;
+    let mut scopes = req.scopes.clone();
     scopes.sort();
     scopes.dedup();
+    if scopes.is_empty() || scopes.len() != req.scopes.len() {
+        return Err(ApiError::bad_request(
+            "invalid-json",
+            "scopes must list each of admin, deploy, invoke, read, metrics at most once, and \
+             at least one",
+        ));
+    }
     let (key, rec) = auth::create_key(&state, req.tenant, scopes).await?;
     tracing::info!(key_id = %rec.id, tenant = %rec.tenant, "created API key");
     Ok((
@@ -47,4 +48,33 @@ pub async fn create(
             "scopes": rec.scopes,
         })),
     ))
+}
+
+/// Lists every key's public record (id, tenant, scopes, created); never a secret.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    auth::require(&state, &headers, Scope::Admin).await?;
+    let keys = state.meta.list_keys().await?;
+    Ok(Json(json!({ "keys": keys })))
+}
+
+/// Revokes a key by its public id; it stops working at once.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    auth::require(&state, &headers, Scope::Admin).await?;
+    if !state.meta.delete_key(&id).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key-not-found",
+            "Key not found",
+            format!("no API key with id {id:?}"),
+        ));
+    }
+    tracing::info!(key_id = %id, "revoked API key");
+    Ok(StatusCode::NO_CONTENT)
 }

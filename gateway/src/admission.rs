@@ -1,0 +1,148 @@
+//! Admission of invocations: a slot in the global pool, a slot of the tenant's share, and the
+//! invocation's memory budget reserved from the host's memory budget. All three are taken at
+//! once, without waiting, after the request body has arrived; any one missing is a 503 with
+//! `Retry-After`, so overload is refused quickly instead of queueing or exhausting the host.
+
+use crate::metrics::{InFlight, Metrics};
+use crate::problem::ApiError;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wafer_core::TenantId;
+
+/// Most MiB the memory budget can hold (tokio semaphores count up to `usize::MAX >> 3`;
+/// this is far above any machine's memory).
+const MAX_BUDGET_MB: u64 = 1 << 40;
+
+/// The admission controller.
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    per_tenant: usize,
+    tenants: moka::sync::Cache<TenantId, Arc<Semaphore>>,
+    memory_mb: Arc<Semaphore>,
+    budget_mb: u64,
+    metrics: Arc<Metrics>,
+}
+
+/// What an admitted invocation holds until it ends; dropping it gives everything back.
+pub struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    _tenant_slot: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+    _running: InFlight,
+}
+
+impl Admission {
+    /// A controller for `slots` invocations at once, `per_tenant` of them for one tenant,
+    /// and `budget_mb` MiB of guest memory in flight.
+    pub fn new(slots: usize, per_tenant: usize, budget_mb: u64, metrics: Arc<Metrics>) -> Self {
+        let budget_mb = budget_mb.clamp(1, MAX_BUDGET_MB);
+        Self {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            per_tenant: per_tenant.max(1),
+            // Idle tenants' semaphores are dropped after a while; one in use is never idle.
+            tenants: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+            memory_mb: Arc::new(Semaphore::new(budget_mb as usize)),
+            budget_mb,
+            metrics,
+        }
+    }
+
+    /// The host memory budget, MiB.
+    pub fn budget_mb(&self) -> u64 {
+        self.budget_mb
+    }
+
+    /// Admits one invocation of `tenant`'s function that may use up to `memory_mb` MiB.
+    pub fn admit(&self, tenant: &TenantId, memory_mb: u64) -> Result<Admitted, ApiError> {
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded("too many invocations in flight"))?;
+        let per_tenant = self.per_tenant;
+        let tenant_slot = self
+            .tenants
+            .get_with_by_ref(tenant, || Arc::new(Semaphore::new(per_tenant)))
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::overloaded(format!(
+                    "this tenant's functions already have {per_tenant} invocations in flight"
+                ))
+            })?;
+        let memory = u32::try_from(memory_mb)
+            .ok()
+            .filter(|mb| u64::from(*mb) <= self.budget_mb)
+            .and_then(|mb| self.memory_mb.clone().try_acquire_many_owned(mb).ok())
+            .ok_or_else(|| {
+                ApiError::overloaded(format!(
+                    "the host's memory budget of {} MiB is taken by invocations in flight",
+                    self.budget_mb
+                ))
+                .with("memory_budget_mb", self.budget_mb)
+            })?;
+        Ok(Admitted {
+            _slot: slot,
+            _tenant_slot: tenant_slot,
+            _memory: memory,
+            _running: self.metrics.in_flight(),
+        })
+    }
+}
+
+/// The default host memory budget: half of the machine's physical memory, so guests can never
+/// take what the host itself, the page cache and compile workers need.
+pub fn default_memory_budget_mb() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return 4096;
+    }
+    ((pages as u64).saturating_mul(page as u64) >> 20) / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(t: &str) -> TenantId {
+        TenantId::new(t).unwrap()
+    }
+
+    #[test]
+    fn memory_is_reserved_and_given_back() {
+        let a = Admission::new(10, 10, 1000, Arc::default());
+        let first = a.admit(&tenant("a"), 600).unwrap();
+        let refused = a.admit(&tenant("b"), 600).err().unwrap();
+        assert_eq!(refused.status, 503);
+        assert_eq!(refused.extra["memory_budget_mb"], 1000);
+        let small = a.admit(&tenant("b"), 400).unwrap();
+        drop(first);
+        a.admit(&tenant("b"), 600).unwrap();
+        drop(small);
+        assert!(a.admit(&tenant("c"), 1001).is_err(), "more than the budget");
+    }
+
+    #[test]
+    fn a_tenant_cannot_take_every_slot() {
+        let a = Admission::new(3, 2, 1000, Arc::default());
+        let _x = a.admit(&tenant("a"), 1).unwrap();
+        let _y = a.admit(&tenant("a"), 1).unwrap();
+        assert!(a.admit(&tenant("a"), 1).is_err());
+        let _z = a.admit(&tenant("b"), 1).unwrap();
+        assert!(a.admit(&tenant("c"), 1).is_err(), "global slots are gone");
+    }
+
+    #[test]
+    fn the_default_budget_is_half_the_machine() {
+        let mb = default_memory_budget_mb();
+        assert!(mb >= 64, "{mb}");
+    }
+}
