@@ -515,6 +515,7 @@ mod tests {
             size: 1,
             abi: Abi::Command,
             created: 0,
+            min_memory_bytes: 0,
         };
         assert!(store.put_module(&t("a"), rec.clone()).await.unwrap());
         assert!(!store.put_module(&t("a"), rec.clone()).await.unwrap());

@@ -36,6 +36,10 @@ pub struct ModuleRecord {
     pub abi: Abi,
     /// Unix seconds of the first upload by this tenant.
     pub created: u64,
+    /// Bytes of memory and tables an instance holds before running any code (0: unknown);
+    /// a version's memory limit may not be below it.
+    #[serde(default)]
+    pub min_memory_bytes: u64,
 }
 
 /// What a client asks for when it creates a version (`PUT /v1/functions/{name}`).

@@ -1,7 +1,9 @@
-//! Admission of invocations: a slot in the global pool, a slot of the tenant's share, and the
-//! invocation's memory budget reserved from the host's memory budget. All three are taken at
-//! once, without waiting, after the request body has arrived; any one missing is a 503 with
-//! `Retry-After`, so overload is refused quickly instead of queueing or exhausting the host.
+//! Admission of invocations: a slot in the global pool and one of the tenant's share, and the
+//! invocation's memory limit reserved from the host's memory budget and from the tenant's
+//! share of it (three quarters), so one tenant can never take all the memory either. All are
+//! taken at once, without waiting, after the request body has arrived; any one missing is a
+//! 503 with `Retry-After`, so overload is refused quickly instead of queueing or exhausting
+//! the host.
 
 use crate::metrics::{InFlight, Metrics};
 use crate::problem::ApiError;
@@ -17,10 +19,17 @@ const MAX_BUDGET_MB: u64 = 1 << 40;
 pub struct Admission {
     slots: Arc<Semaphore>,
     per_tenant: usize,
-    tenants: moka::sync::Cache<TenantId, Arc<Semaphore>>,
+    tenants: moka::sync::Cache<TenantId, Arc<TenantShare>>,
     memory_mb: Arc<Semaphore>,
     budget_mb: u64,
+    tenant_budget_mb: u64,
     metrics: Arc<Metrics>,
+}
+
+/// One tenant's share: invocation slots and MiB of guest memory.
+struct TenantShare {
+    slots: Arc<Semaphore>,
+    memory_mb: Arc<Semaphore>,
 }
 
 /// What an admitted invocation holds until it ends; dropping it gives everything back.
@@ -28,6 +37,7 @@ pub struct Admitted {
     _slot: OwnedSemaphorePermit,
     _tenant_slot: OwnedSemaphorePermit,
     _memory: OwnedSemaphorePermit,
+    _tenant_memory: OwnedSemaphorePermit,
     _running: InFlight,
 }
 
@@ -37,6 +47,7 @@ impl Admission {
     pub fn new(slots: usize, per_tenant: usize, budget_mb: u64, metrics: Arc<Metrics>) -> Self {
         let budget_mb = budget_mb.clamp(1, MAX_BUDGET_MB);
         Self {
+            tenant_budget_mb: (budget_mb * 3 / 4).max(1),
             slots: Arc::new(Semaphore::new(slots.max(1))),
             per_tenant: per_tenant.max(1),
             // Idle tenants' semaphores are dropped after a while; one in use is never idle.
@@ -62,39 +73,52 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::overloaded("too many invocations in flight"))?;
-        let per_tenant = self.per_tenant;
-        let tenant_slot = self
-            .tenants
-            .get_with_by_ref(tenant, || Arc::new(Semaphore::new(per_tenant)))
-            .try_acquire_owned()
-            .map_err(|_| {
-                ApiError::overloaded(format!(
-                    "this tenant's functions already have {per_tenant} invocations in flight"
-                ))
-            })?;
-        let memory = u32::try_from(memory_mb)
-            .ok()
-            .filter(|mb| u64::from(*mb) <= self.budget_mb)
-            .and_then(|mb| self.memory_mb.clone().try_acquire_many_owned(mb).ok())
-            .ok_or_else(|| {
-                ApiError::overloaded(format!(
-                    "the host's memory budget of {} MiB is taken by invocations in flight",
-                    self.budget_mb
-                ))
-                .with("memory_budget_mb", self.budget_mb)
-            })?;
+        let (per_tenant, tenant_budget_mb) = (self.per_tenant, self.tenant_budget_mb);
+        let share = self.tenants.get_with_by_ref(tenant, || {
+            Arc::new(TenantShare {
+                slots: Arc::new(Semaphore::new(per_tenant)),
+                memory_mb: Arc::new(Semaphore::new(tenant_budget_mb as usize)),
+            })
+        });
+        let tenant_slot = share.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(format!(
+                "this tenant's functions already have {per_tenant} invocations in flight"
+            ))
+        })?;
+        let reserve = |pool: &Arc<Semaphore>, budget: u64| {
+            u32::try_from(memory_mb)
+                .ok()
+                .filter(|mb| u64::from(*mb) <= budget)
+                .and_then(|mb| pool.clone().try_acquire_many_owned(mb).ok())
+        };
+        let tenant_memory = reserve(&share.memory_mb, tenant_budget_mb).ok_or_else(|| {
+            ApiError::overloaded(format!(
+                "this tenant's invocations in flight hold its share of the host's memory \
+                 budget ({tenant_budget_mb} MiB)"
+            ))
+            .with("memory_budget_mb", tenant_budget_mb)
+        })?;
+        let memory = reserve(&self.memory_mb, self.budget_mb).ok_or_else(|| {
+            ApiError::overloaded(format!(
+                "the host's memory budget of {} MiB is taken by invocations in flight",
+                self.budget_mb
+            ))
+            .with("memory_budget_mb", self.budget_mb)
+        })?;
         Ok(Admitted {
             _slot: slot,
             _tenant_slot: tenant_slot,
             _memory: memory,
+            _tenant_memory: tenant_memory,
             _running: self.metrics.in_flight(),
         })
     }
 }
 
-/// The default host memory budget: half of the machine's physical memory, so guests can never
+/// The default host memory budget: half of the machine's physical memory less `parked_mb`
+/// (what idle pool slots may keep resident), but at least a quarter of it, so guests can never
 /// take what the host itself, the page cache and compile workers need.
-pub fn default_memory_budget_mb() -> u64 {
+pub fn default_memory_budget_mb(parked_mb: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let (pages, page) = unsafe {
         (
@@ -105,7 +129,8 @@ pub fn default_memory_budget_mb() -> u64 {
     if pages <= 0 || page <= 0 {
         return 4096;
     }
-    ((pages as u64).saturating_mul(page as u64) >> 20) / 2
+    let total_mb = (pages as u64).saturating_mul(page as u64) >> 20;
+    (total_mb / 2).saturating_sub(parked_mb).max(total_mb / 4)
 }
 
 #[cfg(test)]
@@ -125,9 +150,19 @@ mod tests {
         assert_eq!(refused.extra["memory_budget_mb"], 1000);
         let small = a.admit(&tenant("b"), 400).unwrap();
         drop(first);
-        a.admit(&tenant("b"), 600).unwrap();
+        a.admit(&tenant("c"), 600).unwrap();
         drop(small);
         assert!(a.admit(&tenant("c"), 1001).is_err(), "more than the budget");
+    }
+
+    #[test]
+    fn one_tenant_holds_at_most_three_quarters_of_the_memory() {
+        let a = Admission::new(10, 10, 1000, Arc::default());
+        let _x = a.admit(&tenant("a"), 500).unwrap();
+        let refused = a.admit(&tenant("a"), 300).err().unwrap();
+        assert_eq!(refused.extra["memory_budget_mb"], 750);
+        let _y = a.admit(&tenant("a"), 250).unwrap();
+        let _z = a.admit(&tenant("b"), 250).unwrap();
     }
 
     #[test]
@@ -142,7 +177,9 @@ mod tests {
 
     #[test]
     fn the_default_budget_is_half_the_machine() {
-        let mb = default_memory_budget_mb();
+        let mb = default_memory_budget_mb(0);
         assert!(mb >= 64, "{mb}");
+        assert_eq!(default_memory_budget_mb(256), mb - 256);
+        assert_eq!(default_memory_budget_mb(u64::MAX), mb / 2);
     }
 }

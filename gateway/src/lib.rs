@@ -67,7 +67,7 @@ impl Gateway {
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let metrics = Arc::new(metrics::Metrics::default());
         let budget_mb = match config.memory_budget_mb {
-            0 => admission::default_memory_budget_mb(),
+            0 => admission::default_memory_budget_mb(config.engine.parked_bytes() >> 20),
             mb => mb,
         };
         let state = Arc::new(AppState {

@@ -192,6 +192,9 @@ impl From<CompileError> for ApiError {
             CompileError::UnsupportedImport(_) => {
                 unprocessable("unsupported-import", "Unsupported import")
             }
+            CompileError::Limits(_) => {
+                unprocessable("instance-limits", "Module exceeds the instance limits")
+            }
             CompileError::Timeout(ms) => {
                 unprocessable("compile-timeout", "Compilation timed out").with("limit", *ms)
             }

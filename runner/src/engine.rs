@@ -8,6 +8,9 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 
+/// Bytes of each table slot kept resident between invocations.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
 /// Engine-wide settings: the ceilings that any one function's limits must fit under.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -26,6 +29,12 @@ pub struct EngineConfig {
     /// (only dirty pages, found with PAGEMAP_SCAN where the kernel has it) instead of being
     /// returned with `madvise`, which costs page faults and cross-core TLB shootdowns.
     pub keep_resident_bytes: usize,
+    /// Core instances one component may create; the pool holds this many per slot.
+    pub max_core_instances_per_component: u32,
+    /// Linear memories one component may define; the pool holds this many per slot.
+    pub max_memories_per_component: u32,
+    /// Tables one component may define; the pool holds this many per slot.
+    pub max_tables_per_component: u32,
     /// Threads that run guests, apart from the threads that serve the API (0: one per core).
     pub guest_threads: usize,
     /// Nice value (0–19) of the guest threads: higher lets the control plane win a core.
@@ -40,7 +49,10 @@ impl Default for EngineConfig {
             max_wasm_stack: 512 * 1024,
             epoch_tick_ms: 5,
             pooling: true,
-            keep_resident_bytes: 16 << 20,
+            keep_resident_bytes: 4 << 20,
+            max_core_instances_per_component: 20,
+            max_memories_per_component: 4,
+            max_tables_per_component: 16,
             guest_threads: 0,
             guest_nice: 10,
         }
@@ -60,16 +72,20 @@ impl EngineConfig {
             .parallel_compilation(true);
         if pooling {
             let n = self.max_instances.max(1);
+            let (instances, memories, tables) = self.per_component();
+            // Every total is the slot count times what one slot may hold, so no mix of
+            // components, however greedy each is within its limits, can exhaust one kind of
+            // resource while slots remain: the instance count alone is the pool's bound.
             let mut p = PoolingAllocationConfig::default();
             p.total_component_instances(n)
-                .total_core_instances(n * 8)
-                .total_memories(n * 2)
-                .total_tables(n * 4)
+                .total_core_instances(n.saturating_mul(instances))
+                .total_memories(n.saturating_mul(memories))
+                .total_tables(n.saturating_mul(tables))
                 .total_stacks(n)
                 .total_gc_heaps(n)
-                .max_core_instances_per_component(32)
-                .max_memories_per_component(8)
-                .max_tables_per_component(16)
+                .max_core_instances_per_component(instances)
+                .max_memories_per_component(memories)
+                .max_tables_per_component(tables)
                 .max_memories_per_module(1)
                 .max_tables_per_module(4)
                 .max_core_instance_size(1 << 20)
@@ -77,13 +93,39 @@ impl EngineConfig {
                 .max_memory_size((self.max_memory_mb as usize) << 20)
                 .max_unused_warm_slots(n)
                 .linear_memory_keep_resident(self.keep_resident_bytes)
-                .table_keep_resident(1 << 20)
+                .table_keep_resident(TABLE_KEEP_RESIDENT)
                 .async_stack_keep_resident(256 << 10)
-                .decommit_batch_size(16)
+                // Memory beyond what is kept resident is returned as soon as its instance
+                // ends: batching would let freed but still resident memory pile up past the
+                // host's memory budget.
+                .decommit_batch_size(1)
                 .pagemap_scan(Enabled::Auto);
             c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
         }
         c
+    }
+
+    /// What one instance slot holds: core instances, memories and tables (at least one each).
+    pub fn per_component(&self) -> (u32, u32, u32) {
+        (
+            self.max_core_instances_per_component.max(1),
+            self.max_memories_per_component.max(1),
+            self.max_tables_per_component.max(1),
+        )
+    }
+
+    /// The most memory that idle pool slots may keep resident (each linear memory slot keeps
+    /// up to `keep_resident_bytes`, each table slot [`TABLE_KEEP_RESIDENT`]): the host memory budget must leave
+    /// room for it.
+    pub fn parked_bytes(&self) -> u64 {
+        if !self.pooling {
+            return 0;
+        }
+        let (_, memories, tables) = self.per_component();
+        let slots = u64::from(self.max_instances.max(1));
+        slots
+            * (u64::from(memories) * self.keep_resident_bytes as u64
+                + u64::from(tables) * TABLE_KEEP_RESIDENT as u64)
     }
 
     /// Builds the engine. `pooling` is false for the compile worker, which never instantiates.

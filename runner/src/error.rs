@@ -25,6 +25,9 @@ pub enum CompileError {
     /// The module imports something the runner does not provide.
     #[error("unsupported import: {0}")]
     UnsupportedImport(String),
+    /// Instantiating it would take more than an instance slot holds or any function may have.
+    #[error("the module exceeds the instance limits: {0}")]
+    Limits(String),
     /// Compilation took longer than allowed.
     #[error("compilation exceeded the time limit of {0} ms")]
     Timeout(u64),
@@ -77,7 +80,9 @@ pub enum InvokeError {
     #[error("the function did not finish within its timeout of {} ms", .0.as_millis())]
     Timeout(Duration),
     /// A memory grew past the function's memory limit.
-    #[error("the function exceeded its memory limit of {limit} bytes (tried to grow to {desired})")]
+    #[error(
+        "the function exceeded its memory limit of {limit} bytes for all its memories and tables together (they would have reached {desired})"
+    )]
     MemoryLimit { limit: usize, desired: usize },
     /// A table grew past its limit.
     #[error("the function exceeded its table limit of {limit} elements (tried {desired})")]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod limits;
 pub mod output;
 pub mod pool;
+pub mod requirements;
 mod runner;
 
 pub use abi::{Input, Output};
@@ -21,4 +22,5 @@ pub use artifact::{CompileMode, compile_worker_main};
 pub use engine::EngineConfig;
 pub use error::{CompileError, InvokeError, TrapKind};
 pub use limits::Limits;
-pub use runner::{Invocation, Outcome, Prepared, Runner, RunnerConfig};
+pub use requirements::Requirements;
+pub use runner::{Compiled, Invocation, Outcome, Prepared, Runner, RunnerConfig};

@@ -8,6 +8,7 @@ use crate::engine::{self, EngineConfig};
 use crate::error::{CompileError, InvokeError};
 use crate::limits::Limits;
 use crate::pool::GuestPool;
+use crate::requirements::{self, Requirements};
 use bytes::Bytes;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -60,6 +61,17 @@ impl Prepared {
             _ => Abi::Command,
         }
     }
+}
+
+/// A module accepted at upload.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Its content address.
+    pub digest: Digest,
+    /// The ABI it speaks.
+    pub abi: Abi,
+    /// What one instantiation takes (None: could not be told from the binary).
+    pub requirements: Option<Requirements>,
 }
 
 /// One invocation's inputs.
@@ -158,25 +170,34 @@ impl Runner {
         ArtifactKey::compiled(&self.fingerprint, digest).expect("fingerprint is hex")
     }
 
-    /// Validates, compiles and stores a module, and makes it hot. Returns its digest and ABI.
-    /// A module compiled before (by this engine) is not compiled again.
-    pub async fn compile(&self, bytes: Bytes) -> Result<(Digest, Abi), CompileError> {
+    /// Validates, compiles and stores a module, and makes it hot. Returns its digest, ABI and
+    /// requirements. A module compiled before (by this engine) is not compiled again; one that
+    /// needs more than an instance slot holds is refused before it is compiled.
+    pub async fn compile(&self, bytes: Bytes) -> Result<Compiled, CompileError> {
         artifact::detect(&bytes)?;
-        let digest = {
+        let (digest, requirements) = {
             let b = bytes.clone();
-            tokio::task::spawn_blocking(move || Digest::of(&b))
+            tokio::task::spawn_blocking(move || (Digest::of(&b), requirements::of(&b)))
                 .await
                 .map_err(|e| CompileError::Internal(e.to_string()))?
         };
+        if let Some(r) = &requirements {
+            self.check_requirements(r)?;
+        }
+        let accepted = |digest: Digest, abi: Abi| Compiled {
+            digest,
+            abi,
+            requirements,
+        };
         if let Some(p) = self.hot.get(&digest) {
-            return Ok((digest, p.abi()));
+            return Ok(accepted(digest, p.abi()));
         }
         let key = self.compiled_key(&digest);
         let internal = |e: wafer_core::ArtifactError| CompileError::Internal(e.to_string());
         if self.artifacts.exists(&key).await.map_err(internal)?
             && let Ok(p) = self.load(&digest).await
         {
-            return Ok((digest, p.abi()));
+            return Ok(accepted(digest, p.abi()));
         }
         let module_key = ArtifactKey::Module(digest.clone());
         let started = std::time::Instant::now();
@@ -228,7 +249,53 @@ impl Runner {
             load_ms = (started.elapsed() - stored).as_millis() as u64,
             "compiled module"
         );
-        Ok((digest, prepared.abi()))
+        Ok(accepted(digest, prepared.abi()))
+    }
+
+    /// Refuses a module that needs more than an instance slot holds or more memory at start
+    /// than any function may have.
+    fn check_requirements(&self, r: &Requirements) -> Result<(), CompileError> {
+        let engine = &self.config.engine;
+        let (instances, memories, tables) = engine.per_component();
+        let refuse = |what: &str, needs: u64, limit: u64, setting: &str| {
+            Err(CompileError::Limits(format!(
+                "instantiating it takes {needs} {what}; an instance slot holds {limit} \
+                 (engine.{setting})"
+            )))
+        };
+        if r.core_instances > u64::from(instances) {
+            return refuse(
+                "core instances",
+                r.core_instances,
+                instances.into(),
+                "max_core_instances_per_component",
+            );
+        }
+        if r.memories > u64::from(memories) {
+            return refuse(
+                "linear memories",
+                r.memories,
+                memories.into(),
+                "max_memories_per_component",
+            );
+        }
+        if r.tables > u64::from(tables) {
+            return refuse(
+                "tables",
+                r.tables,
+                tables.into(),
+                "max_tables_per_component",
+            );
+        }
+        let most = engine.max_memory_mb << 20;
+        if r.initial_bytes > most {
+            return Err(CompileError::Limits(format!(
+                "its memories and tables take {} bytes before any code runs; the most a \
+                 function may have is {most} bytes (engine.max_memory_mb = {})",
+                r.initial_bytes, engine.max_memory_mb
+            )));
+        }
+        Ok(())
     }
 
     /// The hot pre-linked module for `digest`, loading its compiled code on a miss. The flag

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: start the real `wafer` binary on a free port with a
 //! temporary data directory, talk to it over HTTP and through the CLI, kill it on drop.
 
+pub mod wasm;
+
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -122,6 +124,47 @@ impl TestServer {
         self.child.wait().expect("wait for wafer serve")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory now, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// Uploads `bytes` with `key` and creates a version of `name` with `spec` merged in;
+    /// panics unless both succeed.
+    pub fn deploy_bytes(&self, key: &str, name: &str, bytes: Vec<u8>, spec: Value) -> u64 {
+        let r = self.upload(key, bytes);
+        let status = r.status();
+        let body: Value = r.json().unwrap();
+        assert!(status.is_success(), "upload for {name}: {status} {body}");
+        let mut s = json!({"module": body["digest"]});
+        if let Value::Object(m) = spec {
+            for (k, v) in m {
+                s[k] = v;
+            }
+        }
+        let r = self
+            .with_key(key, reqwest::Method::PUT, &format!("/v1/functions/{name}"))
+            .json(&s)
+            .send()
+            .expect("put function");
+        let status = r.status();
+        let body: Value = r.json().unwrap();
+        assert_eq!(status, 201, "create {name}: {body}");
+        body["version"].as_u64().unwrap()
+    }
+
     /// The `host:port` the server listens on.
     pub fn addr(&self) -> &str {
         self.url.trim_start_matches("http://")
@@ -179,25 +222,7 @@ impl TestServer {
     /// Uploads test function `file` and creates a version of `name` with `spec` merged in.
     /// Panics unless both succeed; returns the version number.
     pub fn deploy_as(&self, key: &str, name: &str, file: &str, spec: Value) -> u64 {
-        let r = self.upload(key, function_bytes(file));
-        let status = r.status();
-        let body: Value = r.json().unwrap();
-        assert!(status.is_success(), "upload {file}: {status} {body}");
-        let mut s = json!({"module": body["digest"]});
-        if let Value::Object(m) = spec {
-            for (k, v) in m {
-                s[k] = v;
-            }
-        }
-        let r = self
-            .with_key(key, reqwest::Method::PUT, &format!("/v1/functions/{name}"))
-            .json(&s)
-            .send()
-            .expect("put function");
-        let status = r.status();
-        let body: Value = r.json().unwrap();
-        assert_eq!(status, 201, "create {name}: {body}");
-        body["version"].as_u64().unwrap()
+        self.deploy_bytes(key, name, function_bytes(file), spec)
     }
 
     /// [`Self::deploy_as`] with the admin key.

@@ -157,6 +157,20 @@ pub async fn put(
                 ),
             )
         })?;
+    if module.min_memory_bytes > memory_mb << 20 {
+        let needs_mb = module.min_memory_bytes.div_ceil(1 << 20);
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "memory-limit-too-small",
+            "Memory limit below what the module needs",
+            format!(
+                "the module's memories and tables take {} bytes before any code runs; \
+                 set memory_mb to at least {needs_mb}",
+                module.min_memory_bytes
+            ),
+        )
+        .with("min_memory_mb", needs_mb));
+    }
     let spec = VersionSpec {
         module: digest,
         abi: module.abi,

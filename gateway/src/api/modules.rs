@@ -43,12 +43,14 @@ pub async fn upload(
     .await
     .map_err(|_| ApiError::overloaded("all compile slots are busy"))?
     .map_err(ApiError::internal)?;
-    let (digest, abi) = state.runner.compile(bytes).await?;
+    let compiled = state.runner.compile(bytes).await?;
+    let (digest, abi) = (compiled.digest, compiled.abi);
     let rec = ModuleRecord {
         digest: digest.clone(),
         size,
         abi,
         created: wafer_core::now_unix(),
+        min_memory_bytes: compiled.requirements.map_or(0, |r| r.initial_bytes),
     };
     let created = state.meta.put_module(&caller.tenant, rec).await?;
     tracing::info!(%digest, size, abi = abi.as_str(), created, "module uploaded");

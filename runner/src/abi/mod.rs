@@ -42,12 +42,22 @@ pub struct HostState {
     limiter: Limiter,
 }
 
+/// Host resources (streams, pollables, header fields, …) a guest may hold at once.
+pub const MAX_RESOURCES: usize = 4096;
+/// Bytes of one set of HTTP header fields a guest may build (its in-memory size).
+pub const MAX_FIELD_BYTES: usize = 32 << 10;
+
 impl HostState {
     pub(crate) fn new(wasi: WasiCtx, limits: &Limits) -> Self {
+        // Both bound host memory a guest can make the host hold outside its own budget.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELD_BYTES);
         Self {
             wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: DenyOutgoing,
             limiter: Limiter::new(limits),
         }
