@@ -38,6 +38,7 @@ fn a_restart_keeps_functions_versions_aliases_and_keys() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    let compiled_before = s.log().matches("compiled module").count();
     s.kill_and_restart();
 
     let f: Value = s
@@ -73,6 +74,56 @@ fn a_restart_keeps_functions_versions_aliases_and_keys() {
     );
     // Re-uploading a known module is a 200, not a new compile.
     assert_eq!(s.upload(&a, function_bytes("echo")).status(), 200);
+    assert_eq!(
+        s.log().matches("compiled module").count(),
+        compiled_before,
+        "a restart or a re-upload compiled something again"
+    );
+}
+
+#[test]
+fn compiled_code_of_another_engine_is_rebuilt_never_a_500() {
+    let mut s = TestServer::start();
+    s.deploy("first", "hello", json!({"public": true}));
+    s.deploy("second", "echo", json!({}));
+    s.kill();
+    // An upgrade changes the engine fingerprint: the code on disk is then another engine's.
+    let compiled = s.data_dir().join("artifacts/compiled");
+    let current: Vec<_> = std::fs::read_dir(&compiled)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(current.len(), 1, "{current:?}");
+    std::fs::rename(&current[0], compiled.join("0123456789abcdef01234567")).unwrap();
+    s.kill_and_restart();
+    // On demand: the first invocation rebuilds its module and answers.
+    let r = s.anon(Method::GET, "/fn/first?name=again").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "Hello, again!\n");
+    // In the background: the other module is rebuilt without being invoked.
+    let echo = format!(
+        "{}.cwasm",
+        hex::encode(Sha256::digest(function_bytes("echo")))
+    );
+    let rebuilt = (0..300).any(|_| {
+        let found = std::fs::read_dir(&compiled)
+            .unwrap()
+            .any(|d| d.unwrap().path().join(&echo).exists());
+        if !found {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        found
+    });
+    assert!(
+        rebuilt,
+        "echo was not recompiled in the background: {}",
+        s.log()
+    );
+    assert_eq!(
+        s.invoke("second", b"still here").text().unwrap(),
+        "still here"
+    );
+    assert!(s.log().contains("recompiling for this engine"));
 }
 
 #[test]

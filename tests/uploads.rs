@@ -219,3 +219,121 @@ fn a_body_that_trickles_past_the_body_timeout_is_408() {
     assert!(head.contains("body-timeout"), "{head}");
     s.assert_still_serving();
 }
+
+/// A preview-1 style module: one function type `()->()` function body, `extra` sections
+/// added by the caller, and `exports`.
+fn core_module(build: impl FnOnce(&mut wasm_encoder::Module)) -> Vec<u8> {
+    let mut m = wasm_encoder::Module::new();
+    build(&mut m);
+    m.finish()
+}
+
+fn func_section(m: &mut wasm_encoder::Module, params: &[wasm_encoder::ValType]) {
+    use wasm_encoder::*;
+    let mut types = TypeSection::new();
+    types.ty().function(params.iter().copied(), []);
+    m.section(&types);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    m.section(&funcs);
+}
+
+fn code_section(m: &mut wasm_encoder::Module) {
+    let mut code = wasm_encoder::CodeSection::new();
+    let mut f = wasm_encoder::Function::new([]);
+    f.instructions().end();
+    code.function(&f);
+    m.section(&code);
+}
+
+#[test]
+fn exports_are_checked_by_kind_and_type_not_by_name() {
+    use wasm_encoder::*;
+    let s = TestServer::start();
+    // `_start` as a global.
+    let global_start = core_module(|m| {
+        let mut globals = GlobalSection::new();
+        globals.global(
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: false,
+                shared: false,
+            },
+            &ConstExpr::i32_const(0),
+        );
+        m.section(&globals);
+        let mut exports = ExportSection::new();
+        exports.export("_start", ExportKind::Global, 0);
+        m.section(&exports);
+    });
+    let v = assert_problem(s.upload(&s.admin_key, global_start), 422, "unsupported-abi");
+    assert!(v["detail"].as_str().unwrap().contains("_start"), "{v}");
+    // `_start` taking a parameter.
+    let param_start = core_module(|m| {
+        func_section(m, &[ValType::I32]);
+        let mut exports = ExportSection::new();
+        exports.export("_start", ExportKind::Func, 0);
+        m.section(&exports);
+        code_section(m);
+    });
+    let v = assert_problem(s.upload(&s.admin_key, param_start), 422, "unsupported-abi");
+    assert!(v["detail"].as_str().unwrap().contains("_start"), "{v}");
+    // A component whose `wasi:cli/run` instance has no `run`.
+    let no_run = wafer_e2e::wasm::command_component_exporting("go");
+    let v = assert_problem(s.upload(&s.admin_key, no_run), 422, "unsupported-abi");
+    assert!(
+        v["detail"].as_str().unwrap().contains("wasi:cli/run"),
+        "{v}"
+    );
+    // The well-formed twin is accepted and runs.
+    s.deploy_bytes(
+        &s.admin_key,
+        "twin",
+        wafer_e2e::wasm::command_component_exporting("run"),
+        serde_json::json!({}),
+    );
+    assert_eq!(s.invoke("twin", b"").status(), 200);
+    s.assert_still_serving();
+}
+
+#[test]
+fn modules_the_engine_cannot_hold_are_422_not_500() {
+    use wasm_encoder::*;
+    let s = TestServer::start();
+    let with_tables = |count: u32, elements: u64| {
+        core_module(|m| {
+            func_section(m, &[]);
+            let mut tables = TableSection::new();
+            for _ in 0..count {
+                tables.table(TableType {
+                    element_type: RefType::FUNCREF,
+                    table64: false,
+                    minimum: elements,
+                    maximum: None,
+                    shared: false,
+                });
+            }
+            m.section(&tables);
+            let mut exports = ExportSection::new();
+            exports.export("_start", ExportKind::Func, 0);
+            m.section(&exports);
+            code_section(m);
+        })
+    };
+    // A table larger than a pool table slot.
+    let v = assert_problem(
+        s.upload(&s.admin_key, with_tables(1, 200_000)),
+        422,
+        "instance-limits",
+    );
+    assert!(v["detail"].as_str().unwrap().contains("table"), "{v}");
+    // More tables in one module than the pool gives a module.
+    assert_problem(
+        s.upload(&s.admin_key, with_tables(5, 1)),
+        422,
+        "instance-limits",
+    );
+    // Within the limits: accepted.
+    assert_eq!(s.upload(&s.admin_key, with_tables(2, 1000)).status(), 201);
+    s.assert_still_serving();
+}

@@ -80,6 +80,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_key(&self, hash: &str, rec: KeyRecord) -> Result<(), MetaError>;
     /// Looks an API key up by the hash of its secret.
     async fn get_key(&self, hash: &str) -> Result<Option<KeyRecord>, MetaError>;
+    /// Every module digest some version of some function runs.
+    async fn module_digests(&self) -> Result<Vec<Digest>, MetaError>;
     /// Every API key's record (never the secrets, which are not stored).
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, MetaError>;
     /// Deletes the key with public id `id`; false when there is none.
@@ -352,6 +354,17 @@ impl MetaStore for EmbeddedMetaStore {
         }
     }
 
+    async fn module_digests(&self) -> Result<Vec<Digest>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(VERSIONS).map_err(storage)?;
+        let mut out = std::collections::BTreeSet::new();
+        for entry in t.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            out.insert(decode::<VersionRecord>(v.value())?.spec.module);
+        }
+        Ok(out.into_iter().collect())
+    }
+
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, MetaError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let t = txn.open_table(KEYS).map_err(storage)?;
@@ -521,6 +534,28 @@ mod tests {
         assert!(!store.put_module(&t("a"), rec.clone()).await.unwrap());
         assert!(store.get_module(&t("b"), &d).await.unwrap().is_none());
         assert!(store.put_module(&t("b"), rec).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn module_digests_are_those_versions_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let (d1, d2) = (Digest::of(b"one"), Digest::of(b"two"));
+        store
+            .create_version(&t("a"), &n("f"), spec(&d1))
+            .await
+            .unwrap();
+        store
+            .create_version(&t("a"), &n("f"), spec(&d2))
+            .await
+            .unwrap();
+        store
+            .create_version(&t("b"), &n("g"), spec(&d1))
+            .await
+            .unwrap();
+        let mut want = vec![d1, d2];
+        want.sort();
+        assert_eq!(store.module_digests().await.unwrap(), want);
     }
 
     #[tokio::test]

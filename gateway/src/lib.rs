@@ -86,6 +86,7 @@ impl Gateway {
             config,
         });
         let new_admin_key = bootstrap_admin_key(&state).await?;
+        tokio::spawn(recompile_for_this_engine(state.clone()));
         Ok(Self {
             state,
             new_admin_key,
@@ -95,6 +96,34 @@ impl Gateway {
     /// The router with every route and layer.
     pub fn router(&self) -> Router {
         router(self.state.clone())
+    }
+}
+
+/// Rebuilds, in the background and one at a time, the compiled code of every module a version
+/// runs that has none for this engine (after an upgrade of wasmtime or of compile settings), so
+/// the first invocations after an upgrade do not pay for it; an invocation that comes first
+/// rebuilds its own module on demand.
+async fn recompile_for_this_engine(state: Arc<AppState>) {
+    let digests = match state.meta.module_digests().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list modules to recompile");
+            return;
+        }
+    };
+    let mut rebuilt = 0;
+    for digest in digests {
+        let Ok(_slot) = state.compiles.acquire().await else {
+            return;
+        };
+        match state.runner.ensure_compiled(&digest).await {
+            Ok(true) => rebuilt += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%digest, error = %e, "recompiling failed"),
+        }
+    }
+    if rebuilt > 0 {
+        tracing::info!(rebuilt, "compiled code rebuilt for this engine");
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wafer_core::Abi;
 use wasmtime::component::Component;
-use wasmtime::{Engine, Module};
+use wasmtime::{Engine, ExternType, Module};
 
 const MAGIC: &[u8; 4] = b"\0asm";
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
@@ -66,13 +66,7 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<(Abi, Vec<u8>), CompileE
                     )));
                 }
             }
-            if module.get_export("_start").is_none() {
-                return Err(CompileError::UnsupportedAbi(
-                    "the module exports no `_start` function: build it as a WASI command \
-                     (e.g. a Rust `bin` for wasm32-wasip1)"
-                        .into(),
-                ));
-            }
+            check_command_exports(&module)?;
             let code = module
                 .serialize()
                 .map_err(|e| CompileError::Internal(e.to_string()))?;
@@ -86,6 +80,42 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<(Abi, Vec<u8>), CompileE
                 .map_err(|e| CompileError::Internal(e.to_string()))?;
             Ok((abi, code))
         }
+    }
+}
+
+/// A WASI command exports `_start: func()` and, if it exports `memory`, a memory: checked by
+/// kind and type, not by name alone.
+fn check_command_exports(module: &Module) -> Result<(), CompileError> {
+    let kind = |t: &ExternType| match t {
+        ExternType::Func(_) => "a function of another type",
+        ExternType::Global(_) => "a global",
+        ExternType::Table(_) => "a table",
+        ExternType::Memory(_) => "a memory",
+        ExternType::Tag(_) => "a tag",
+    };
+    match module.get_export("_start") {
+        None => {
+            return Err(CompileError::UnsupportedAbi(
+                "the module exports no `_start` function: build it as a WASI command \
+                 (e.g. a Rust `bin` for wasm32-wasip1)"
+                    .into(),
+            ));
+        }
+        Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
+        Some(other) => {
+            return Err(CompileError::UnsupportedAbi(format!(
+                "`_start` must be a function taking and returning nothing; the module exports \
+                 it as {}",
+                kind(&other)
+            )));
+        }
+    }
+    match module.get_export("memory") {
+        None | Some(ExternType::Memory(_)) => Ok(()),
+        Some(other) => Err(CompileError::UnsupportedAbi(format!(
+            "`memory` must be a memory; the module exports it as {}",
+            kind(&other)
+        ))),
     }
 }
 

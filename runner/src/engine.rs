@@ -88,6 +88,7 @@ impl EngineConfig {
                 .max_tables_per_component(tables)
                 .max_memories_per_module(1)
                 .max_tables_per_module(4)
+                .table_elements(crate::limits::MAX_TABLE_ELEMENTS)
                 .max_core_instance_size(1 << 20)
                 .max_component_instance_size(1 << 20)
                 .max_memory_size((self.max_memory_mb as usize) << 20)

@@ -29,13 +29,16 @@ impl Default for Limits {
             timeout: Duration::from_secs(5),
             fuel: 1_000_000_000,
             memory_bytes: 64 << 20,
-            table_elements: 100_000,
+            table_elements: MAX_TABLE_ELEMENTS,
             stdout_bytes: 8 << 20,
             stderr_bytes: 64 << 10,
             response_bytes: 8 << 20,
         }
     }
 }
+
+/// Elements any one table may hold; the pool's table slots are this large.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// What one table element costs against the memory budget (a pointer-sized slot).
 pub const TABLE_ELEMENT_BYTES: usize = 8;

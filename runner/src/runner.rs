@@ -109,6 +109,7 @@ pub struct Runner {
     hot: moka::sync::Cache<Digest, Arc<Prepared>>,
     compiler: Option<IsolatedCompiler>,
     guests: GuestPool,
+    recompiling: tokio::sync::Mutex<()>,
 }
 
 fn link_error(e: wasmtime::Error) -> CompileError {
@@ -153,6 +154,7 @@ impl Runner {
             hot,
             compiler,
             guests,
+            recompiling: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -239,8 +241,8 @@ impl Runner {
         code_put.map_err(internal)?;
         let stored = started.elapsed();
         let prepared = self.load(&digest).await.map_err(|e| match e {
-            LoadError::Link(e) => e,
-            LoadError::Other(e) => CompileError::Internal(e.to_string()),
+            LoadError::Refused(e) => e,
+            LoadError::Missing(e) | LoadError::Unavailable(e) => CompileError::Internal(e),
         })?;
         tracing::info!(
             %digest,
@@ -299,21 +301,71 @@ impl Runner {
     }
 
     /// The hot pre-linked module for `digest`, loading its compiled code on a miss. The flag
-    /// is true on a miss (a cold start).
+    /// is true on a miss (a cold start). Compiled code missing for this engine (after an
+    /// upgrade of wasmtime or of compile settings) is rebuilt from the stored module first.
     pub async fn prepare(&self, digest: &Digest) -> Result<(Arc<Prepared>, bool), InvokeError> {
         if let Some(p) = self.hot.get(digest) {
             return Ok((p, false));
         }
         match self.load(digest).await {
             Ok(p) => Ok((p, true)),
-            Err(LoadError::Link(e)) => Err(InvokeError::Artifact(e.to_string())),
-            Err(LoadError::Other(e)) => Err(e),
+            Err(LoadError::Missing(_)) => {
+                self.recompile(digest).await.map_err(|e| {
+                    InvokeError::Artifact(format!("recompiling for this engine failed: {e}"))
+                })?;
+                self.load(digest)
+                    .await
+                    .map(|p| (p, true))
+                    .map_err(|e| InvokeError::Artifact(e.to_string()))
+            }
+            Err(e) => Err(InvokeError::Artifact(e.to_string())),
         }
+    }
+
+    /// Makes sure compiled code for this engine exists for `digest`, rebuilding it from the
+    /// stored module when it does not. Returns true when it compiled.
+    pub async fn ensure_compiled(&self, digest: &Digest) -> Result<bool, CompileError> {
+        let key = self.compiled_key(digest);
+        let exists = self
+            .artifacts
+            .exists(&key)
+            .await
+            .map_err(|e| CompileError::Internal(e.to_string()))?;
+        if exists {
+            return Ok(false);
+        }
+        self.recompile(digest).await?;
+        Ok(true)
+    }
+
+    /// Compiles the stored module `digest` again, one recompilation at a time; a caller that
+    /// waited finds the code another one built.
+    async fn recompile(&self, digest: &Digest) -> Result<(), CompileError> {
+        let _one = self.recompiling.lock().await;
+        let internal = |e: String| CompileError::Internal(e);
+        let key = self.compiled_key(digest);
+        if self.hot.contains_key(digest)
+            || self
+                .artifacts
+                .exists(&key)
+                .await
+                .map_err(|e| internal(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let bytes = self
+            .artifacts
+            .get(&ArtifactKey::Module(digest.clone()))
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .ok_or_else(|| internal(format!("the module {digest} is not stored")))?;
+        tracing::info!(%digest, fingerprint = %self.fingerprint, "recompiling for this engine");
+        self.compile(bytes).await.map(|_| ())
     }
 
     async fn load(&self, digest: &Digest) -> Result<Arc<Prepared>, LoadError> {
         let key = self.compiled_key(digest);
-        let artifact_err = |e: String| LoadError::Other(InvokeError::Artifact(e));
+        let unavailable = |e: String| LoadError::Unavailable(e);
         let path = self.artifacts.local_path(&key).filter(|p| p.exists());
         let bytes = match path {
             Some(_) => None,
@@ -321,8 +373,8 @@ impl Runner {
                 self.artifacts
                     .get(&key)
                     .await
-                    .map_err(|e| artifact_err(e.to_string()))?
-                    .ok_or_else(|| artifact_err(format!("no compiled code for {digest}")))?,
+                    .map_err(|e| unavailable(e.to_string()))?
+                    .ok_or_else(|| LoadError::Missing(format!("no compiled code for {digest}")))?,
             ),
         };
         let engine = self.engine.clone();
@@ -355,28 +407,38 @@ impl Runner {
             }
         })
         .await
-        .map_err(|e| artifact_err(e.to_string()))?
-        .map_err(|e| artifact_err(format!("{e:#}")))?;
+        .map_err(|e| unavailable(e.to_string()))?
+        // The engine refuses code it compiled itself only for limits its pool enforces
+        // (table sizes, instance sizes, counts per module).
+        .map_err(|e| LoadError::Refused(CompileError::Limits(format!("{e:#}"))))?;
         let prepared = match loaded {
             Loaded::Module(m) => Prepared::CommandModule(
                 self.modules
                     .instantiate_pre(&m)
-                    .map_err(|e| LoadError::Link(link_error(e)))?,
+                    .map_err(|e| LoadError::Refused(link_error(e)))?,
             ),
             Loaded::Component(c) => {
                 let pre = self
                     .components
                     .instantiate_pre(&c)
-                    .map_err(|e| LoadError::Link(link_error(e)))?;
+                    .map_err(|e| LoadError::Refused(link_error(e)))?;
                 let http = c
                     .component_type()
                     .exports(&self.engine)
                     .any(|(n, _)| n.starts_with("wasi:http/incoming-handler@0.2"));
+                // The names were checked at upload; here the types are.
+                let wrong = |what: &str, e: wasmtime::Error| {
+                    LoadError::Refused(CompileError::UnsupportedAbi(format!(
+                        "the component's {what} export has the wrong shape: {e:#}"
+                    )))
+                };
                 if http {
-                    Prepared::Http(ProxyPre::new(pre).map_err(|e| LoadError::Link(link_error(e)))?)
+                    Prepared::Http(
+                        ProxyPre::new(pre).map_err(|e| wrong("wasi:http/incoming-handler", e))?,
+                    )
                 } else {
                     Prepared::CommandComponent(
-                        CommandPre::new(pre).map_err(|e| LoadError::Link(link_error(e)))?,
+                        CommandPre::new(pre).map_err(|e| wrong("wasi:cli/run", e))?,
                     )
                 }
             }
@@ -461,9 +523,23 @@ enum Loaded {
     Component(Component),
 }
 
+/// Why compiled code could not be made ready.
 enum LoadError {
-    Link(CompileError),
-    Other(InvokeError),
+    /// There is none for this engine.
+    Missing(String),
+    /// The artifact store failed.
+    Unavailable(String),
+    /// The engine refuses it (limits, imports, export shapes).
+    Refused(CompileError),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Missing(s) | LoadError::Unavailable(s) => f.write_str(s),
+            LoadError::Refused(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// A number unique within this process, for scratch file names (one server owns a data dir).

@@ -168,3 +168,54 @@ pub fn memory_component(memories: u32, pages: i32, spin: bool) -> Vec<u8> {
     c.section(&exports);
     c.finish()
 }
+
+/// A command component that exports `wasi:cli/run@0.2.0` as an instance whose only function,
+/// `run: func() -> result`, is named `name` (anything but `run` is the wrong shape). It does
+/// nothing and succeeds.
+pub fn command_component_exporting(name: &str) -> Vec<u8> {
+    let mut m = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([], [ValType::I32]);
+    m.section(&types);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    m.section(&funcs);
+    let mut exports = ExportSection::new();
+    exports.export("run", ExportKind::Func, 0);
+    m.section(&exports);
+    let mut code = CodeSection::new();
+    let mut f = Function::new([]);
+    f.instruction(&I::I32Const(0)).instruction(&I::End);
+    code.function(&f);
+    m.section(&code);
+
+    let mut c = Component::new();
+    c.section(&ModuleSection(&m));
+    let mut inst = InstanceSection::new();
+    inst.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+    c.section(&inst);
+    let mut aliases = ComponentAliasSection::new();
+    aliases.alias(wasm_encoder::Alias::CoreInstanceExport {
+        instance: 0,
+        kind: ExportKind::Func,
+        name: "run",
+    });
+    c.section(&aliases);
+    let mut types = ComponentTypeSection::new();
+    types.defined_type().result(None, None);
+    types
+        .function()
+        .params(Vec::<(&str, ComponentValType)>::new())
+        .result(Some(ComponentValType::Type(0)));
+    c.section(&types);
+    let mut canon = CanonicalFunctionSection::new();
+    canon.lift(0, 1, []);
+    c.section(&canon);
+    let mut inst = ComponentInstanceSection::new();
+    inst.export_items([(name, ComponentExportKind::Func, 0)]);
+    c.section(&inst);
+    let mut exports = ComponentExportSection::new();
+    exports.export("wasi:cli/run@0.2.0", ComponentExportKind::Instance, 0, None);
+    c.section(&exports);
+    c.finish()
+}

@@ -35,7 +35,7 @@ fn limits_of(state: &AppState, v: &VersionRecord) -> Limits {
         timeout: Duration::from_millis(v.spec.timeout_ms),
         fuel: v.spec.fuel,
         memory_bytes: (v.spec.memory_mb as usize) << 20,
-        table_elements: 100_000,
+        table_elements: wafer_runner::limits::MAX_TABLE_ELEMENTS,
         stdout_bytes: d.max_stdout_bytes,
         stderr_bytes: d.max_log_bytes,
         response_bytes: d.max_response_bytes,
