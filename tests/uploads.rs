@@ -337,3 +337,58 @@ fn modules_the_engine_cannot_hold_are_422_not_500() {
     assert_eq!(s.upload(&s.admin_key, with_tables(2, 1000)).status(), 201);
     s.assert_still_serving();
 }
+
+#[test]
+fn proposals_no_abi_needs_are_refused_as_invalid() {
+    use wasm_encoder::*;
+    let s = TestServer::start();
+    let memory = |ty: MemoryType, count: u32| {
+        core_module(|m| {
+            func_section(m, &[]);
+            let mut mems = MemorySection::new();
+            for _ in 0..count {
+                mems.memory(ty);
+            }
+            m.section(&mems);
+            let mut exports = ExportSection::new();
+            exports.export("_start", ExportKind::Func, 0);
+            m.section(&exports);
+            code_section(m);
+        })
+    };
+    let plain = MemoryType {
+        minimum: 1,
+        maximum: Some(2),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    };
+    for (what, bytes) in [
+        (
+            "threads (shared memory)",
+            memory(
+                MemoryType {
+                    shared: true,
+                    ..plain
+                },
+                1,
+            ),
+        ),
+        (
+            "memory64",
+            memory(
+                MemoryType {
+                    memory64: true,
+                    ..plain
+                },
+                1,
+            ),
+        ),
+        ("multi-memory", memory(plain, 2)),
+    ] {
+        let v = assert_problem(s.upload(&s.admin_key, bytes), 422, "invalid-module");
+        println!("{what}: {}", v["detail"]);
+    }
+    assert_eq!(s.upload(&s.admin_key, memory(plain, 1)).status(), 201);
+    s.assert_still_serving();
+}

@@ -63,14 +63,22 @@ enum Command {
     Compile {
         input: Option<PathBuf>,
         output: Option<PathBuf>,
+        /// Confine the worker to this directory (Landlock) before it reads anything.
+        #[arg(long)]
+        confine: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Compile { input, output } = &cli.command {
+    if let Command::Compile {
+        input,
+        output,
+        confine,
+    } = &cli.command
+    {
         let paths = input.as_deref().zip(output.as_deref());
-        let code = wafer_runner::compile_worker_main(paths);
+        let code = wafer_runner::compile_worker_main(paths, confine.as_deref());
         return ExitCode::from(code as u8);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 
 use crate::engine::EngineConfig;
 use crate::error::CompileError;
+use crate::sandbox::{self, Confinement};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -161,7 +162,12 @@ pub enum CompileMode {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerReport {
     /// Compiled; the code is in the output file.
-    Compiled(Abi),
+    Compiled {
+        /// The ABI detected.
+        abi: Abi,
+        /// How far the worker confined itself.
+        confinement: Option<Confinement>,
+    },
     /// Refused.
     Refused(CompileError),
 }
@@ -175,11 +181,15 @@ const WARM_UP: &[u8] = &[
     0x20, 0x00, 0x41, 0x01, 0x6a, 0x0b,
 ];
 
-/// The body of the compile worker process (`wafer __compile`). With paths, compiles
-/// `input` into `output`; without, warms up and then reads one job (two lines: input path,
-/// output path) from stdin, exiting quietly on end of input. Engine settings come from
+/// The body of the compile worker process (`wafer __compile`). With `confine`, it first
+/// confines itself to that directory ([`sandbox::confine`]). With paths, compiles `input` into
+/// `output`; without, warms up and then reads one job (two lines: input path, output path)
+/// from stdin, exiting quietly on end of input. Engine settings come from
 /// [`ENGINE_CONFIG_ENV`]. Prints a [`WorkerReport`] as JSON; returns the exit code.
-pub fn compile_worker_main(paths: Option<(&Path, &Path)>) -> i32 {
+pub fn compile_worker_main(paths: Option<(&Path, &Path)>, confine: Option<&Path>) -> i32 {
+    // A kernel or container that refuses Landlock leaves the worker unconfined but still
+    // bounded (no privileges, no descriptors, no environment, address-space and time limits).
+    let confinement = confine.map(|dir| sandbox::confine(dir).unwrap_or(Confinement::None));
     let engine = (|| {
         let cfg: EngineConfig = match std::env::var(ENGINE_CONFIG_ENV) {
             Ok(s) => serde_json::from_str(&s).map_err(|e| CompileError::Internal(e.to_string()))?,
@@ -208,7 +218,7 @@ pub fn compile_worker_main(paths: Option<(&Path, &Path)>) -> i32 {
         Ok(abi)
     });
     let (code, report) = match report {
-        Ok(abi) => (0, WorkerReport::Compiled(abi)),
+        Ok(abi) => (0, WorkerReport::Compiled { abi, confinement }),
         Err(e) => (3, WorkerReport::Refused(e)),
     };
     println!(

@@ -6,6 +6,7 @@
 use crate::artifact::{ENGINE_CONFIG_ENV, WorkerReport};
 use crate::engine::EngineConfig;
 use crate::error::CompileError;
+use crate::sandbox::Confinement;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,6 +20,7 @@ use wafer_core::Abi;
 pub struct IsolatedCompiler {
     program: PathBuf,
     args: Vec<OsString>,
+    scratch: PathBuf,
     timeout: Duration,
     memory_bytes: u64,
     engine_json: String,
@@ -32,12 +34,14 @@ impl IsolatedCompiler {
         engine: &EngineConfig,
         program: PathBuf,
         args: Vec<OsString>,
+        scratch: PathBuf,
         timeout: Duration,
         memory_bytes: u64,
     ) -> Self {
         let c = Self {
             program,
             args,
+            scratch,
             timeout,
             memory_bytes,
             engine_json: serde_json::to_string(engine).expect("config serializes"),
@@ -52,13 +56,17 @@ impl IsolatedCompiler {
     fn spawn(&self) -> std::io::Result<Child> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
+            .arg("--confine")
+            .arg(&self.scratch)
+            .env_clear()
             .env(ENGINE_CONFIG_ENV, &self.engine_json)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let memory_bytes = self.memory_bytes;
-        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setrlimit, prctl, close_range) between fork
+        // and exec.
         unsafe {
             cmd.pre_exec(move || {
                 let lim = libc::rlimit {
@@ -68,7 +76,7 @@ impl IsolatedCompiler {
                 if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                crate::sandbox::prepare_child()
             });
         }
         cmd.spawn()
@@ -82,8 +90,13 @@ impl IsolatedCompiler {
         }
     }
 
-    /// Compiles `input` into `output` in a worker, within the time limit.
-    pub async fn compile(&self, input: &Path, output: &Path) -> Result<Abi, CompileError> {
+    /// Compiles `input` into `output` in a worker, within the time limit. Returns the ABI and
+    /// how far the worker could confine itself.
+    pub async fn compile(
+        &self,
+        input: &Path,
+        output: &Path,
+    ) -> Result<(Abi, Option<Confinement>), CompileError> {
         let ready = self.next.lock().expect("compiler lock").take();
         let mut child = match ready {
             Some(c) => c,
@@ -110,7 +123,9 @@ impl IsolatedCompiler {
             Ok(Ok(out)) => out,
         };
         match serde_json::from_slice::<WorkerReport>(&out.stdout) {
-            Ok(WorkerReport::Compiled(abi)) if out.status.success() => Ok(abi),
+            Ok(WorkerReport::Compiled { abi, confinement }) if out.status.success() => {
+                Ok((abi, confinement))
+            }
             Ok(WorkerReport::Refused(e)) => Err(e),
             _ => {
                 let stderr = String::from_utf8_lossy(&out.stderr);

@@ -70,6 +70,24 @@ impl EngineConfig {
             .max_wasm_stack(self.max_wasm_stack)
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true);
+        // Proposals that no supported ABI or toolchain output needs are off, so a module that
+        // uses them is refused at upload as invalid instead of reaching younger compiler and
+        // runtime paths: shared memories and threads (no WASI threads here), GC and typed
+        // function references, 64-bit and multiple memories (a slot's memory bound assumes
+        // 32-bit memories, one per module), exceptions, stack switching, custom page sizes
+        // and wide arithmetic. SIMD, relaxed SIMD, bulk memory, reference types, multi-value,
+        // tail calls and extended constants stay on: current Rust, C, Python and JavaScript
+        // toolchains emit them.
+        c.wasm_threads(false)
+            .wasm_shared_everything_threads(false)
+            .wasm_gc(false)
+            .wasm_function_references(false)
+            .wasm_memory64(false)
+            .wasm_multi_memory(false)
+            .wasm_exceptions(false)
+            .wasm_stack_switching(false)
+            .wasm_custom_page_sizes(false)
+            .wasm_wide_arithmetic(false);
         if pooling {
             let n = self.max_instances.max(1);
             let (instances, memories, tables) = self.per_component();

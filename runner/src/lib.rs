@@ -16,6 +16,7 @@ pub mod output;
 pub mod pool;
 pub mod requirements;
 mod runner;
+pub mod sandbox;
 
 pub use abi::{Input, Output};
 pub use artifact::{CompileMode, compile_worker_main};

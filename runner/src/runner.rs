@@ -140,6 +140,7 @@ impl Runner {
                 &config.engine,
                 program.clone(),
                 args.clone(),
+                config.scratch_dir.clone(),
                 *timeout,
                 *memory_bytes,
             )),
@@ -203,6 +204,7 @@ impl Runner {
         }
         let module_key = ArtifactKey::Module(digest.clone());
         let started = std::time::Instant::now();
+        let mut confinement = None;
         let code = match &self.compiler {
             None => {
                 let engine = self.engine.clone();
@@ -214,21 +216,20 @@ impl Runner {
             }
             Some(compiler) => {
                 let tag = format!("{}-{:08x}", &digest.hex()[..16], unique_tag());
-                let input = self.config.scratch_dir.join(format!("wafer-{tag}.wasm"));
-                let output = self.config.scratch_dir.join(format!("wafer-{tag}.cwasm"));
-                let res = async {
-                    tokio::fs::write(&input, &bytes)
-                        .await
-                        .map_err(|e| CompileError::Internal(e.to_string()))?;
-                    compiler.compile(&input, &output).await?;
-                    tokio::fs::read(&output)
-                        .await
-                        .map_err(|e| CompileError::Internal(e.to_string()))
-                }
-                .await;
-                let _ = tokio::fs::remove_file(&input).await;
-                let _ = tokio::fs::remove_file(&output).await;
-                res?
+                // Removed when this future ends, also when it is dropped because the client
+                // went away mid-compile (the worker is killed on drop too).
+                let scratch = ScratchFiles {
+                    input: self.config.scratch_dir.join(format!("wafer-{tag}.wasm")),
+                    output: self.config.scratch_dir.join(format!("wafer-{tag}.cwasm")),
+                };
+                tokio::fs::write(&scratch.input, &bytes)
+                    .await
+                    .map_err(|e| CompileError::Internal(e.to_string()))?;
+                let (_, confined) = compiler.compile(&scratch.input, &scratch.output).await?;
+                confinement = confined;
+                tokio::fs::read(&scratch.output)
+                    .await
+                    .map_err(|e| CompileError::Internal(e.to_string()))?
             }
         };
         let compiled = started.elapsed();
@@ -249,6 +250,7 @@ impl Runner {
             compile_ms = compiled.as_millis() as u64,
             store_ms = (stored - compiled).as_millis() as u64,
             load_ms = (started.elapsed() - stored).as_millis() as u64,
+            confinement = ?confinement,
             "compiled module"
         );
         Ok(accepted(digest, prepared.abi()))
@@ -539,6 +541,19 @@ impl std::fmt::Display for LoadError {
             LoadError::Missing(s) | LoadError::Unavailable(s) => f.write_str(s),
             LoadError::Refused(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// The compile worker's input and output files, removed when dropped.
+struct ScratchFiles {
+    input: std::path::PathBuf,
+    output: std::path::PathBuf,
+}
+
+impl Drop for ScratchFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.input);
+        let _ = std::fs::remove_file(&self.output);
     }
 }
 

@@ -46,6 +46,8 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = load_config(args, data_dir)?;
     let fd_limit = wafer_gateway::server::raise_fd_limit();
