@@ -76,6 +76,35 @@ pub trait ArtifactStore: Send + Sync + 'static {
     /// A local file holding the artifact, when the backend has one, so that compiled code can
     /// be memory-mapped instead of copied.
     fn local_path(&self, key: &ArtifactKey) -> Option<PathBuf>;
+    /// Removes an artifact; removing one that is absent is not an error.
+    async fn delete(&self, key: &ArtifactKey) -> Result<(), ArtifactError>;
+    /// Every stored artifact with the Unix second it was last written, for garbage collection.
+    async fn list(&self) -> Result<Vec<ArtifactEntry>, ArtifactError>;
+}
+
+/// One stored artifact, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactEntry {
+    /// Its key.
+    pub key: ArtifactKey,
+    /// Unix seconds of its last write.
+    pub modified: u64,
+}
+
+impl ArtifactKey {
+    /// The key a relative path names, if it names one (the inverse of `relative_path`).
+    pub fn from_relative_path(path: &Path) -> Option<Self> {
+        let parts: Vec<&str> = path.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+        let digest = |file: &str, ext: &str| {
+            file.strip_suffix(ext)
+                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+        };
+        match parts.as_slice() {
+            ["modules", file] => digest(file, ".wasm").map(ArtifactKey::Module),
+            ["compiled", fp, file] => ArtifactKey::compiled(fp, &digest(file, ".cwasm")?).ok(),
+            _ => None,
+        }
+    }
 }
 
 /// The embedded artifact store: a directory on local disk.
@@ -94,6 +123,7 @@ impl FsArtifactStore {
         for sub in ["modules", "compiled", "tmp"] {
             dir.create_dir_all(sub)?;
         }
+        std::fs::File::open(&root)?.sync_all()?;
         // Left-overs of writes interrupted by a crash are never visible; clear them out.
         if let Ok(entries) = dir.read_dir("tmp") {
             for entry in entries.flatten() {
@@ -108,7 +138,12 @@ impl FsArtifactStore {
 
     fn write_atomic(root: &Path, dir: &Dir, rel: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let parent = rel.parent().unwrap_or(Path::new(""));
-        dir.create_dir_all(parent)?;
+        if !dir.exists(parent) {
+            dir.create_dir_all(parent)?;
+            // Make the new directory's entry durable too.
+            let grandparent = parent.parent().unwrap_or(Path::new(""));
+            std::fs::File::open(root.join(grandparent))?.sync_all()?;
+        }
         let tmp = Path::new("tmp").join(format!("{:016x}.part", rand::random::<u64>()));
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
@@ -166,11 +201,112 @@ impl ArtifactStore for FsArtifactStore {
     fn local_path(&self, key: &ArtifactKey) -> Option<PathBuf> {
         Some(self.root.join(key.relative_path()))
     }
+
+    async fn delete(&self, key: &ArtifactKey) -> Result<(), ArtifactError> {
+        let dir = self.dir.clone();
+        let rel = key.relative_path();
+        let res = tokio::task::spawn_blocking(move || match dir.remove_file(&rel) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        res.map_err(|source| ArtifactError::Io {
+            key: key.relative_path().display().to_string(),
+            source,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<ArtifactEntry>, ArtifactError> {
+        let dir = self.dir.clone();
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<ArtifactEntry>> {
+            let mut out = Vec::new();
+            let mut visit = |rel: PathBuf, meta: cap_std::fs::Metadata| {
+                if let Some(key) = ArtifactKey::from_relative_path(&rel) {
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.into_std().duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    out.push(ArtifactEntry { key, modified });
+                }
+            };
+            for e in dir.read_dir("modules")? {
+                let e = e?;
+                visit(Path::new("modules").join(e.file_name()), e.metadata()?);
+            }
+            for fp in dir.read_dir("compiled")? {
+                let fp = fp?;
+                let sub = Path::new("compiled").join(fp.file_name());
+                if !fp.file_type()?.is_dir() {
+                    continue;
+                }
+                for e in dir.read_dir(&sub)? {
+                    let e = e?;
+                    visit(sub.join(e.file_name()), e.metadata()?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        res.map_err(|source| ArtifactError::Io {
+            key: "(listing)".into(),
+            source,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn artifacts_are_listed_and_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsArtifactStore::open(tmp.path()).unwrap();
+        let d = Digest::of(b"m");
+        let module = ArtifactKey::Module(d.clone());
+        let code = ArtifactKey::compiled("abc123", &d).unwrap();
+        store.put(&module, Bytes::from_static(b"m")).await.unwrap();
+        store.put(&code, Bytes::from_static(b"c")).await.unwrap();
+        // Stray files are not artifacts.
+        std::fs::write(tmp.path().join("modules/notes.txt"), b"x").unwrap();
+        let mut keys: Vec<ArtifactKey> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        keys.sort_by_key(|k| k.relative_path());
+        assert_eq!(keys, [code.clone(), module.clone()]);
+        store.delete(&code).await.unwrap();
+        store.delete(&code).await.unwrap();
+        assert!(!store.exists(&code).await.unwrap());
+        assert_eq!(store.list().await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn keys_and_paths_round_trip() {
+        let d = Digest::of(b"m");
+        for key in [
+            ArtifactKey::Module(d.clone()),
+            ArtifactKey::compiled("00ff", &d).unwrap(),
+        ] {
+            assert_eq!(
+                ArtifactKey::from_relative_path(&key.relative_path()),
+                Some(key)
+            );
+        }
+        for bad in ["modules/x.wasm", "compiled/zz/ab.cwasm", "tmp/a", "modules"] {
+            assert_eq!(
+                ArtifactKey::from_relative_path(Path::new(bad)),
+                None,
+                "{bad}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn put_get_round_trip_and_missing_is_none() {

@@ -10,10 +10,12 @@ pub mod meta;
 pub mod names;
 pub mod spec;
 
-pub use artifacts::{ArtifactError, ArtifactStore, FsArtifactStore};
+pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
-pub use spec::{Abi, FunctionRecord, KeyRecord, ModuleRecord, Scope, VersionRecord, VersionSpec};
+pub use spec::{
+    Abi, FunctionRecord, KeyRecord, ModuleRecord, Quotas, Scope, VersionRecord, VersionSpec,
+};
 
 /// Seconds since the Unix epoch, used for the `created` timestamps of records.
 pub fn now_unix() -> u64 {

@@ -5,7 +5,7 @@
 //! kill in the middle of a deploy leaves either the whole new version or none of it.
 
 use crate::names::{AliasName, Digest, FunctionName, TenantId, VersionRef};
-use crate::spec::{FunctionRecord, KeyRecord, ModuleRecord, VersionRecord, VersionSpec};
+use crate::spec::{FunctionRecord, KeyRecord, ModuleRecord, Quotas, VersionRecord, VersionSpec};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +20,9 @@ pub enum MetaError {
     /// The function exists but has no such version.
     #[error("function {name} has no version {version}")]
     VersionNotFound { name: FunctionName, version: String },
+    /// The tenant holds as much as its quota allows.
+    #[error("the tenant's quota of {limit} {quota} is used up")]
+    Quota { quota: &'static str, limit: u64 },
     /// The backend failed.
     #[error("metadata store error: {0}")]
     Storage(String),
@@ -35,7 +38,17 @@ fn storage<E: Into<redb::Error>>(e: E) -> MetaError {
 #[async_trait::async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     /// Records that `tenant` uploaded a module; returns true when it is new for this tenant.
-    async fn put_module(&self, tenant: &TenantId, rec: ModuleRecord) -> Result<bool, MetaError>;
+    /// A new one past the tenant's module quotas is [`MetaError::Quota`].
+    async fn put_module(
+        &self,
+        tenant: &TenantId,
+        rec: ModuleRecord,
+        quotas: &Quotas,
+    ) -> Result<bool, MetaError>;
+    /// Every tenant's module records.
+    async fn module_records(&self) -> Result<Vec<(TenantId, ModuleRecord)>, MetaError>;
+    /// Forgets that `tenant` uploaded `digest`.
+    async fn delete_module(&self, tenant: &TenantId, digest: &Digest) -> Result<(), MetaError>;
     /// The tenant's record of a module.
     async fn get_module(
         &self,
@@ -43,12 +56,13 @@ pub trait MetaStore: Send + Sync + 'static {
         digest: &Digest,
     ) -> Result<Option<ModuleRecord>, MetaError>;
     /// Creates the next version of a function (creating the function if needed) and moves
-    /// `latest` to it.
+    /// `latest` to it, within the tenant's function and version quotas.
     async fn create_version(
         &self,
         tenant: &TenantId,
         name: &FunctionName,
         spec: VersionSpec,
+        quotas: &Quotas,
     ) -> Result<VersionRecord, MetaError>;
     /// A function, whoever owns it (callers check the tenant).
     async fn get_function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, MetaError>;
@@ -80,8 +94,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_key(&self, hash: &str, rec: KeyRecord) -> Result<(), MetaError>;
     /// Looks an API key up by the hash of its secret.
     async fn get_key(&self, hash: &str) -> Result<Option<KeyRecord>, MetaError>;
-    /// Every module digest some version of some function runs.
-    async fn module_digests(&self) -> Result<Vec<Digest>, MetaError>;
+    /// Every module some version runs, with the tenant that owns the version's function.
+    async fn module_uses(&self) -> Result<Vec<(TenantId, Digest)>, MetaError>;
     /// Every API key's record (never the secrets, which are not stored).
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, MetaError>;
     /// Deletes the key with public id `id`; false when there is none.
@@ -167,16 +181,66 @@ fn owned_function(
 
 #[async_trait::async_trait]
 impl MetaStore for EmbeddedMetaStore {
-    async fn put_module(&self, tenant: &TenantId, rec: ModuleRecord) -> Result<bool, MetaError> {
-        let tenant = tenant.clone();
+    async fn put_module(
+        &self,
+        tenant: &TenantId,
+        rec: ModuleRecord,
+        quotas: &Quotas,
+    ) -> Result<bool, MetaError> {
+        let (tenant, quotas) = (tenant.clone(), *quotas);
         self.write(move |txn| {
             let mut t = txn.open_table(MODULES).map_err(storage)?;
             let key = (tenant.as_str(), rec.digest.as_str());
             if t.get(key).map_err(storage)?.is_some() {
                 return Ok(false);
             }
+            let (mut count, mut bytes) = (0u64, 0u64);
+            for entry in t.range((tenant.as_str(), "")..).map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                if k.value().0 != tenant.as_str() {
+                    break;
+                }
+                count += 1;
+                bytes = bytes.saturating_add(decode::<ModuleRecord>(v.value())?.size);
+            }
+            if count >= quotas.modules {
+                return Err(MetaError::Quota {
+                    quota: "modules",
+                    limit: quotas.modules,
+                });
+            }
+            if bytes.saturating_add(rec.size) > quotas.module_bytes {
+                return Err(MetaError::Quota {
+                    quota: "bytes of modules",
+                    limit: quotas.module_bytes,
+                });
+            }
             t.insert(key, encode(&rec).as_slice()).map_err(storage)?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn module_records(&self) -> Result<Vec<(TenantId, ModuleRecord)>, MetaError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(MODULES).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let tenant =
+                TenantId::new(k.value().0).map_err(|e| MetaError::Storage(e.to_string()))?;
+            out.push((tenant, decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    async fn delete_module(&self, tenant: &TenantId, digest: &Digest) -> Result<(), MetaError> {
+        let (tenant, digest) = (tenant.clone(), digest.clone());
+        self.write(move |txn| {
+            let mut t = txn.open_table(MODULES).map_err(storage)?;
+            t.remove((tenant.as_str(), digest.as_str()))
+                .map_err(storage)?;
+            Ok(())
         })
         .await
     }
@@ -199,19 +263,42 @@ impl MetaStore for EmbeddedMetaStore {
         tenant: &TenantId,
         name: &FunctionName,
         spec: VersionSpec,
+        quotas: &Quotas,
     ) -> Result<VersionRecord, MetaError> {
-        let (tenant, name) = (tenant.clone(), name.clone());
+        let (tenant, name, quotas) = (tenant.clone(), name.clone(), *quotas);
         self.write(move |txn| {
             let mut ft = txn.open_table(FUNCTIONS).map_err(storage)?;
             let now = crate::now_unix();
-            let mut f = owned_function(&ft, &tenant, &name)?.unwrap_or_else(|| FunctionRecord {
-                name: name.clone(),
-                tenant: tenant.clone(),
-                latest_version: 0,
-                aliases: BTreeMap::new(),
-                created: now,
-                incarnation: rand::random(),
-            });
+            let mut f = match owned_function(&ft, &tenant, &name)? {
+                Some(f) => f,
+                None => {
+                    let mut owned = 0u64;
+                    for entry in ft.iter().map_err(storage)? {
+                        let (_, v) = entry.map_err(storage)?;
+                        owned += u64::from(decode::<FunctionRecord>(v.value())?.tenant == tenant);
+                    }
+                    if owned >= quotas.functions {
+                        return Err(MetaError::Quota {
+                            quota: "functions",
+                            limit: quotas.functions,
+                        });
+                    }
+                    FunctionRecord {
+                        name: name.clone(),
+                        tenant: tenant.clone(),
+                        latest_version: 0,
+                        aliases: BTreeMap::new(),
+                        created: now,
+                        incarnation: rand::random(),
+                    }
+                }
+            };
+            if u64::from(f.latest_version) >= quotas.versions_per_function {
+                return Err(MetaError::Quota {
+                    quota: "versions of this function",
+                    limit: quotas.versions_per_function,
+                });
+            }
             f.latest_version += 1;
             let rec = VersionRecord {
                 function: name.clone(),
@@ -354,13 +441,23 @@ impl MetaStore for EmbeddedMetaStore {
         }
     }
 
-    async fn module_digests(&self) -> Result<Vec<Digest>, MetaError> {
+    async fn module_uses(&self) -> Result<Vec<(TenantId, Digest)>, MetaError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let t = txn.open_table(VERSIONS).map_err(storage)?;
-        let mut out = std::collections::BTreeSet::new();
-        for entry in t.iter().map_err(storage)? {
+        let ft = txn.open_table(FUNCTIONS).map_err(storage)?;
+        let mut owners = std::collections::HashMap::new();
+        for entry in ft.iter().map_err(storage)? {
             let (_, v) = entry.map_err(storage)?;
-            out.insert(decode::<VersionRecord>(v.value())?.spec.module);
+            let f: FunctionRecord = decode(v.value())?;
+            owners.insert(f.name, f.tenant);
+        }
+        let vt = txn.open_table(VERSIONS).map_err(storage)?;
+        let mut out = std::collections::BTreeSet::new();
+        for entry in vt.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            let rec: VersionRecord = decode(v.value())?;
+            if let Some(tenant) = owners.get(&rec.function) {
+                out.insert((tenant.clone(), rec.spec.module));
+            }
         }
         Ok(out.into_iter().collect())
     }
@@ -435,7 +532,7 @@ mod tests {
             let store = EmbeddedMetaStore::open(&path).unwrap();
             assert_eq!(
                 store
-                    .create_version(&t("a"), &n("f"), spec(&d))
+                    .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
                     .await
                     .unwrap()
                     .version,
@@ -443,7 +540,7 @@ mod tests {
             );
             assert_eq!(
                 store
-                    .create_version(&t("a"), &n("f"), spec(&d))
+                    .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
                     .await
                     .unwrap()
                     .version,
@@ -479,12 +576,14 @@ mod tests {
         let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
         let d = Digest::of(b"m");
         store
-            .create_version(&t("a"), &n("f"), spec(&d))
+            .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
             .await
             .unwrap();
         let latest = AliasName::new("latest").unwrap();
         assert!(matches!(
-            store.create_version(&t("b"), &n("f"), spec(&d)).await,
+            store
+                .create_version(&t("b"), &n("f"), spec(&d), &Quotas::default())
+                .await,
             Err(MetaError::FunctionNotFound(_))
         ));
         assert!(matches!(
@@ -505,7 +604,7 @@ mod tests {
         let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
         let d = Digest::of(b"m");
         store
-            .create_version(&t("a"), &n("f"), spec(&d))
+            .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
             .await
             .unwrap();
         let prod = AliasName::new("prod").unwrap();
@@ -530,32 +629,47 @@ mod tests {
             created: 0,
             min_memory_bytes: 0,
         };
-        assert!(store.put_module(&t("a"), rec.clone()).await.unwrap());
-        assert!(!store.put_module(&t("a"), rec.clone()).await.unwrap());
+        assert!(
+            store
+                .put_module(&t("a"), rec.clone(), &Quotas::default())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .put_module(&t("a"), rec.clone(), &Quotas::default())
+                .await
+                .unwrap()
+        );
         assert!(store.get_module(&t("b"), &d).await.unwrap().is_none());
-        assert!(store.put_module(&t("b"), rec).await.unwrap());
+        assert!(
+            store
+                .put_module(&t("b"), rec, &Quotas::default())
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
-    async fn module_digests_are_those_versions_run() {
+    async fn module_uses_are_what_versions_run_by_tenant() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
         let (d1, d2) = (Digest::of(b"one"), Digest::of(b"two"));
         store
-            .create_version(&t("a"), &n("f"), spec(&d1))
+            .create_version(&t("a"), &n("f"), spec(&d1), &Quotas::default())
             .await
             .unwrap();
         store
-            .create_version(&t("a"), &n("f"), spec(&d2))
+            .create_version(&t("a"), &n("f"), spec(&d2), &Quotas::default())
             .await
             .unwrap();
         store
-            .create_version(&t("b"), &n("g"), spec(&d1))
+            .create_version(&t("b"), &n("g"), spec(&d1), &Quotas::default())
             .await
             .unwrap();
-        let mut want = vec![d1, d2];
+        let mut want = vec![(t("a"), d1.clone()), (t("a"), d2), (t("b"), d1)];
         want.sort();
-        assert_eq!(store.module_digests().await.unwrap(), want);
+        assert_eq!(store.module_uses().await.unwrap(), want);
     }
 
     #[tokio::test]
@@ -590,22 +704,95 @@ mod tests {
         let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
         let d = Digest::of(b"m");
         store
-            .create_version(&t("a"), &n("f"), spec(&d))
+            .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
             .await
             .unwrap();
         let first = store.get_function(&n("f")).await.unwrap().unwrap();
         store
-            .create_version(&t("a"), &n("f"), spec(&d))
+            .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
             .await
             .unwrap();
         let same = store.get_function(&n("f")).await.unwrap().unwrap();
         assert_eq!(first.incarnation, same.incarnation);
         store.delete_function(&t("a"), &n("f")).await.unwrap();
         store
-            .create_version(&t("a"), &n("f"), spec(&d))
+            .create_version(&t("a"), &n("f"), spec(&d), &Quotas::default())
             .await
             .unwrap();
         let again = store.get_function(&n("f")).await.unwrap().unwrap();
         assert_ne!(first.incarnation, again.incarnation);
+    }
+
+    #[tokio::test]
+    async fn quotas_bound_modules_bytes_functions_and_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetaStore::open(dir.path().join("m.redb")).unwrap();
+        let q = Quotas {
+            modules: 2,
+            module_bytes: 100,
+            functions: 1,
+            versions_per_function: 2,
+        };
+        let rec = |b: &[u8], size| ModuleRecord {
+            digest: Digest::of(b),
+            size,
+            abi: Abi::Command,
+            created: 0,
+            min_memory_bytes: 0,
+        };
+        assert!(store.put_module(&t("a"), rec(b"1", 60), &q).await.unwrap());
+        // Known modules are not counted again.
+        assert!(!store.put_module(&t("a"), rec(b"1", 60), &q).await.unwrap());
+        assert!(matches!(
+            store.put_module(&t("a"), rec(b"2", 41), &q).await,
+            Err(MetaError::Quota {
+                quota: "bytes of modules",
+                limit: 100
+            })
+        ));
+        assert!(store.put_module(&t("a"), rec(b"2", 40), &q).await.unwrap());
+        assert!(matches!(
+            store.put_module(&t("a"), rec(b"3", 0), &q).await,
+            Err(MetaError::Quota {
+                quota: "modules",
+                ..
+            })
+        ));
+        // Another tenant has its own quota.
+        assert!(store.put_module(&t("b"), rec(b"3", 0), &q).await.unwrap());
+        store
+            .delete_module(&t("a"), &Digest::of(b"2"))
+            .await
+            .unwrap();
+        assert!(store.put_module(&t("a"), rec(b"3", 0), &q).await.unwrap());
+        assert_eq!(store.module_records().await.unwrap().len(), 3);
+
+        let d = Digest::of(b"1");
+        store
+            .create_version(&t("a"), &n("f"), spec(&d), &q)
+            .await
+            .unwrap();
+        store
+            .create_version(&t("a"), &n("f"), spec(&d), &q)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.create_version(&t("a"), &n("f"), spec(&d), &q).await,
+            Err(MetaError::Quota {
+                quota: "versions of this function",
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.create_version(&t("a"), &n("g"), spec(&d), &q).await,
+            Err(MetaError::Quota {
+                quota: "functions",
+                ..
+            })
+        ));
+        store
+            .create_version(&t("b"), &n("g"), spec(&d), &q)
+            .await
+            .unwrap();
     }
 }

@@ -131,3 +131,28 @@ impl KeyRecord {
         self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
     }
 }
+
+/// The most one tenant may hold; uploads and deploys past it are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Modules uploaded (and not yet collected as unused).
+    pub modules: u64,
+    /// Bytes of those modules together.
+    pub module_bytes: u64,
+    /// Functions.
+    pub functions: u64,
+    /// Versions of one function.
+    pub versions_per_function: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            modules: 1000,
+            module_bytes: 4 << 30,
+            functions: 1000,
+            versions_per_function: 1000,
+        }
+    }
+}

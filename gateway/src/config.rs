@@ -44,6 +44,12 @@ pub struct Config {
     pub compile_timeout_ms: u64,
     /// Address-space limit of the compile worker, in MiB.
     pub compile_memory_mb: u64,
+    /// How often unused modules and compiled code are collected, in seconds (0: never).
+    pub gc_interval_s: u64,
+    /// Age a module must reach, unused by any version, before it is collected, in seconds.
+    pub gc_grace_s: u64,
+    /// What one tenant may hold.
+    pub quotas: wafer_core::Quotas,
     /// Function defaults and ceilings.
     pub functions: FunctionDefaults,
     /// Engine settings.
@@ -108,6 +114,9 @@ impl Default for Config {
             max_compiles: 2,
             compile_timeout_ms: 20_000,
             compile_memory_mb: 4096,
+            gc_interval_s: 3600,
+            gc_grace_s: 86_400,
+            quotas: wafer_core::Quotas::default(),
             functions: FunctionDefaults::default(),
             engine,
             hot_modules: 1024,

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod gc;
 pub mod logs;
 pub mod metrics;
 pub mod problem;
@@ -48,7 +49,7 @@ impl Gateway {
     /// Opens the data directory and builds everything. `compile` says where modules are
     /// compiled (the `wafer` binary passes its own compile worker).
     pub async fn start(config: Config, compile: CompileMode) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)?;
+        create_private_dir(&config.data_dir)?;
         let meta = Arc::new(EmbeddedMetaStore::open(config.data_dir.join("meta.redb"))?);
         let artifacts = Arc::new(FsArtifactStore::open(config.data_dir.join("artifacts"))?);
         let scratch = config.data_dir.join("scratch");
@@ -87,6 +88,7 @@ impl Gateway {
         });
         let new_admin_key = bootstrap_admin_key(&state).await?;
         tokio::spawn(recompile_for_this_engine(state.clone()));
+        tokio::spawn(gc::run_periodically(state.clone()));
         Ok(Self {
             state,
             new_admin_key,
@@ -104,8 +106,8 @@ impl Gateway {
 /// the first invocations after an upgrade do not pay for it; an invocation that comes first
 /// rebuilds its own module on demand.
 async fn recompile_for_this_engine(state: Arc<AppState>) {
-    let digests = match state.meta.module_digests().await {
-        Ok(d) => d,
+    let digests: std::collections::BTreeSet<_> = match state.meta.module_uses().await {
+        Ok(uses) => uses.into_iter().map(|(_, d)| d).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list modules to recompile");
             return;
@@ -139,6 +141,18 @@ async fn bootstrap_admin_key(state: &AppState) -> anyhow::Result<Option<auth::Se
         .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
     write_private(&path, key.expose())?;
     Ok(Some(key))
+}
+
+/// Creates the data directory (and its parents) if needed and makes it private to this user
+/// (0700): it holds the admin key, the metadata and every tenant's modules.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Where the admin key of a data directory lives.
@@ -189,6 +203,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::post(keys::create).get(keys::list),
         )
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
         .route("/fn/{target}", any(invoke::invoke))
         .route("/fn/{target}/", any(invoke::invoke))
         .route("/fn/{target}/{*path}", any(invoke::invoke))

@@ -165,6 +165,17 @@ impl From<MetaError> for ApiError {
                 "Version not found",
                 format!("function {name:?} has no version or alias {version:?}"),
             ),
+            MetaError::Quota { quota, limit } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quota-exceeded",
+                "Quota exceeded",
+                format!(
+                    "this tenant already holds its quota of {limit} {quota}; delete what it no \
+                     longer needs (unused modules are collected after the grace period)"
+                ),
+            )
+            .with("quota", quota)
+            .with("limit", limit),
             MetaError::Storage(s) => ApiError::internal(s),
         }
     }

@@ -164,6 +164,16 @@ impl Runner {
         &self.fingerprint
     }
 
+    /// The artifact store modules and compiled code live in.
+    pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
+        &self.artifacts
+    }
+
+    /// Drops the hot pre-linked instance of `digest` (its code was collected).
+    pub fn forget(&self, digest: &Digest) {
+        self.hot.invalidate(digest);
+    }
+
     /// The engine settings (ceilings for per-function limits).
     pub fn engine_config(&self) -> &EngineConfig {
         &self.config.engine

@@ -182,7 +182,7 @@ pub async fn put(
     };
     let rec = state
         .meta
-        .create_version(&caller.tenant, &name, spec)
+        .create_version(&caller.tenant, &name, spec, &state.config.quotas)
         .await?;
     state.resolver.invalidate(&name);
     tracing::info!(version = rec.version, "created version");

@@ -47,6 +47,19 @@ pub async fn metrics(
     ))
 }
 
+/// Collects unused modules and compiled code now (admin); the server also does so every
+/// `gc_interval_s`.
+pub async fn collect_garbage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<crate::gc::GcReport>, ApiError> {
+    crate::auth::require(&state, &headers, Scope::Admin).await?;
+    crate::gc::collect(&state, state.config.gc_grace_s)
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
 /// The OpenAPI document.
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)

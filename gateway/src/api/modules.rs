@@ -52,7 +52,10 @@ pub async fn upload(
         created: wafer_core::now_unix(),
         min_memory_bytes: compiled.requirements.map_or(0, |r| r.initial_bytes),
     };
-    let created = state.meta.put_module(&caller.tenant, rec).await?;
+    let created = state
+        .meta
+        .put_module(&caller.tenant, rec, &state.config.quotas)
+        .await?;
     tracing::info!(%digest, size, abi = abi.as_str(), created, "module uploaded");
     let status = if created {
         StatusCode::CREATED
