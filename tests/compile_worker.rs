@@ -5,6 +5,7 @@
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
+use wafer_e2e::wasm::bombs;
 use wafer_e2e::{TestServer, function_bytes, wafer_bin};
 
 /// The pids of `parent`'s live children (zombies, killed and not yet reaped, run nothing).
@@ -186,6 +187,63 @@ fn an_upload_abandoned_mid_compile_leaves_no_scratch_file_and_no_worker() {
         scratch_files(&s),
         children(s.pid()),
         s.log()
+    );
+    s.assert_still_serving();
+}
+
+/// Uploads `bytes`, asserting the refusal; returns how long it took and the problem.
+fn refused(s: &TestServer, bytes: Vec<u8>, slug: &str) -> (std::time::Duration, Value) {
+    let started = std::time::Instant::now();
+    let v = wafer_e2e::assert_problem(s.upload(&s.admin_key, bytes), 422, slug);
+    (started.elapsed(), v)
+}
+
+#[test]
+fn a_known_compile_bomb_is_refused_before_any_worker_runs() {
+    let s = TestServer::start();
+    // 1 000 locals live across 20 000 joins: > 4 GiB and 9 s in Cranelift.
+    let (took, v) = refused(&s, bombs::diamonds(1000, 20_000), "too-complex");
+    println!("locals x blocks bomb refused in {took:?}: {}", v["detail"]);
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    assert!(v["detail"].as_str().unwrap().contains("1000 locals"), "{v}");
+    s.assert_still_serving();
+}
+
+#[test]
+fn a_slow_compile_is_ended_at_the_time_limit_and_its_worker_killed() {
+    let s = TestServer::start_with_config("compile_timeout_ms = 2000\n");
+    assert_eq!(s.upload(&s.admin_key, function_bytes("echo")).status(), 201);
+    let waiting = children(s.pid());
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    // Within the screen's bound, but 5 s and 1.3 GB of compiling.
+    let (took, v) = refused(&s, bombs::diamonds(400, 9000), "compile-timeout");
+    println!("slow module refused in {took:?}");
+    assert_eq!(v["limit"], 2000);
+    assert!(took >= std::time::Duration::from_millis(1900), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    let gone = (0..200).any(|_| {
+        let gone = !children(s.pid()).contains(&waiting[0]);
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        gone
+    });
+    assert!(gone, "the worker outlived its time limit");
+    s.assert_still_serving();
+}
+
+#[test]
+fn a_memory_hungry_compile_is_ended_at_the_memory_limit() {
+    let s = TestServer::start_with_config("compile_memory_mb = 768\n");
+    // The worker starts and compiles ordinary modules within 768 MiB...
+    assert_eq!(s.upload(&s.admin_key, function_bytes("echo")).status(), 201);
+    let waiting = children(s.pid());
+    // ...but this one needs 1.3 GB.
+    let (took, v) = refused(&s, bombs::diamonds(400, 9000), "compile-resources");
+    println!("memory-hungry module refused in {took:?}: {}", v["detail"]);
+    assert!(
+        !children(s.pid()).contains(&waiting[0]),
+        "the worker outlived its refusal"
     );
     s.assert_still_serving();
 }

@@ -206,6 +206,9 @@ impl From<CompileError> for ApiError {
             CompileError::Limits(_) => {
                 unprocessable("instance-limits", "Module exceeds the instance limits")
             }
+            CompileError::TooComplex(_) => {
+                unprocessable("too-complex", "Module too costly to compile")
+            }
             CompileError::Timeout(ms) => {
                 unprocessable("compile-timeout", "Compilation timed out").with("limit", *ms)
             }

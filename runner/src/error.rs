@@ -28,6 +28,9 @@ pub enum CompileError {
     /// Instantiating it would take more than an instance slot holds or any function may have.
     #[error("the module exceeds the instance limits: {0}")]
     Limits(String),
+    /// A shape known to take minutes or gigabytes to compile, refused before compiling.
+    #[error("the module is too costly to compile: {0}")]
+    TooComplex(String),
     /// Compilation took longer than allowed.
     #[error("compilation exceeded the time limit of {0} ms")]
     Timeout(u64),

@@ -17,6 +17,7 @@ pub mod pool;
 pub mod requirements;
 mod runner;
 pub mod sandbox;
+pub mod screen;
 
 pub use abi::{Input, Output};
 pub use artifact::{CompileMode, compile_worker_main};

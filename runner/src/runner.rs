@@ -188,12 +188,19 @@ impl Runner {
     /// needs more than an instance slot holds is refused before it is compiled.
     pub async fn compile(&self, bytes: Bytes) -> Result<Compiled, CompileError> {
         artifact::detect(&bytes)?;
-        let (digest, requirements) = {
+        let (digest, requirements, screened) = {
             let b = bytes.clone();
-            tokio::task::spawn_blocking(move || (Digest::of(&b), requirements::of(&b)))
-                .await
-                .map_err(|e| CompileError::Internal(e.to_string()))?
+            tokio::task::spawn_blocking(move || {
+                (
+                    Digest::of(&b),
+                    requirements::of(&b),
+                    crate::screen::check(&b),
+                )
+            })
+            .await
+            .map_err(|e| CompileError::Internal(e.to_string()))?
         };
+        screened?;
         if let Some(r) = &requirements {
             self.check_requirements(r)?;
         }

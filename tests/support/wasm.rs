@@ -219,3 +219,110 @@ pub fn command_component_exporting(name: &str) -> Vec<u8> {
     c.section(&exports);
     c.finish()
 }
+
+/// A command module whose `_start` body is `body`, with `locals` i64 locals.
+fn start_module(locals: u32, body: impl FnOnce(&mut Function)) -> Vec<u8> {
+    let mut m = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    m.section(&types);
+    let mut funcs = FunctionSection::new();
+    funcs.function(0);
+    m.section(&funcs);
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 0);
+    m.section(&exports);
+    let mut f = Function::new([(locals, ValType::I64)]);
+    body(&mut f);
+    f.instruction(&I::End);
+    let mut code = CodeSection::new();
+    code.function(&f);
+    m.section(&code);
+    m.finish()
+}
+
+/// Compile bombs: small modules that are expensive to compile, by shape.
+pub mod bombs {
+    use super::*;
+
+    /// Many locals, each read and written in a long chain: register-allocation pressure.
+    pub fn live_locals(locals: u32, rounds: u32) -> Vec<u8> {
+        start_module(locals, |f| {
+            for r in 0..rounds {
+                for i in 0..locals - 1 {
+                    let (a, b) = ((i + r) % locals, (i * 7 + r + 1) % locals);
+                    f.instruction(&I::LocalGet(a))
+                        .instruction(&I::LocalGet(b))
+                        .instruction(&I::I64Add)
+                        .instruction(&I::LocalSet(a));
+                }
+            }
+        })
+    }
+
+    /// `values` constants left on the operand stack, then added together: all of them are
+    /// live at once.
+    pub fn deep_stack(values: u32) -> Vec<u8> {
+        start_module(1, |f| {
+            for i in 0..values {
+                f.instruction(&I::I64Const(i64::from(i)));
+            }
+            for _ in 1..values {
+                f.instruction(&I::I64Add);
+            }
+            f.instruction(&I::LocalSet(0));
+        })
+    }
+
+    /// `branches` if/else diamonds, each reading two of `locals` locals and writing a third,
+    /// so many values stay live across many blocks.
+    pub fn diamonds(locals: u32, branches: u32) -> Vec<u8> {
+        start_module(locals, |f| {
+            for b in 0..branches {
+                let (x, y, z) = (b % locals, (b * 7 + 3) % locals, (b * 13 + 5) % locals);
+                f.instruction(&I::LocalGet(x))
+                    .instruction(&I::I64Eqz)
+                    .instruction(&I::If(wasm_encoder::BlockType::Result(ValType::I64)))
+                    .instruction(&I::LocalGet(y))
+                    .instruction(&I::Else)
+                    .instruction(&I::LocalGet(z))
+                    .instruction(&I::End)
+                    .instruction(&I::LocalGet(x))
+                    .instruction(&I::I64Add)
+                    .instruction(&I::LocalSet(z));
+            }
+        })
+    }
+
+    /// Blocks nested `depth` deep.
+    pub fn nested_blocks(depth: u32) -> Vec<u8> {
+        start_module(0, |f| {
+            for _ in 0..depth {
+                f.instruction(&I::Block(wasm_encoder::BlockType::Empty));
+            }
+            for _ in 0..depth {
+                f.instruction(&I::End);
+            }
+        })
+    }
+
+    /// `count` br_tables of `targets` entries inside `depth` blocks.
+    pub fn br_tables(depth: u32, targets: u32, count: u32) -> Vec<u8> {
+        start_module(0, |f| {
+            for _ in 0..depth {
+                f.instruction(&I::Block(wasm_encoder::BlockType::Empty));
+            }
+            let labels: Vec<u32> = (0..targets).map(|i| i % depth).collect();
+            for _ in 0..count {
+                // Reachable each time: the table sits in a block of its own.
+                f.instruction(&I::Block(wasm_encoder::BlockType::Empty))
+                    .instruction(&I::I32Const(0))
+                    .instruction(&I::BrTable(labels.iter().map(|l| l + 1).collect(), 0))
+                    .instruction(&I::End);
+            }
+            for _ in 0..depth {
+                f.instruction(&I::End);
+            }
+        })
+    }
+}
