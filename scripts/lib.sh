@@ -26,3 +26,15 @@ ensure_componentize_py() {
     fi
     export COMPONENTIZE_PY="$venv/bin/componentize-py"
 }
+
+# Installs schemathesis (the API conformance tester) in a venv kept in the target directory,
+# and exports SCHEMATHESIS.
+ensure_schemathesis() {
+    local venv
+    venv="$(target_dir)/stvenv"
+    if [ ! -x "$venv/bin/schemathesis" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q schemathesis==4.32.5
+    fi
+    export SCHEMATHESIS="$venv/bin/schemathesis"
+}

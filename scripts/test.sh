@@ -16,6 +16,9 @@ cargo build -p wafer
 WAFER_BIN="$(target_dir)/debug/wafer"
 export WAFER_BIN
 
+echo "== API conformance (schemathesis against /openapi.json)"
+bash scripts/api-conformance.sh
+
 echo "== guest SDK unit tests"
 cargo test --manifest-path sdk/rust/Cargo.toml --features http
 

@@ -402,3 +402,65 @@ fn python_components_instantiate_and_are_denied_at_the_call() {
     }
     assert_eq!(v["env"], json!({"ONLY": "this"}));
 }
+
+#[test]
+fn the_server_agrees_with_its_document_on_edge_cases() {
+    let s = TestServer::start();
+    s.deploy("hello", "hello", json!({"public": true}));
+    let r = s
+        .admin(Method::PUT, "/v1/functions/hello/aliases/stable")
+        .json(&json!({"version": 1.0}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "an integral number written as 1.0 is an integer"
+    );
+    // `encodeURIComponent("hello@stable")`.
+    let r = s
+        .anon(Method::GET, "/fn/hello%40stable?name=enc")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "Hello, enc!\n");
+    // Digits alone are a version, never an alias.
+    let r = s
+        .admin(Method::PUT, "/v1/functions/hello/aliases/123")
+        .json(&json!({"version": 1}))
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-name");
+    assert_problem(
+        s.anon(Method::GET, "/fn/hello@01").send().unwrap(),
+        400,
+        "invalid-name",
+    );
+    // Methods outside the document are refused with the ones that are allowed. (CONNECT
+    // never reaches routing: its request target is an authority, refused by the HTTP layer.)
+    for m in ["TRACE", "QUERY", "PROPFIND"] {
+        let r = s
+            .anon(Method::from_bytes(m.as_bytes()).unwrap(), "/fn/hello")
+            .send()
+            .unwrap();
+        assert_eq!(
+            r.headers()["allow"],
+            "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+            "{m}"
+        );
+        assert_problem(r, 405, "method-not-allowed");
+    }
+    // Duplicate scopes, unknown fields: refused as the document says.
+    let r = s
+        .admin(Method::POST, "/v1/keys")
+        .json(&json!({"tenant": "t", "scopes": ["read", "read"]}))
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-json");
+    let r = s
+        .admin(Method::PUT, "/v1/functions/hello/aliases/x")
+        .json(&json!({"version": 1, "extra": true}))
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-json");
+}

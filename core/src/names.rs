@@ -18,8 +18,14 @@ pub enum NameError {
     #[error("invalid module digest {0:?}: expected \"sha256:\" and 64 lowercase hex digits")]
     Digest(String),
     /// A version reference is neither a number nor an alias name.
-    #[error("invalid version reference {0:?}: expected a version number or an alias")]
+    #[error(
+        "invalid version reference {0:?}: expected a version number (1 to 999999999, no leading \
+         zeros) or an alias"
+    )]
     VersionRef(String),
+    /// An alias made of digits only, which would read as a version number.
+    #[error("invalid alias {0:?}: digits alone name a version; an alias needs a letter or '-'")]
+    NumericAlias(String),
 }
 
 /// True when `s` matches `[a-z0-9][a-z0-9-]{0,62}`: the one rule for every name.
@@ -32,8 +38,12 @@ pub fn is_valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
+/// Names of every kind follow [`is_valid_name`]; `$extra` may refuse more.
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $what:literal) => {
+        name_type!($(#[$doc])* $ty, $what, |_: &str| -> Result<(), NameError> { Ok(()) });
+    };
+    ($(#[$doc:meta])* $ty:ident, $what:literal, $extra:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -43,11 +53,11 @@ macro_rules! name_type {
             /// Validates and wraps a name.
             pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
                 let s = s.into();
-                if is_valid_name(&s) {
-                    Ok(Self(s))
-                } else {
-                    Err(NameError::Invalid { what: $what, value: s })
+                if !is_valid_name(&s) {
+                    return Err(NameError::Invalid { what: $what, value: s });
                 }
+                ($extra)(&s)?;
+                Ok(Self(s))
             }
 
             /// The name as a string slice.
@@ -88,9 +98,17 @@ name_type!(
     "tenant"
 );
 name_type!(
-    /// An alias of a function (`latest`, `prod`, …) pointing at one version.
+    /// An alias of a function (`latest`, `prod`, …) pointing at one version. Never digits
+    /// alone: `name@12` always means version 12.
     AliasName,
-    "alias"
+    "alias",
+    |s: &str| {
+        if s.bytes().all(|c| c.is_ascii_digit()) {
+            Err(NameError::NumericAlias(s.to_owned()))
+        } else {
+            Ok(())
+        }
+    }
 );
 
 /// The content address of an uploaded module: `sha256:<64 hex>`.
@@ -173,12 +191,13 @@ impl VersionRef {
         }
     }
 
-    /// Parses a bare reference: digits are a version number, anything else an alias.
+    /// Parses a bare reference: digits are a version number (`[1-9][0-9]{0,8}`), anything
+    /// else an alias.
     pub fn parse(r: &str) -> Result<Self, NameError> {
         if !r.is_empty() && r.bytes().all(|c| c.is_ascii_digit()) {
-            r.parse::<u32>()
-                .ok()
-                .filter(|n| *n > 0)
+            Some(r)
+                .filter(|r| r.len() <= 9 && !r.starts_with('0'))
+                .and_then(|r| r.parse::<u32>().ok())
                 .map(VersionRef::Number)
                 .ok_or_else(|| NameError::VersionRef(r.to_owned()))
         } else {
@@ -247,6 +266,17 @@ mod tests {
             matches!(VersionRef::split("hello@prod").unwrap().1, VersionRef::Alias(a) if a.as_str() == "prod")
         );
         assert!(VersionRef::split("hello@0").is_err());
+        assert!(VersionRef::split("hello@01").is_err());
+        assert!(VersionRef::split("hello@1234567890").is_err());
+        assert_eq!(
+            VersionRef::split("hello@999999999").unwrap().1,
+            VersionRef::Number(999_999_999)
+        );
+        assert!(matches!(
+            AliasName::new("123"),
+            Err(NameError::NumericAlias(_))
+        ));
+        assert!(AliasName::new("1a").is_ok() && AliasName::new("1-").is_ok());
         assert!(VersionRef::split("hello@99999999999").is_err());
         assert!(VersionRef::split("hello@").is_err());
         assert!(VersionRef::split("Hello@1").is_err());

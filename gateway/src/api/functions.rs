@@ -26,8 +26,11 @@ const MAX_ENV_VALUE: usize = 4096;
 #[serde(deny_unknown_fields)]
 struct NewVersion {
     module: String,
+    #[serde(default, deserialize_with = "super::json_int::opt_u64")]
     timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "super::json_int::opt_u64")]
     memory_mb: Option<u64>,
+    #[serde(default, deserialize_with = "super::json_int::opt_u64")]
     fuel: Option<u64>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -251,6 +254,7 @@ pub async fn logs(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AliasBody {
+    #[serde(deserialize_with = "super::json_int::u32")]
     version: u32,
 }
 

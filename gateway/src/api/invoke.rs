@@ -28,6 +28,17 @@ fn split_path(uri: &Uri) -> (&str, String) {
     (target, rest)
 }
 
+/// The methods a function can be invoked with (the `Allow` header of a refusal lists them).
+const INVOKE_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+];
+
 /// The limits of one invocation of `v`.
 fn limits_of(state: &AppState, v: &VersionRecord) -> Limits {
     let d = &state.config.functions;
@@ -100,14 +111,21 @@ pub async fn invoke(
     State(state): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
-        // TRACE would echo the caller's headers back through the function; CONNECT is a proxy's.
-        return Err(ApiError::new(
+    if !INVOKE_METHODS.contains(req.method()) {
+        // TRACE would echo the caller's headers back through the function, CONNECT is a
+        // proxy's, and extension methods are not in the API document.
+        let mut resp = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "Method not allowed",
             format!("functions cannot be invoked with {}", req.method()),
-        ));
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
+        return Ok(resp);
     }
     let (target, fn_path) = split_path(req.uri());
     // Clients encode the segment (`hello%40stable` from `encodeURIComponent`).

@@ -78,3 +78,67 @@ pub async fn read_json<T: DeserializeOwned>(
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
 }
+
+/// Serde helpers for integer fields of request bodies: JSON Schema's `integer` includes
+/// `5.0`, so integral numbers written with a fraction are accepted; anything else is an error.
+pub mod json_int {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn integral<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                        .map(|f| f as u64)
+                })
+                .map(Some)
+                .ok_or_else(|| {
+                    D::Error::custom(format!("expected a non-negative integer, got {n}"))
+                }),
+        }
+    }
+
+    /// An optional `u64`.
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        integral(d)
+    }
+
+    /// A required `u32`.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        integral(d)?
+            .ok_or_else(|| D::Error::custom("expected an integer, got null"))
+            .and_then(|n| {
+                u32::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
+            })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "super::opt_u64")]
+            a: Option<u64>,
+            #[serde(deserialize_with = "super::u32")]
+            b: u32,
+        }
+
+        #[test]
+        fn integral_numbers_in_any_spelling_are_integers() {
+            let t: T = serde_json::from_str(r#"{"a": 5.0, "b": 7}"#).unwrap();
+            assert_eq!((t.a, t.b), (Some(5), 7));
+            let t: T = serde_json::from_str(r#"{"b": 1e3}"#).unwrap();
+            assert_eq!((t.a, t.b), (None, 1000));
+            for bad in [
+                r#"{"b": 1.5}"#,
+                r#"{"b": -1}"#,
+                r#"{"b": 5000000000}"#,
+                r#"{"a": "1", "b": 1}"#,
+            ] {
+                assert!(serde_json::from_str::<T>(bad).is_err(), "{bad}");
+            }
+        }
+    }
+}
