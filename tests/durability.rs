@@ -126,47 +126,166 @@ fn compiled_code_of_another_engine_is_rebuilt_never_a_500() {
     assert!(s.log().contains("recompiling for this engine"));
 }
 
-#[test]
-fn kill_during_an_upload_leaves_no_half_visible_module_or_version() {
-    let mut s = TestServer::start();
-    s.deploy("svc", "echo", json!({}));
-    let bytes = function_bytes("hello");
-    let sock = s.raw_upload(bytes.len(), &bytes[..bytes.len() / 2]);
-    s.kill_and_restart();
-    drop(sock);
+/// Live processes whose command line mentions `needle` (compile workers name their scratch
+/// directory, inside the server's data directory).
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
 
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+/// Deploys `steady`, restarts the server so that it crashes at `point`, runs `action`
+/// (which must reach the point), checks that the server died and left no compile worker,
+/// and restarts it normally.
+fn crash_at(point: &str, action: impl FnOnce(&TestServer)) -> TestServer {
+    let mut s = TestServer::start();
+    s.deploy("steady", "echo", json!({}));
+    s.set_env(&[("WAFER_CRASH_AT", point)]);
+    s.kill_and_restart();
+    action(&s);
+    assert!(
+        s.wait_for_exit().is_some(),
+        "the server did not crash at {point}"
+    );
+    let scratch = s.data_dir().join("scratch").display().to_string();
+    let left = processes_mentioning(&scratch);
+    assert!(
+        left.is_empty(),
+        "compile workers outlived the server: {left:?}"
+    );
+    s.set_env(&[]);
+    s.kill_and_restart();
+    // Whatever else happened, the version deployed before still runs.
+    assert_eq!(s.invoke("steady@1", b"still").text().unwrap(), "still");
+    s
+}
+
+fn digest_of(file: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(function_bytes(file)))
+    )
+}
+
+fn put_version(s: &TestServer, name: &str, file: &str) -> reqwest::blocking::Response {
+    s.admin(Method::PUT, &format!("/v1/functions/{name}"))
+        .json(&json!({"module": digest_of(file)}))
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn a_crash_while_compiling_records_nothing_and_leaves_no_worker() {
+    // A module that takes seconds to compile: its worker is still busy when the server dies.
+    let slow = wafer_e2e::wasm::bombs::diamonds(400, 9000);
+    let slow_digest = format!("sha256:{}", hex::encode(Sha256::digest(&slow)));
+    let s = crash_at("compiling", |s| {
+        assert!(s.upload_result(slow).is_err());
+    });
     let r = s
         .admin(Method::PUT, "/v1/functions/half")
-        .json(&json!({"module": digest}))
+        .json(&json!({"module": slow_digest}))
         .send()
         .unwrap();
     assert_problem(r, 422, "module-not-found");
-    let list: Value = s
-        .admin(Method::GET, "/v1/functions")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let names: Vec<&str> = list["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["svc"]);
+    assert_eq!(
+        s.upload(&s.admin_key, function_bytes("hello")).status(),
+        201
+    );
+    assert_eq!(put_version(&s, "half", "hello").status(), 201);
+    assert_eq!(
+        s.admin(Method::GET, "/fn/half").send().unwrap().status(),
+        200
+    );
+}
+
+#[test]
+fn a_crash_between_storing_artifacts_and_recording_the_module_records_nothing() {
+    let s = crash_at("artifacts-stored", |s| {
+        assert!(s.upload_result(function_bytes("hello")).is_err());
+    });
+    assert_problem(put_version(&s, "half", "hello"), 422, "module-not-found");
+    // The stored code is found again rather than compiled a second time.
+    let compiled_before = s.log().matches("compiled module").count();
+    assert_eq!(
+        s.upload(&s.admin_key, function_bytes("hello")).status(),
+        201
+    );
+    assert_eq!(s.log().matches("compiled module").count(), compiled_before);
+    assert_eq!(put_version(&s, "half", "hello").status(), 201);
+    assert_eq!(
+        s.admin(Method::GET, "/fn/half").send().unwrap().status(),
+        200
+    );
+}
+
+#[test]
+fn a_crash_while_writing_a_version_leaves_it_absent() {
+    let s = crash_at("version-written", |s| {
+        assert!(
+            s.upload(&s.admin_key, function_bytes("hello"))
+                .status()
+                .is_success()
+        );
+        let r = s
+            .admin(Method::PUT, "/v1/functions/steady")
+            .json(&json!({"module": digest_of("hello")}))
+            .send();
+        assert!(
+            r.is_err(),
+            "the server answered: {:?}",
+            r.map(|r| r.status())
+        );
+    });
     let versions: Value = s
-        .admin(Method::GET, "/v1/functions/svc/versions")
+        .admin(Method::GET, "/v1/functions/steady/versions")
         .send()
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
-    let tmp = std::fs::read_dir(s.data_dir().join("artifacts/tmp"))
-        .unwrap()
-        .count();
-    assert_eq!(tmp, 0, "no partial artifact is left behind");
-    assert_eq!(s.invoke("svc", b"fine").text().unwrap(), "fine");
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+}
+
+#[test]
+fn a_crash_after_committing_a_version_leaves_it_whole_and_invocable() {
+    let s = crash_at("version-committed", |s| {
+        assert!(
+            s.upload(&s.admin_key, function_bytes("hello"))
+                .status()
+                .is_success()
+        );
+        let r = s
+            .admin(Method::PUT, "/v1/functions/steady")
+            .json(&json!({"module": digest_of("hello")}))
+            .send();
+        assert!(
+            r.is_err(),
+            "the server answered: {:?}",
+            r.map(|r| r.status())
+        );
+    });
+    let r = s
+        .admin(Method::GET, "/fn/steady?name=after")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-wafer-version"], "2");
+    assert_eq!(r.text().unwrap(), "Hello, after!\n");
 }
 
 /// Starts `POST /fn/nap` with `body` (milliseconds to sleep) on a thread.

@@ -24,3 +24,18 @@ pub fn now_unix() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Crash-consistency tests name a point in the upload and deploy paths with the environment
+/// variable `WAFER_CRASH_AT`; the process aborts there, as a `kill -9` at that moment would
+/// end it. Unset (always, outside those tests) it costs one read of a cached value.
+pub fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("WAFER_CRASH_AT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        eprintln!("crash point {name}: aborting");
+        std::process::abort();
+    }
+}

@@ -313,6 +313,7 @@ impl MetaStore for EmbeddedMetaStore {
                 .map_err(storage)?;
             ft.insert(name.as_str(), encode(&f).as_slice())
                 .map_err(storage)?;
+            crate::crash_point("version-written");
             Ok(rec)
         })
         .await

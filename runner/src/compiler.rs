@@ -114,6 +114,7 @@ impl IsolatedCompiler {
             // A worker that already died shows up below as a failed report.
             let _ = stdin.write_all(job.as_bytes()).await;
         }
+        wafer_core::crash_point("compiling");
         let waited = tokio::time::timeout(self.timeout, child.wait_with_output()).await;
         // Start the next worker only now: warming it up meanwhile would take CPU from this job.
         self.prepare_next();

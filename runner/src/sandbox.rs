@@ -1,6 +1,6 @@
 //! The compile worker's boundary. Untrusted bytes go through Cranelift in the worker, so the
 //! worker starts with an empty environment, no descriptors but stdin, stdout and stderr, and
-//! `no_new_privs` (set between fork and exec by [`prepare_child`]); then, before it builds its
+//! `no_new_privs` and death with the server (set between fork and exec by [`prepare_child`]); then, before it builds its
 //! engine, it confines itself with Landlock to its scratch directory ([`confine`]): no other
 //! file can be read or written, no TCP port bound or connected, no signal sent and no abstract
 //! socket reached outside. On a kernel without Landlock the confinement is skipped and the
@@ -26,6 +26,16 @@ pub unsafe fn prepare_child() -> std::io::Result<()> {
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        // The worker dies with the server, even a server killed with SIGKILL. (Workers are
+        // spawned from the runtime's long-lived threads, whose exit is the process's exit.)
+        let parent = libc::getppid();
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            // The server died before the line above took effect.
+            libc::_exit(1);
         }
         // CLOSE_RANGE_CLOEXEC: std's own exec-error pipe stays usable until exec.
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;

@@ -52,6 +52,7 @@ pub struct TestServer {
     child: Child,
     dir: tempfile::TempDir,
     config: Option<String>,
+    env: Vec<(String, String)>,
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
     /// The admin key read from the data directory.
@@ -69,9 +70,18 @@ impl TestServer {
 
     /// Starts a server with a TOML config file of `config` (empty for defaults).
     pub fn start_with_config(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Starts a server with a config file of `config` and extra environment variables.
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = (!config.is_empty()).then(|| config.to_owned());
-        let (child, url, lines) = spawn(dir.path(), config.as_deref());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url, lines) = spawn(dir.path(), config.as_deref(), &env);
         let admin_key = std::fs::read_to_string(dir.path().join("data/admin.key"))
             .expect("admin key written")
             .trim()
@@ -80,6 +90,7 @@ impl TestServer {
             child,
             dir,
             config,
+            env,
             url,
             admin_key,
             first_stdout: lines,
@@ -99,7 +110,7 @@ impl TestServer {
     /// data directory. Returns what it printed while starting.
     pub fn kill_and_restart(&mut self) -> Vec<String> {
         self.kill();
-        let (child, url, lines) = spawn(self.dir.path(), self.config.as_deref());
+        let (child, url, lines) = spawn(self.dir.path(), self.config.as_deref(), &self.env);
         self.child = child;
         self.url = url;
         lines
@@ -122,6 +133,25 @@ impl TestServer {
     /// Waits for the server process to exit.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait for wafer serve")
+    }
+
+    /// Replaces the extra environment of the next (re)start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Waits (bounded: about 10 s) for the server process to end by itself.
+    pub fn wait_for_exit(&mut self) -> Option<std::process::ExitStatus> {
+        for _ in 0..1000 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// The server's process id.
@@ -217,6 +247,15 @@ impl TestServer {
             .body(bytes)
             .send()
             .expect("upload")
+    }
+
+    /// Uploads a module with the admin key, returning the transport error if the connection
+    /// fails (the server went away).
+    pub fn upload_result(&self, bytes: Vec<u8>) -> reqwest::Result<Response> {
+        self.admin(reqwest::Method::PUT, "/v1/modules")
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
     }
 
     /// Uploads test function `file` and creates a version of `name` with `spec` merged in.
@@ -322,7 +361,11 @@ impl Drop for TestServer {
     }
 }
 
-fn spawn(dir: &Path, config: Option<&str>) -> (Child, String, Vec<String>) {
+fn spawn(
+    dir: &Path,
+    config: Option<&str>,
+    env: &[(String, String)],
+) -> (Child, String, Vec<String>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -336,6 +379,7 @@ fn spawn(dir: &Path, config: Option<&str>) -> (Child, String, Vec<String>) {
         .arg(dir.join("data"))
         .env("WAFER_LOG", "info,wafer_gateway=debug")
         .env_remove("WAFER_API_KEY")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));

@@ -187,6 +187,7 @@ pub async fn put(
         .meta
         .create_version(&caller.tenant, &name, spec, &state.config.quotas)
         .await?;
+    wafer_core::crash_point("version-committed");
     state.resolver.invalidate(&name);
     tracing::info!(version = rec.version, "created version");
     Ok((

@@ -44,6 +44,7 @@ pub async fn upload(
     .map_err(|_| ApiError::overloaded("all compile slots are busy"))?
     .map_err(ApiError::internal)?;
     let compiled = state.runner.compile(bytes).await?;
+    wafer_core::crash_point("artifacts-stored");
     let (digest, abi) = (compiled.digest, compiled.abi);
     let rec = ModuleRecord {
         digest: digest.clone(),
