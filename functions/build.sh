@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds every function in release and collects the binaries in dist/:
 #   dist/<name>.wasm   preview-1 modules for the commands, a component for hello
-#   dist/echo-p2.wasm  echo as a preview-2 command component
+#   dist/<name>-p2.wasm echo, spin, hog and nap as preview-2 command components
 # Callers that share the machine take the cargo lock themselves:
 #   flock /tmp/cargo.lock bash functions/build.sh
 set -euo pipefail
 
 cd "$(dirname "$0")"
 
-commands=(echo stress spin hog deep flood escape nap fail)
+commands=(echo stress spin hog deep flood escape nap fail scan)
 # Absolute, so it names the same place from every directory below (a relative
 # CARGO_TARGET_DIR, or the default `target`, is relative to this directory).
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
@@ -21,7 +21,7 @@ package_args() {
 
 # shellcheck disable=SC2046 # word splitting of the -p list is intended
 cargo build --release --target wasm32-wasip1 $(package_args "${commands[@]}")
-cargo build --release --target wasm32-wasip2 -p hello -p inspect -p echo
+cargo build --release --target wasm32-wasip2 -p hello -p inspect -p echo -p spin -p hog -p nap
 
 rm -rf dist
 mkdir -p dist
@@ -31,6 +31,9 @@ done
 install -m 0644 "$p2/hello.wasm" dist/hello.wasm
 install -m 0644 "$p2/inspect.wasm" dist/inspect.wasm
 install -m 0644 "$p2/echo.wasm" dist/echo-p2.wasm
+for name in spin hog nap; do
+    install -m 0644 "$p2/$name.wasm" "dist/$name-p2.wasm"
+done
 
 # pyhello: a Python HTTP component, when componentize-py is available (scripts/test.sh installs
 # it). Built against the wasi:http WIT that the host's wasmtime-wasi-http crate ships. It takes

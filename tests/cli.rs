@@ -106,6 +106,56 @@ fn invoke_reads_data_from_a_file_and_stdin_and_sends_headers() {
         .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(stdout(&o), "from stdin");
+    // -H, -X and --path reach a function that looks at them.
+    s.cli_deploy("peek", "inspect");
+    let o = s.cli(&[
+        "invoke",
+        "peek",
+        "-X",
+        "PATCH",
+        "-H",
+        "x-test: 1",
+        "--path",
+        "/a/b?c=d",
+        "-d",
+        "xyz",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seen: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["headers"]["x-test"], "1");
+    assert_eq!(seen["path"], "/a/b?c=d");
+    assert_eq!(seen["body_len"], 3);
+}
+
+#[test]
+fn large_uploads_show_progress_on_a_terminal_only() {
+    let s = TestServer::start();
+    let py = wafer_e2e::function("pyhello");
+    // `script` runs the CLI on a pseudo-terminal, as a person at a terminal would.
+    let o = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} deploy big {}",
+            wafer_e2e::wafer_bin().display(),
+            py.display()
+        ))
+        .arg("/dev/null")
+        .env("WAFER_URL", &s.url)
+        .env("WAFER_API_KEY", &s.admin_key)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{shown}");
+    assert!(
+        shown.contains("uploading") && shown.contains("(100%)"),
+        "{shown}"
+    );
+    assert!(shown.contains("deployed big version 1"), "{shown}");
+    // Not on a pipe: the output stays clean for scripts.
+    let o = s.cli(&["deploy", "big", py.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("uploading"), "{}", stderr(&o));
 }
 
 #[test]

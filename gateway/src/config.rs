@@ -40,6 +40,8 @@ pub struct Config {
     pub memory_budget_mb: u64,
     /// Compilations running at once; more wait.
     pub max_compiles: usize,
+    /// Time an upload waits for a compile slot, in ms (503 beyond).
+    pub compile_wait_ms: u64,
     /// Time limit of one compilation, in ms.
     pub compile_timeout_ms: u64,
     /// Address-space limit of the compile worker, in MiB.
@@ -112,6 +114,7 @@ impl Default for Config {
             max_inflight_per_tenant: engine.max_instances as usize * 3 / 4,
             memory_budget_mb: 0,
             max_compiles: 2,
+            compile_wait_ms: 30_000,
             compile_timeout_ms: 20_000,
             compile_memory_mb: 4096,
             gc_interval_s: 3600,

@@ -1,11 +1,60 @@
 //! `inspect`: an HTTP component that answers with what it received (method, path with query,
 //! headers, body length) as JSON, and logs a line on stderr. Used by tests to check what a
-//! function sees of a request.
+//! function sees of a request, and, with `?try=…`, what it may do:
+//! `socket` (a TCP connection), `http` (an outgoing request) report the refusal they get;
+//! `spin` loops forever and `hog` allocates without end, to test an HTTP component's limits.
 
+use std::hint::black_box;
 use wafer_sdk::http::{Request, Response};
+
+fn try_socket() -> String {
+    match std::net::TcpStream::connect(("127.0.0.1", 9)) {
+        Ok(_) => "connected".into(),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+fn try_http() -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    let req = OutgoingRequest::new(Fields::new());
+    let _ = req.set_scheme(Some(&Scheme::Http));
+    let _ = req.set_authority(Some("127.0.0.1:9"));
+    let _ = req.set_path_with_query(Some("/"));
+    match outgoing_handler::handle(req, None) {
+        Err(e) => format!("refused: {e:?}"),
+        Ok(pending) => {
+            pending.subscribe().block();
+            match pending.get() {
+                Some(Ok(Ok(_))) => "connected".into(),
+                Some(Ok(Err(e))) => format!("refused: {e:?}"),
+                other => format!("failed: {other:?}"),
+            }
+        }
+    }
+}
+
+fn hog() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        chunks.push(black_box(vec![1u8; 1 << 20]));
+    }
+}
 
 fn handle(req: Request) -> Response {
     eprintln!("inspect saw {} {}", req.method, req.path_with_query);
+    let tried = match req.query_param("try").as_deref() {
+        Some("socket") => Some(try_socket()),
+        Some("http") => Some(try_http()),
+        Some("spin") => {
+            let mut n: u64 = 0;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        Some("hog") => hog(),
+        _ => None,
+    };
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers
         .iter()
@@ -16,6 +65,7 @@ fn handle(req: Request) -> Response {
         "path": req.path_with_query,
         "headers": headers,
         "body_len": req.body.len(),
+        "tried": tried,
     });
     Response::json(201, &body).with_header("x-inspected", "yes")
 }

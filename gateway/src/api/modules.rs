@@ -37,7 +37,7 @@ pub async fn upload(
     let bytes = super::read_limited(&state, &headers, body, limit, "module-too-large").await?;
     let size = bytes.len() as u64;
     let _slot = tokio::time::timeout(
-        Duration::from_secs(30),
+        Duration::from_millis(state.config.compile_wait_ms),
         state.compiles.clone().acquire_owned(),
     )
     .await
