@@ -345,3 +345,32 @@ fn nothing_of_one_invocation_is_visible_to_the_next() {
         assert_eq!(r.text().unwrap(), "clean\n");
     }
 }
+
+#[test]
+fn host_resources_and_header_fields_a_guest_holds_are_bounded() {
+    let s = TestServer::start();
+    s.deploy("peek", "inspect", json!({}));
+    // Past 4 096 live resources the host refuses, and the invocation ends as a trap.
+    let v = assert_problem(
+        s.admin(Method::GET, "/fn/peek?try=resources")
+            .send()
+            .unwrap(),
+        502,
+        "trap",
+    );
+    println!("resources: {}", v["detail"]);
+    // One set of header fields stops growing at 32 KiB: the host ends the invocation.
+    let v = assert_problem(
+        s.admin(Method::GET, "/fn/peek?try=fields").send().unwrap(),
+        502,
+        "trap",
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fields exceeds limit"),
+        "{v}"
+    );
+    s.assert_still_serving();
+}

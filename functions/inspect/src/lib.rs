@@ -1,7 +1,8 @@
 //! `inspect`: an HTTP component that answers with what it received (method, path with query,
 //! headers, body length) as JSON, and logs a line on stderr. Used by tests to check what a
 //! function sees of a request, and, with `?try=…`, what it may do:
-//! `socket` (a TCP connection), `http` (an outgoing request) report the refusal they get;
+//! `socket` (a TCP connection) and `http` (an outgoing request) report the refusal they get;
+//! `fields` grows one set of headers and `resources` holds host resources until stopped;
 //! `spin` loops forever and `hog` allocates without end, to test an HTTP component's limits.
 
 use std::hint::black_box;
@@ -34,6 +35,29 @@ fn try_http() -> String {
     }
 }
 
+/// Holds header-field resources until the host refuses one; reports how many it got.
+fn try_resources() -> String {
+    let mut held = Vec::new();
+    loop {
+        held.push(wasip2::http::types::Fields::new());
+        if held.len() > 1_000_000 {
+            return format!("held {}", held.len());
+        }
+    }
+}
+
+/// Grows one set of header fields until the host refuses; reports the bytes it got in.
+fn try_fields() -> String {
+    let fields = wasip2::http::types::Fields::new();
+    let value = vec![b'v'; 1024];
+    for i in 0..100_000 {
+        if let Err(e) = fields.append(&format!("x-h{i}"), &value) {
+            return format!("refused after {i} KiB: {e:?}");
+        }
+    }
+    "never refused".into()
+}
+
 fn hog() -> ! {
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     loop {
@@ -46,6 +70,8 @@ fn handle(req: Request) -> Response {
     let tried = match req.query_param("try").as_deref() {
         Some("socket") => Some(try_socket()),
         Some("http") => Some(try_http()),
+        Some("resources") => Some(try_resources()),
+        Some("fields") => Some(try_fields()),
         Some("spin") => {
             let mut n: u64 = 0;
             loop {
