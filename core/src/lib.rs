@@ -8,12 +8,12 @@
 pub mod artifacts;
 pub mod meta;
 pub mod names;
-pub mod spec;
+pub mod records;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
-pub use spec::{
+pub use records::{
     Abi, FunctionRecord, KeyRecord, ModuleRecord, Quotas, Scope, VersionRecord, VersionSpec,
 };
 

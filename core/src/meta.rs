@@ -5,7 +5,7 @@
 //! kill in the middle of a deploy leaves either the whole new version or none of it.
 
 use crate::names::{AliasName, Digest, FunctionName, TenantId, VersionRef};
-use crate::spec::{FunctionRecord, KeyRecord, ModuleRecord, Quotas, VersionRecord, VersionSpec};
+use crate::records::{FunctionRecord, KeyRecord, ModuleRecord, Quotas, VersionRecord, VersionSpec};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -502,7 +502,7 @@ impl MetaStore for EmbeddedMetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Abi;
+    use crate::records::Abi;
 
     fn spec(d: &Digest) -> VersionSpec {
         VersionSpec {

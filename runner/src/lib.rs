@@ -7,22 +7,19 @@
 //! deadline, memory/table limits, a bounded wasm stack and capped output.
 
 pub mod abi;
-pub mod artifact;
-pub mod compiler;
+pub mod compile;
 pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod output;
 pub mod pool;
-pub mod requirements;
 mod runner;
-pub mod sandbox;
-pub mod screen;
 
 pub use abi::{Input, Output};
-pub use artifact::{CompileMode, compile_worker_main};
+pub use compile::CompileMode;
+pub use compile::requirements::Requirements;
+pub use compile::worker::compile_worker_main;
 pub use engine::EngineConfig;
 pub use error::{CompileError, InvokeError, TrapKind};
 pub use limits::Limits;
-pub use requirements::Requirements;
 pub use runner::{Compiled, Invocation, Outcome, Prepared, Runner, RunnerConfig};

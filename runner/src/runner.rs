@@ -2,13 +2,13 @@
 
 use crate::abi::command::{self, CommandRun};
 use crate::abi::{self, HostState, Input, Output, P1State};
-use crate::artifact::{self, CompileMode};
-use crate::compiler::IsolatedCompiler;
+use crate::compile::isolated::IsolatedCompiler;
+use crate::compile::requirements::{self, Requirements};
+use crate::compile::{self, CompileMode};
 use crate::engine::{self, EngineConfig};
 use crate::error::{CompileError, InvokeError};
 use crate::limits::Limits;
 use crate::pool::GuestPool;
-use crate::requirements::{self, Requirements};
 use bytes::Bytes;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -187,14 +187,14 @@ impl Runner {
     /// requirements. A module compiled before (by this engine) is not compiled again; one that
     /// needs more than an instance slot holds is refused before it is compiled.
     pub async fn compile(&self, bytes: Bytes) -> Result<Compiled, CompileError> {
-        artifact::detect(&bytes)?;
+        compile::detect(&bytes)?;
         let (digest, requirements, screened) = {
             let b = bytes.clone();
             tokio::task::spawn_blocking(move || {
                 (
                     Digest::of(&b),
                     requirements::of(&b),
-                    crate::screen::check(&b),
+                    crate::compile::screen::check(&b),
                 )
             })
             .await
@@ -226,7 +226,7 @@ impl Runner {
             None => {
                 let engine = self.engine.clone();
                 let b = bytes.clone();
-                let (_, code) = tokio::task::spawn_blocking(move || artifact::compile(&engine, &b))
+                let (_, code) = tokio::task::spawn_blocking(move || compile::compile(&engine, &b))
                     .await
                     .map_err(|e| CompileError::Internal(e.to_string()))??;
                 code

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use wafer_gateway::{Config, Gateway};
-use wafer_runner::CompileMode;
+use wafer_gateway::{Config, Gateway, WorkerCommand};
 
 /// Flags of `wafer serve`; each overrides the config file.
 #[derive(clap::Args)]
@@ -51,18 +50,16 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         .init();
     let config = load_config(args, data_dir)?;
     let fd_limit = wafer_gateway::server::raise_fd_limit();
-    let compile = if args.compile_in_process {
-        CompileMode::InProcess
+    let worker = if args.compile_in_process {
+        None
     } else {
-        CompileMode::Worker {
+        Some(WorkerCommand {
             program: std::env::current_exe().context("locating the wafer binary")?,
             args: vec!["__compile".into()],
-            timeout: Duration::from_millis(config.compile_timeout_ms),
-            memory_bytes: config.compile_memory_mb << 20,
-        }
+        })
     };
     let listen = config.listen;
-    let gateway = Gateway::start(config, compile).await?;
+    let gateway = Gateway::start(config, worker).await?;
     if let Some(key) = &gateway.new_admin_key {
         println!(
             "created admin API key (shown once; saved to {}):\n  {}",

@@ -78,10 +78,10 @@ pub fn worst_function(bytes: &[u8]) -> Option<Worst> {
 }
 
 /// Refuses a binary whose worst function is past [`MAX_LOCALS_TIMES_BLOCKS`].
-pub fn check(bytes: &[u8]) -> Result<(), crate::CompileError> {
+pub fn check(bytes: &[u8]) -> Result<(), crate::error::CompileError> {
     match worst_function(bytes) {
         Some(w) if w.cost() > MAX_LOCALS_TIMES_BLOCKS => {
-            Err(crate::CompileError::TooComplex(format!(
+            Err(crate::error::CompileError::TooComplex(format!(
                 "function body {} has {} locals and {} blocks; their product {} is past the \
                  bound of {MAX_LOCALS_TIMES_BLOCKS}, beyond which compiling takes gigabytes \
                  and seconds (split the function or build with optimisation)",

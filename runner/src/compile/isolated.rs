@@ -3,10 +3,10 @@
 //! warmed up: engine built, compiler code paged in) while the current one works, so an upload
 //! pays only for compiling its own module.
 
-use crate::artifact::{ENGINE_CONFIG_ENV, WorkerReport};
+use super::sandbox::Confinement;
+use super::worker::{ENGINE_CONFIG_ENV, WorkerReport};
 use crate::engine::EngineConfig;
 use crate::error::CompileError;
-use crate::sandbox::Confinement;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -76,7 +76,7 @@ impl IsolatedCompiler {
                 if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                crate::sandbox::prepare_child()
+                super::sandbox::prepare_child()
             });
         }
         cmd.spawn()
