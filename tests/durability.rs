@@ -231,24 +231,27 @@ fn a_crash_between_storing_artifacts_and_recording_the_module_records_nothing() 
     );
 }
 
+/// Uploads hello and deploys it as version 2 of `steady`, which must crash the server.
+fn deploy_hello_as_steady_v2(s: &TestServer) {
+    assert!(
+        s.upload(&s.admin_key, function_bytes("hello"))
+            .status()
+            .is_success()
+    );
+    let r = s
+        .admin(Method::PUT, "/v1/functions/steady")
+        .json(&json!({"module": digest_of("hello")}))
+        .send();
+    assert!(
+        r.is_err(),
+        "the server answered: {:?}",
+        r.map(|r| r.status())
+    );
+}
+
 #[test]
 fn a_crash_while_writing_a_version_leaves_it_absent() {
-    let s = crash_at("version-written", |s| {
-        assert!(
-            s.upload(&s.admin_key, function_bytes("hello"))
-                .status()
-                .is_success()
-        );
-        let r = s
-            .admin(Method::PUT, "/v1/functions/steady")
-            .json(&json!({"module": digest_of("hello")}))
-            .send();
-        assert!(
-            r.is_err(),
-            "the server answered: {:?}",
-            r.map(|r| r.status())
-        );
-    });
+    let s = crash_at("version-written", deploy_hello_as_steady_v2);
     let versions: Value = s
         .admin(Method::GET, "/v1/functions/steady/versions")
         .send()
@@ -264,22 +267,7 @@ fn a_crash_while_writing_a_version_leaves_it_absent() {
 
 #[test]
 fn a_crash_after_committing_a_version_leaves_it_whole_and_invocable() {
-    let s = crash_at("version-committed", |s| {
-        assert!(
-            s.upload(&s.admin_key, function_bytes("hello"))
-                .status()
-                .is_success()
-        );
-        let r = s
-            .admin(Method::PUT, "/v1/functions/steady")
-            .json(&json!({"module": digest_of("hello")}))
-            .send();
-        assert!(
-            r.is_err(),
-            "the server answered: {:?}",
-            r.map(|r| r.status())
-        );
-    });
+    let s = crash_at("version-committed", deploy_hello_as_steady_v2);
     let r = s
         .admin(Method::GET, "/fn/steady?name=after")
         .send()

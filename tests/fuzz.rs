@@ -17,23 +17,7 @@ const BUDGET: Duration = Duration::from_secs(90);
 
 /// A module whose only export is `_start: func()`, as the shape generated commands must have.
 fn command_shape() -> Vec<u8> {
-    use wasm_encoder::*;
-    let mut m = Module::new();
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    m.section(&types);
-    let mut funcs = FunctionSection::new();
-    funcs.function(0);
-    m.section(&funcs);
-    let mut exports = ExportSection::new();
-    exports.export("_start", ExportKind::Func, 0);
-    m.section(&exports);
-    let mut code = CodeSection::new();
-    let mut f = Function::new([]);
-    f.instructions().end();
-    code.function(&f);
-    m.section(&code);
-    m.finish()
+    wafer_e2e::wasm::start_module(0, |_| {})
 }
 
 fn generated(rng: &mut rand::rngs::StdRng, as_command: bool) -> Vec<u8> {

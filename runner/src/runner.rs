@@ -278,35 +278,27 @@ impl Runner {
     fn check_requirements(&self, r: &Requirements) -> Result<(), CompileError> {
         let engine = &self.config.engine;
         let (instances, memories, tables) = engine.per_component();
-        let refuse = |what: &str, needs: u64, limit: u64, setting: &str| {
-            Err(CompileError::Limits(format!(
-                "instantiating it takes {needs} {what}; an instance slot holds {limit} \
-                 (engine.{setting})"
-            )))
-        };
-        if r.core_instances > u64::from(instances) {
-            return refuse(
+        for (what, needs, limit, setting) in [
+            (
                 "core instances",
                 r.core_instances,
-                instances.into(),
+                instances,
                 "max_core_instances_per_component",
-            );
-        }
-        if r.memories > u64::from(memories) {
-            return refuse(
+            ),
+            (
                 "linear memories",
                 r.memories,
-                memories.into(),
+                memories,
                 "max_memories_per_component",
-            );
-        }
-        if r.tables > u64::from(tables) {
-            return refuse(
-                "tables",
-                r.tables,
-                tables.into(),
-                "max_tables_per_component",
-            );
+            ),
+            ("tables", r.tables, tables, "max_tables_per_component"),
+        ] {
+            if needs > u64::from(limit) {
+                return Err(CompileError::Limits(format!(
+                    "instantiating it takes {needs} {what}; an instance slot holds {limit} \
+                     (engine.{setting})"
+                )));
+            }
         }
         let most = engine.max_memory_mb << 20;
         if r.initial_bytes > most {

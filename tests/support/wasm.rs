@@ -221,7 +221,7 @@ pub fn command_component_exporting(name: &str) -> Vec<u8> {
 }
 
 /// A command module whose `_start` body is `body`, with `locals` i64 locals.
-fn start_module(locals: u32, body: impl FnOnce(&mut Function)) -> Vec<u8> {
+pub fn start_module(locals: u32, body: impl FnOnce(&mut Function)) -> Vec<u8> {
     let mut m = Module::new();
     let mut types = TypeSection::new();
     types.ty().function([], []);
