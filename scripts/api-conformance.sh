@@ -30,7 +30,10 @@ done
 key=$(cat "$work/data/admin.key")
 WAFER_URL="$url" WAFER_API_KEY="$key" "$wafer" deploy hello functions/dist/hello.wasm --public >/dev/null
 
-"$SCHEMATHESIS" --config-file scripts/schemathesis.toml run "$url/openapi.json" \
+# Run from the scratch directory: schemathesis keeps a cache where it runs.
+config="$PWD/scripts/schemathesis.toml"
+cd "$work"
+"$SCHEMATHESIS" --config-file "$config" run "$url/openapi.json" \
     --header "Authorization: Bearer $key" \
     --checks all \
     --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" \
