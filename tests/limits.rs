@@ -66,46 +66,13 @@ fn a_preview2_command_is_held_to_fuel_time_and_memory() {
 /// A command with a memory of `pages` pages whose `_start` grows a funcref table by
 /// `elements`.
 fn table_grower(pages: u64, elements: i32) -> Vec<u8> {
-    use wasm_encoder::*;
-    let mut m = Module::new();
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    m.section(&types);
-    let mut funcs = FunctionSection::new();
-    funcs.function(0);
-    m.section(&funcs);
-    let mut tables = TableSection::new();
-    tables.table(TableType {
-        element_type: RefType::FUNCREF,
-        table64: false,
-        minimum: 1,
-        maximum: None,
-        shared: false,
-    });
-    m.section(&tables);
-    let mut memories = MemorySection::new();
-    memories.memory(MemoryType {
-        minimum: pages,
-        maximum: None,
-        memory64: false,
-        shared: false,
-        page_size_log2: None,
-    });
-    m.section(&memories);
-    let mut exports = ExportSection::new();
-    exports.export("_start", ExportKind::Func, 0);
-    m.section(&exports);
-    let mut code = CodeSection::new();
-    let mut f = Function::new([]);
-    f.instructions()
-        .ref_null(HeapType::FUNC)
-        .i32_const(elements)
-        .table_grow(0)
-        .drop()
-        .end();
-    code.function(&f);
-    m.section(&code);
-    m.finish()
+    wafer_e2e::wasm::command_module(Some(pages), Some(1), 0, |f| {
+        f.instructions()
+            .ref_null(wasm_encoder::HeapType::FUNC)
+            .i32_const(elements)
+            .table_grow(0)
+            .drop();
+    })
 }
 
 #[test]

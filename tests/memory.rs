@@ -131,33 +131,7 @@ fn a_module_needing_more_than_a_slot_holds_is_refused_at_upload() {
 
 /// A preview-1 command module whose memory starts at `pages` pages.
 fn module_with_initial_memory(pages: u64) -> Vec<u8> {
-    use wasm_encoder::*;
-    let mut m = Module::new();
-    let mut types = TypeSection::new();
-    types.ty().function([], []);
-    m.section(&types);
-    let mut funcs = FunctionSection::new();
-    funcs.function(0);
-    m.section(&funcs);
-    let mut mems = MemorySection::new();
-    mems.memory(MemoryType {
-        minimum: pages,
-        maximum: None,
-        memory64: false,
-        shared: false,
-        page_size_log2: None,
-    });
-    m.section(&mems);
-    let mut exports = ExportSection::new();
-    exports.export("_start", ExportKind::Func, 0);
-    exports.export("memory", ExportKind::Memory, 0);
-    m.section(&exports);
-    let mut code = CodeSection::new();
-    let mut f = Function::new([]);
-    f.instructions().end();
-    code.function(&f);
-    m.section(&code);
-    m.finish()
+    wafer_e2e::wasm::command_module(Some(pages), None, 0, |_| {})
 }
 
 #[test]

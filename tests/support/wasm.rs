@@ -222,6 +222,17 @@ pub fn command_component_exporting(name: &str) -> Vec<u8> {
 
 /// A command module whose `_start` body is `body`, with `locals` i64 locals.
 pub fn start_module(locals: u32, body: impl FnOnce(&mut Function)) -> Vec<u8> {
+    command_module(None, None, locals, body)
+}
+
+/// A command module with, optionally, one memory of `pages` pages and one funcref table of
+/// `elements` elements, whose `_start` body is `body` with `locals` i64 locals.
+pub fn command_module(
+    pages: Option<u64>,
+    elements: Option<u64>,
+    locals: u32,
+    body: impl FnOnce(&mut Function),
+) -> Vec<u8> {
     let mut m = Module::new();
     let mut types = TypeSection::new();
     types.ty().function([], []);
@@ -229,6 +240,28 @@ pub fn start_module(locals: u32, body: impl FnOnce(&mut Function)) -> Vec<u8> {
     let mut funcs = FunctionSection::new();
     funcs.function(0);
     m.section(&funcs);
+    if let Some(minimum) = elements {
+        let mut tables = wasm_encoder::TableSection::new();
+        tables.table(wasm_encoder::TableType {
+            element_type: wasm_encoder::RefType::FUNCREF,
+            table64: false,
+            minimum,
+            maximum: None,
+            shared: false,
+        });
+        m.section(&tables);
+    }
+    if let Some(minimum) = pages {
+        let mut mems = MemorySection::new();
+        mems.memory(MemoryType {
+            minimum,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        m.section(&mems);
+    }
     let mut exports = ExportSection::new();
     exports.export("_start", ExportKind::Func, 0);
     m.section(&exports);
