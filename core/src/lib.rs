@@ -8,11 +8,13 @@
 pub mod artifacts;
 pub mod meta;
 pub mod names;
+pub mod queue;
 pub mod records;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
+pub use queue::{Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, QueueError, QueuedJob};
 pub use records::{
     Abi, FunctionRecord, KeyRecord, ModuleRecord, Quotas, Scope, VersionRecord, VersionSpec,
 };

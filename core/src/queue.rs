@@ -1,0 +1,489 @@
+//! The job queue: which jobs wait to run, in which lane, and who is running them.
+//!
+//! A queue only holds deliveries; a job's record (status, result, timings) lives with the
+//! metadata. The contract is the one Redis Streams with a consumer group gives, so that backend
+//! fits behind the same trait: [`JobQueue::claim`] hands the oldest waiting job of a lane to
+//! one runner under a lease (XREADGROUP), and also re-delivers a job whose lease ran out
+//! because its runner stopped heartbeating (XAUTOCLAIM); [`JobQueue::heartbeat`] extends the
+//! lease; [`JobQueue::ack`] removes the job once its result is stored (XACK), and only for the
+//! claim that still holds it, so a runner that lost its lease cannot ack a re-delivery. A job
+//! delivered `max_deliveries` times without an ack is dead-lettered instead of delivered again.
+//!
+//! [`EmbeddedJobQueue`] keeps the queue in a redb file: a job that was enqueued survives a
+//! restart or a kill -9 of the process.
+
+use crate::names::TenantId;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Failures of a queue backend.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend failed.
+    #[error("job queue error: {0}")]
+    Storage(String),
+}
+
+fn storage<E: Into<redb::Error>>(e: E) -> QueueError {
+    QueueError::Storage(e.into().to_string())
+}
+
+/// A job's id: unguessable, so knowing one id tells nothing about another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A new random id (`job_` and 32 hex digits).
+    pub fn generate() -> Self {
+        let bytes: [u8; 16] = rand::random();
+        Self(format!("job_{}", hex::encode(bytes)))
+    }
+
+    /// Parses an id given by a client.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hexpart = s.strip_prefix("job_")?;
+        (hexpart.len() == 32
+            && hexpart
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| Self(s.to_owned()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where a job waits: lanes have their own runners and concurrency, so a flood of long jobs
+/// never delays short ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Jobs expected to finish within a few seconds.
+    Fast,
+    /// Everything else that runs on workers.
+    Default,
+    /// Long jobs, on dedicated runners.
+    Long,
+}
+
+impl Lane {
+    fn index(self) -> u8 {
+        match self {
+            Lane::Fast => 0,
+            Lane::Default => 1,
+            Lane::Long => 2,
+        }
+    }
+}
+
+/// A job as the queue knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedJob {
+    /// The job.
+    pub id: JobId,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// Its lane.
+    pub lane: Lane,
+}
+
+/// A job handed to one runner, held under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The job.
+    pub job: QueuedJob,
+    /// How many times it has been delivered, this time included.
+    pub delivery: u32,
+    /// Identifies this delivery: heartbeats and the ack must present it.
+    token: u64,
+    seq: u64,
+}
+
+/// What [`JobQueue::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// A job to run.
+    Job(Claim),
+    /// A job delivered too often without an ack, now removed from the queue: its record is
+    /// to be marked dead with the reason.
+    Dead { job: QueuedJob, deliveries: u32 },
+}
+
+/// A queue of jobs per lane, with leases and re-delivery.
+#[async_trait::async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Adds a job at the end of its lane; durable once this returns.
+    async fn enqueue(&self, job: QueuedJob) -> Result<(), QueueError>;
+    /// The oldest job of `lane` that nobody holds (or whose lease ran out), leased to the
+    /// caller for `lease`; None when there is none.
+    async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError>;
+    /// Extends the lease of `claim`; false when it was lost (expired and re-delivered, acked
+    /// or cancelled).
+    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError>;
+    /// Removes the job of `claim` after its result is stored; false when the claim no longer
+    /// holds it.
+    async fn ack(&self, claim: &Claim) -> Result<bool, QueueError>;
+    /// Removes a job whatever its state; false when it was not queued.
+    async fn cancel(&self, id: &JobId) -> Result<bool, QueueError>;
+    /// Jobs in `lane`, waiting or running.
+    async fn len(&self, lane: Lane) -> Result<u64, QueueError>;
+}
+
+/// Entries by (lane, sequence): a lane is read in order.
+const ENTRIES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("queue_entries");
+/// Job id → (lane, sequence), to find a job to cancel.
+const BY_ID: TableDefinition<&str, (u8, u64)> = TableDefinition::new("queue_by_id");
+/// The next sequence number.
+const COUNTER: TableDefinition<&str, u64> = TableDefinition::new("queue_counter");
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    job: QueuedJob,
+    deliveries: u32,
+    /// The current lease: its token and when it ends (Unix milliseconds).
+    lease: Option<(u64, u64)>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The embedded, durable queue: tables in a redb database of the data directory.
+#[derive(Clone)]
+pub struct EmbeddedJobQueue {
+    db: Arc<Database>,
+    max_deliveries: u32,
+}
+
+impl EmbeddedJobQueue {
+    /// Opens or creates the queue in `path`; a job delivered `max_deliveries` times without an
+    /// ack is dead-lettered.
+    pub fn open(path: impl AsRef<Path>, max_deliveries: u32) -> Result<Self, QueueError> {
+        let db = Database::create(path.as_ref()).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(ENTRIES).map_err(storage)?;
+        txn.open_table(BY_ID).map_err(storage)?;
+        txn.open_table(COUNTER).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Self {
+            db: Arc::new(db),
+            max_deliveries: max_deliveries.max(1),
+        })
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R, QueueError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<R, QueueError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(storage)?;
+            let r = f(&txn)?;
+            txn.commit().map_err(storage)?;
+            Ok(r)
+        })
+        .await
+        .map_err(|e| QueueError::Storage(e.to_string()))?
+    }
+}
+
+fn decode(b: &[u8]) -> Result<Entry, QueueError> {
+    serde_json::from_slice(b).map_err(|e| QueueError::Storage(format!("corrupt entry: {e}")))
+}
+
+fn encode(e: &Entry) -> Vec<u8> {
+    serde_json::to_vec(e).expect("entries serialize")
+}
+
+/// Applies `f` to the entry of `claim` if the claim still holds it; false otherwise.
+fn with_held(
+    txn: &redb::WriteTransaction,
+    claim: &Claim,
+    f: impl FnOnce(&mut redb::Table<(u8, u64), &[u8]>, Entry) -> Result<(), QueueError>,
+) -> Result<bool, QueueError> {
+    let mut t = txn.open_table(ENTRIES).map_err(storage)?;
+    let key = (claim.job.lane.index(), claim.seq);
+    let entry = match t.get(key).map_err(storage)? {
+        Some(v) => decode(v.value())?,
+        None => return Ok(false),
+    };
+    if !matches!(entry.lease, Some((token, until)) if token == claim.token && until >= now_ms()) {
+        return Ok(false);
+    }
+    f(&mut t, entry)?;
+    Ok(true)
+}
+
+#[async_trait::async_trait]
+impl JobQueue for EmbeddedJobQueue {
+    async fn enqueue(&self, job: QueuedJob) -> Result<(), QueueError> {
+        self.write(move |txn| {
+            let mut counter = txn.open_table(COUNTER).map_err(storage)?;
+            let seq = counter
+                .get("next")
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            counter.insert("next", seq + 1).map_err(storage)?;
+            let key = (job.lane.index(), seq);
+            txn.open_table(BY_ID)
+                .map_err(storage)?
+                .insert(job.id.as_str(), key)
+                .map_err(storage)?;
+            let entry = Entry {
+                job,
+                deliveries: 0,
+                lease: None,
+            };
+            txn.open_table(ENTRIES)
+                .map_err(storage)?
+                .insert(key, encode(&entry).as_slice())
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError> {
+        let max = self.max_deliveries;
+        self.write(move |txn| {
+            let mut t = txn.open_table(ENTRIES).map_err(storage)?;
+            let now = now_ms();
+            let mut found = None;
+            for item in t
+                .range((lane.index(), 0)..=(lane.index(), u64::MAX))
+                .map_err(storage)?
+            {
+                let (k, v) = item.map_err(storage)?;
+                let entry = decode(v.value())?;
+                if entry.lease.is_none_or(|(_, until)| until < now) {
+                    found = Some((k.value(), entry));
+                    break;
+                }
+            }
+            let Some(((lane_index, seq), mut entry)) = found else {
+                return Ok(None);
+            };
+            if entry.deliveries >= max {
+                t.remove((lane_index, seq)).map_err(storage)?;
+                txn.open_table(BY_ID)
+                    .map_err(storage)?
+                    .remove(entry.job.id.as_str())
+                    .map_err(storage)?;
+                return Ok(Some(Claimed::Dead {
+                    job: entry.job,
+                    deliveries: entry.deliveries,
+                }));
+            }
+            let token: u64 = rand::random();
+            entry.deliveries += 1;
+            entry.lease = Some((token, now + lease.as_millis() as u64));
+            t.insert((lane_index, seq), encode(&entry).as_slice())
+                .map_err(storage)?;
+            Ok(Some(Claimed::Job(Claim {
+                job: entry.job,
+                delivery: entry.deliveries,
+                token,
+                seq,
+            })))
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError> {
+        let claim = claim.clone();
+        self.write(move |txn| {
+            with_held(txn, &claim, |t, mut entry| {
+                entry.lease = Some((claim.token, now_ms() + lease.as_millis() as u64));
+                t.insert(
+                    (claim.job.lane.index(), claim.seq),
+                    encode(&entry).as_slice(),
+                )
+                .map_err(storage)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn ack(&self, claim: &Claim) -> Result<bool, QueueError> {
+        let claim = claim.clone();
+        self.write(move |txn| {
+            let held = with_held(txn, &claim, |t, _| {
+                t.remove((claim.job.lane.index(), claim.seq))
+                    .map_err(storage)?;
+                Ok(())
+            })?;
+            if held {
+                txn.open_table(BY_ID)
+                    .map_err(storage)?
+                    .remove(claim.job.id.as_str())
+                    .map_err(storage)?;
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<bool, QueueError> {
+        let id = id.clone();
+        self.write(move |txn| {
+            let mut by_id = txn.open_table(BY_ID).map_err(storage)?;
+            let Some(key) = by_id
+                .remove(id.as_str())
+                .map_err(storage)?
+                .map(|v| v.value())
+            else {
+                return Ok(false);
+            };
+            txn.open_table(ENTRIES)
+                .map_err(storage)?
+                .remove(key)
+                .map_err(storage)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn len(&self, lane: Lane) -> Result<u64, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(ENTRIES).map_err(storage)?;
+        let n = t
+            .range((lane.index(), 0)..=(lane.index(), u64::MAX))
+            .map_err(storage)?
+            .count();
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(lane: Lane) -> QueuedJob {
+        QueuedJob {
+            id: JobId::generate(),
+            tenant: TenantId::new("t").unwrap(),
+            lane,
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> EmbeddedJobQueue {
+        EmbeddedJobQueue::open(dir.path().join("q.redb"), 3).unwrap()
+    }
+
+    fn job_of(c: Option<Claimed>) -> Claim {
+        match c {
+            Some(Claimed::Job(c)) => c,
+            other => panic!("expected a job, got {other:?}"),
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn lanes_are_first_in_first_out_and_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir);
+        let (a, b, long) = (job(Lane::Fast), job(Lane::Fast), job(Lane::Long));
+        q.enqueue(a.clone()).await.unwrap();
+        q.enqueue(long.clone()).await.unwrap();
+        q.enqueue(b.clone()).await.unwrap();
+        assert_eq!(job_of(q.claim(Lane::Fast, LEASE).await.unwrap()).job, a);
+        assert_eq!(job_of(q.claim(Lane::Fast, LEASE).await.unwrap()).job, b);
+        assert_eq!(
+            q.claim(Lane::Fast, LEASE).await.unwrap(),
+            None,
+            "both are held"
+        );
+        assert_eq!(q.claim(Lane::Default, LEASE).await.unwrap(), None);
+        assert_eq!(job_of(q.claim(Lane::Long, LEASE).await.unwrap()).job, long);
+        assert_eq!(q.len(Lane::Fast).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_acked_job_is_gone_and_a_lost_lease_cannot_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir);
+        q.enqueue(job(Lane::Default)).await.unwrap();
+        let first = job_of(q.claim(Lane::Default, Duration::ZERO).await.unwrap());
+        std::thread::sleep(Duration::from_millis(5));
+        // The lease ran out: the job is delivered again, to another runner.
+        let second = job_of(q.claim(Lane::Default, LEASE).await.unwrap());
+        assert_eq!(
+            (first.job.id.clone(), second.delivery),
+            (second.job.id.clone(), 2)
+        );
+        assert!(
+            !q.heartbeat(&first, LEASE).await.unwrap(),
+            "the first lost its lease"
+        );
+        assert!(!q.ack(&first).await.unwrap(), "a stale runner cannot ack");
+        assert!(q.heartbeat(&second, LEASE).await.unwrap());
+        assert!(q.ack(&second).await.unwrap());
+        assert!(!q.ack(&second).await.unwrap(), "acked once");
+        assert_eq!(q.len(Lane::Default).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_delivered_too_often_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir);
+        let j = job(Lane::Default);
+        q.enqueue(j.clone()).await.unwrap();
+        for delivery in 1..=3 {
+            let c = job_of(q.claim(Lane::Default, Duration::ZERO).await.unwrap());
+            assert_eq!(c.delivery, delivery);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            q.claim(Lane::Default, LEASE).await.unwrap(),
+            Some(Claimed::Dead {
+                job: j,
+                deliveries: 3
+            })
+        );
+        assert_eq!(q.claim(Lane::Default, LEASE).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn jobs_survive_a_reopen_and_can_be_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, cancelled) = (job(Lane::Fast), job(Lane::Fast));
+        {
+            let q = open(&dir);
+            q.enqueue(cancelled.clone()).await.unwrap();
+            q.enqueue(kept.clone()).await.unwrap();
+        }
+        let q = open(&dir);
+        assert!(q.cancel(&cancelled.id).await.unwrap());
+        assert!(!q.cancel(&cancelled.id).await.unwrap());
+        let c = job_of(q.claim(Lane::Fast, LEASE).await.unwrap());
+        assert_eq!(c.job, kept);
+        // Cancelling a running job takes it from its runner too.
+        assert!(q.cancel(&kept.id).await.unwrap());
+        assert!(!q.heartbeat(&c, LEASE).await.unwrap());
+    }
+
+    #[test]
+    fn job_ids_are_random_and_parsed_strictly() {
+        let (a, b) = (JobId::generate(), JobId::generate());
+        assert_ne!(a, b);
+        assert_eq!(JobId::parse(a.as_str()), Some(a));
+        for bad in [
+            "job_",
+            "job_XYZ",
+            "task_00000000000000000000000000000000",
+            "job_../../x",
+        ] {
+            assert_eq!(JobId::parse(bad), None, "{bad}");
+        }
+    }
+}
