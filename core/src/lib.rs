@@ -41,3 +41,28 @@ pub fn crash_point(name: &str) {
         std::process::abort();
     }
 }
+
+/// Runs a redb write transaction off the async runtime (its commit fsyncs); every failure,
+/// of redb or of the blocking task, becomes `fail(message)`. The one write path of the
+/// embedded metadata store and the embedded job queue.
+pub(crate) async fn redb_write<R, E, F>(
+    db: &std::sync::Arc<redb::Database>,
+    fail: fn(String) -> E,
+    f: F,
+) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(&redb::WriteTransaction) -> Result<R, E> + Send + 'static,
+{
+    let db = db.clone();
+    let redb_fail = move |e: redb::Error| fail(e.to_string());
+    tokio::task::spawn_blocking(move || {
+        let txn = db.begin_write().map_err(|e| redb_fail(e.into()))?;
+        let r = f(&txn)?;
+        txn.commit().map_err(|e| redb_fail(e.into()))?;
+        Ok(r)
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+}

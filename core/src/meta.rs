@@ -140,15 +140,7 @@ impl EmbeddedMetaStore {
         R: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<R, MetaError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(storage)?;
-            let r = f(&txn)?;
-            txn.commit().map_err(storage)?;
-            Ok(r)
-        })
-        .await
-        .map_err(|e| MetaError::Storage(e.to_string()))?
+        crate::redb_write(&self.db, MetaError::Storage, f).await
     }
 
     fn read_function(

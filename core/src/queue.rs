@@ -183,15 +183,7 @@ impl EmbeddedJobQueue {
         R: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<R, QueueError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(storage)?;
-            let r = f(&txn)?;
-            txn.commit().map_err(storage)?;
-            Ok(r)
-        })
-        .await
-        .map_err(|e| QueueError::Storage(e.to_string()))?
+        crate::redb_write(&self.db, QueueError::Storage, f).await
     }
 }
 
