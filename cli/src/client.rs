@@ -19,6 +19,8 @@ pub enum CliError {
     Connect(String),
     /// The command line was wrong (exit 2).
     Usage(String),
+    /// Waiting ran out before the job ended (exit 4).
+    Timeout(String),
 }
 
 impl CliError {
@@ -28,6 +30,7 @@ impl CliError {
             CliError::Problem { .. } => 1,
             CliError::Usage(_) => 2,
             CliError::Connect(_) => 3,
+            CliError::Timeout(_) => 4,
         }
     }
 }
@@ -41,7 +44,7 @@ impl fmt::Display for CliError {
                 detail,
             } => write!(f, "{title} ({status}): {detail}"),
             CliError::Connect(s) => write!(f, "cannot reach the Wafer server: {s}"),
-            CliError::Usage(s) => f.write_str(s),
+            CliError::Usage(s) | CliError::Timeout(s) => f.write_str(s),
         }
     }
 }

@@ -54,6 +54,9 @@ enum Command {
     Rollback(commands::manage::RollbackArgs),
     /// Delete a function with all its versions.
     Rm(commands::manage::RmArgs),
+    /// Asynchronous jobs: list, inspect, wait for, cancel, read results and logs.
+    #[command(subcommand)]
+    Jobs(commands::jobs::JobsCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(commands::manage::KeysCommand),
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Rollback(a) => commands::manage::rollback(&client()?, a).await,
             Command::Rm(a) => commands::manage::rm(&client()?, a).await,
             Command::Keys(k) => commands::manage::keys(&client()?, k).await,
+            Command::Jobs(j) => commands::jobs::run(&client()?, j).await,
             Command::Compile { .. } => unreachable!("handled above"),
         }
     });

@@ -1,4 +1,4 @@
-//! Parsing of human units on the command line: durations (`5s`, `250ms`, `2m`) and sizes
+//! Parsing of human units on the command line: durations (`5s`, `250ms`, `2m`, `1h`) and sizes
 //! (`64MiB`, `1GiB`, `512` = MiB).
 
 /// Parses a duration into milliseconds.
@@ -10,6 +10,8 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
         (n, 1000)
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
     } else {
         (s, 1000)
     };
@@ -58,6 +60,7 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
         assert_eq!(parse_duration_ms("2m").unwrap(), 120_000);
         assert_eq!(parse_duration_ms("3").unwrap(), 3000);
+        assert_eq!(parse_duration_ms("1h").unwrap(), 3_600_000);
         assert!(parse_duration_ms("fast").is_err());
     }
 

@@ -6,12 +6,17 @@
 //! backends can be added beside them without touching callers.
 
 pub mod artifacts;
+pub mod jobs;
 pub mod meta;
 pub mod names;
 pub mod queue;
 pub mod records;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
+pub use jobs::{
+    Created, EmbeddedJobStore, JobEnd, JobError, JobFilter, JobPage, JobRecord, JobResult,
+    JobStatus, JobStore, RequestHead, Route,
+};
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
 pub use queue::{Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, QueueError, QueuedJob};

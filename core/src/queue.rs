@@ -117,7 +117,8 @@ pub enum Claimed {
 /// A queue of jobs per lane, with leases and re-delivery.
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Adds a job at the end of its lane; durable once this returns.
+    /// Adds a job at the end of its lane, unless it is queued already; durable once this
+    /// returns.
     async fn enqueue(&self, job: QueuedJob) -> Result<(), QueueError>;
     /// The oldest job of `lane` that nobody holds (or whose lease ran out), leased to the
     /// caller for `lease`; None when there is none.
@@ -178,6 +179,30 @@ impl EmbeddedJobQueue {
         })
     }
 
+    /// Ends every lease, so jobs that were running are delivered again at once. Only right
+    /// when every runner that held a lease is gone: the server calls it at start, as the
+    /// runners of the embedded queue are its own children, which die with it.
+    pub async fn release_leases(&self) -> Result<u64, QueueError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut held = Vec::new();
+            for item in t.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                let entry = decode(v.value())?;
+                if entry.lease.is_some() {
+                    held.push((k.value(), entry));
+                }
+            }
+            let released = held.len() as u64;
+            for (key, mut entry) in held {
+                entry.lease = None;
+                t.insert(key, encode(&entry).as_slice()).map_err(storage)?;
+            }
+            Ok(released)
+        })
+        .await
+    }
+
     async fn write<R, F>(&self, f: F) -> Result<R, QueueError>
     where
         R: Send + 'static,
@@ -218,6 +243,15 @@ fn with_held(
 impl JobQueue for EmbeddedJobQueue {
     async fn enqueue(&self, job: QueuedJob) -> Result<(), QueueError> {
         self.write(move |txn| {
+            if txn
+                .open_table(BY_ID)
+                .map_err(storage)?
+                .get(job.id.as_str())
+                .map_err(storage)?
+                .is_some()
+            {
+                return Ok(());
+            }
             let mut counter = txn.open_table(COUNTER).map_err(storage)?;
             let seq = counter
                 .get("next")
@@ -462,6 +496,24 @@ mod tests {
         // Cancelling a running job takes it from its runner too.
         assert!(q.cancel(&kept.id).await.unwrap());
         assert!(!q.heartbeat(&c, LEASE).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn enqueue_is_idempotent_and_released_leases_deliver_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir);
+        let j = job(Lane::Default);
+        q.enqueue(j.clone()).await.unwrap();
+        q.enqueue(j.clone()).await.unwrap();
+        assert_eq!(q.len(Lane::Default).await.unwrap(), 1);
+        let held = job_of(q.claim(Lane::Default, LEASE).await.unwrap());
+        // Enqueueing a running job again neither duplicates it nor ends its lease.
+        q.enqueue(j.clone()).await.unwrap();
+        assert_eq!(q.claim(Lane::Default, LEASE).await.unwrap(), None);
+        assert_eq!(q.release_leases().await.unwrap(), 1);
+        let again = job_of(q.claim(Lane::Default, LEASE).await.unwrap());
+        assert_eq!((again.job, again.delivery), (held.job.clone(), 2));
+        assert!(!q.ack(&held).await.unwrap(), "the released claim is stale");
     }
 
     #[test]

@@ -58,6 +58,45 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Pre-linked modules kept hot.
     pub hot_modules: u64,
+    /// Asynchronous jobs.
+    pub jobs: JobsConfig,
+}
+
+/// Settings of asynchronous jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// How long an ended job (record, input, output) is kept, in seconds.
+    pub ttl_s: u64,
+    /// How long a runner holds a job without a heartbeat before it is delivered again, ms.
+    pub lease_ms: u64,
+    /// Deliveries of a job whose runner dies before it is given up as `dead`.
+    pub max_deliveries: u32,
+    /// Jobs the server runs at once in each of its lanes (0: half of `max_inflight`).
+    pub inline_concurrency: usize,
+    /// Jobs whose timeout is at most this wait in the fast lane, ms.
+    pub fast_lane_ms: u64,
+    /// The longest timeout a job may ask for, ms.
+    pub max_timeout_ms: u64,
+    /// The longest `?wait=` a client may ask for, seconds (longer waits are cut to it).
+    pub max_wait_s: u64,
+    /// How often ended jobs past their time are removed, ms.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s: 7 * 86_400,
+            lease_ms: 30_000,
+            max_deliveries: 3,
+            inline_concurrency: 0,
+            fast_lane_ms: 5_000,
+            max_timeout_ms: 900_000,
+            max_wait_s: 60,
+            sweep_interval_ms: 60_000,
+        }
+    }
 }
 
 /// Defaults for a version's limits and the most a version may ask for.
@@ -123,6 +162,7 @@ impl Default for Config {
             functions: FunctionDefaults::default(),
             engine,
             hot_modules: 1024,
+            jobs: JobsConfig::default(),
         }
     }
 }

@@ -35,6 +35,15 @@ pub struct Metrics {
     in_flight: Gauge,
     connections: Gauge,
     connections_refused: Counter,
+    jobs_submitted: Counter,
+    jobs_finished: Family<StatusLabels, Counter>,
+}
+
+/// Labels of the finished-jobs counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// How the job ended.
+    pub status: String,
 }
 
 fn duration_histogram() -> Histogram {
@@ -87,6 +96,18 @@ impl Default for Metrics {
             "Connections closed on accept because the connection cap was reached",
             connections_refused.clone(),
         );
+        let jobs_submitted = Counter::default();
+        registry.register(
+            "jobs_submitted",
+            "Jobs accepted (202)",
+            jobs_submitted.clone(),
+        );
+        let jobs_finished = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "jobs_finished",
+            "Jobs that ran to an end, by status",
+            jobs_finished.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -96,6 +117,8 @@ impl Default for Metrics {
             in_flight,
             connections,
             connections_refused,
+            jobs_submitted,
+            jobs_finished,
         }
     }
 }
@@ -119,6 +142,20 @@ impl Metrics {
         if cold {
             self.cold_starts.get_or_create(&f).inc();
         }
+    }
+
+    /// Counts an accepted job.
+    pub fn job_submitted(&self) {
+        self.jobs_submitted.inc();
+    }
+
+    /// Counts a job that ran to an end.
+    pub fn job_finished(&self, status: &str) {
+        self.jobs_finished
+            .get_or_create(&StatusLabels {
+                status: status.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts an invocation as running until the guard is dropped.

@@ -16,7 +16,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Every route, with request ids, tracing and problem decoration as layers.
 pub fn router(state: Arc<AppState>) -> Router {
-    use api::{functions, health, invoke, keys, modules};
+    use api::{functions, health, invoke, jobs, keys, modules};
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -41,6 +41,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::post(keys::create).get(keys::list),
         )
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route(
+            "/v1/jobs",
+            axum::routing::post(jobs::submit).get(jobs::list),
+        )
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/result", get(jobs::result))
+        .route("/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
         .route("/fn/{target}", any(invoke::invoke))
         .route("/fn/{target}/", any(invoke::invoke))

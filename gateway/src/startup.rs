@@ -4,14 +4,16 @@
 
 use crate::config::Config;
 use crate::state::AppState;
-use crate::{admission, auth, gc, logs, metrics, resolve};
+use crate::{admission, auth, gc, jobs, logs, metrics, resolve};
 use axum::Router;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use wafer_core::{EmbeddedMetaStore, FsArtifactStore, Scope, TenantId};
+use wafer_core::{
+    EmbeddedJobQueue, EmbeddedJobStore, EmbeddedMetaStore, FsArtifactStore, Scope, TenantId,
+};
 use wafer_runner::{CompileMode, Runner, RunnerConfig};
 
 /// The command that runs a compile worker: the `wafer` binary with its hidden `__compile`
@@ -71,7 +73,16 @@ impl Gateway {
             0 => admission::default_memory_budget_mb(config.engine.parked_bytes() >> 20),
             mb => mb,
         };
+        let job_store = Arc::new(EmbeddedJobStore::open(config.data_dir.join("jobs.redb"))?);
+        let queue = EmbeddedJobQueue::open(
+            config.data_dir.join("queue.redb"),
+            config.jobs.max_deliveries,
+        )?;
+        // The embedded queue's runners are this process's: none survived its last run.
+        queue.release_leases().await?;
+        let jobs = jobs::Jobs::new(job_store, Arc::new(queue), config.jobs.clone());
         let state = Arc::new(AppState {
+            jobs,
             admission: admission::Admission::new(
                 config.max_inflight,
                 config.max_inflight_per_tenant,
@@ -93,6 +104,17 @@ impl Gateway {
             state,
             new_admin_key,
         })
+    }
+
+    /// Queues again every job that has not ended and starts running jobs. Called once the
+    /// server listens, so a job that takes the process down cannot stop it from starting.
+    pub async fn start_jobs(&self) -> anyhow::Result<()> {
+        let requeued = self.state.jobs.requeue_unfinished().await?;
+        if requeued > 0 {
+            tracing::info!(jobs = requeued, "unfinished jobs queued again");
+        }
+        jobs::start(&self.state);
+        Ok(())
     }
 
     /// The router with every route and layer.

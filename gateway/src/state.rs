@@ -25,4 +25,6 @@ pub struct AppState {
     pub resolver: crate::resolve::Resolver,
     /// Recent invocation logs per function.
     pub logs: crate::logs::LogBook,
+    /// Asynchronous jobs: their records, queue and dispatchers.
+    pub jobs: crate::jobs::Jobs,
 }

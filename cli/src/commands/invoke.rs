@@ -22,6 +22,12 @@ pub struct Args {
     /// Path below the function, e.g. /users/1?x=2.
     #[arg(long, default_value = "/")]
     path: String,
+    /// Run it as a job: print the job's id at once (`wafer jobs wait ID` follows it).
+    #[arg(long = "async")]
+    run_async: bool,
+    /// With --async: a key that makes a retried submission return the same job.
+    #[arg(long, requires = "run_async")]
+    idempotency_key: Option<String>,
 }
 
 fn body_of(data: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
@@ -64,6 +70,17 @@ pub async fn run(client: &Client, a: &Args) -> anyhow::Result<()> {
     }
     if let Some(b) = body {
         rb = rb.body(b);
+    }
+    if a.run_async {
+        rb = rb.header("prefer", "respond-async");
+        if let Some(k) = &a.idempotency_key {
+            rb = rb.header("idempotency-key", k);
+        }
+        let v = client.json(rb).await?;
+        let id = v["id"].as_str().unwrap_or_default();
+        println!("{id}");
+        eprintln!("queued; follow it with: wafer jobs wait {id}");
+        return Ok(());
     }
     let resp = rb
         .send()

@@ -2,5 +2,6 @@
 
 pub mod deploy;
 pub mod invoke;
+pub mod jobs;
 pub mod manage;
 pub mod serve;

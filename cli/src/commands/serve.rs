@@ -73,6 +73,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("wafer listening on http://{addr}");
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+    gateway.start_jobs().await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {

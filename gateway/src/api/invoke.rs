@@ -1,6 +1,7 @@
 //! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
 
 use crate::auth;
+use crate::execute::{self, Call};
 use crate::problem::ApiError;
 use crate::resolve::Resolved;
 use crate::state::AppState;
@@ -9,10 +10,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tracing::Instrument;
-use wafer_core::{Abi, FunctionName, KeyRecord, Scope, VersionRecord, VersionRef};
-use wafer_runner::{Input, Invocation, Limits, Output};
+use std::time::Instant;
+use wafer_core::{FunctionName, KeyRecord, Scope, VersionRef};
+use wafer_runner::Output;
 
 /// Splits `/fn/<target>/<rest>?q` into the target and the path (with query) the function sees.
 fn split_path(uri: &Uri) -> (&str, String) {
@@ -38,32 +38,6 @@ const INVOKE_METHODS: [Method; 7] = [
     Method::PATCH,
     Method::OPTIONS,
 ];
-
-/// The limits of one invocation of `v`.
-fn limits_of(state: &AppState, v: &VersionRecord) -> Limits {
-    let d = &state.config.functions;
-    Limits {
-        timeout: Duration::from_millis(v.spec.timeout_ms),
-        fuel: v.spec.fuel,
-        memory_bytes: (v.spec.memory_mb as usize) << 20,
-        table_elements: wafer_runner::limits::MAX_TABLE_ELEMENTS,
-        stdout_bytes: d.max_stdout_bytes,
-        stderr_bytes: d.max_log_bytes,
-        response_bytes: d.max_response_bytes,
-    }
-}
-
-/// Response body type of command output: JSON when it parses as JSON.
-fn content_type_of(stdout: &[u8]) -> &'static str {
-    let first = stdout.iter().find(|b| !b.is_ascii_whitespace());
-    if matches!(first, Some(b'{') | Some(b'['))
-        && serde_json::from_slice::<serde::de::IgnoredAny>(stdout).is_ok()
-    {
-        "application/json"
-    } else {
-        "application/octet-stream"
-    }
-}
 
 /// The function and version a caller may invoke. Whoever is not the owner gets the same 404
 /// for a function that is missing, private, or lacks the version or alias asked for, so
@@ -152,6 +126,9 @@ pub async fn invoke(
         "request-too-large",
     )
     .await?;
+    if prefers(&parts.headers, "respond-async") {
+        return submit_async(&state, caller.as_ref(), &resolved, parts, fn_path, body).await;
+    }
     let _admitted = state
         .admission
         .admit(&function.tenant, version.spec.memory_mb)?;
@@ -170,47 +147,14 @@ pub async fn invoke(
     );
 
     let started = Instant::now();
-    let mut env: Vec<(String, String)> = version
-        .spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let input = match version.spec.abi {
-        Abi::Http => {
-            let mut builder = axum::http::Request::builder()
-                .method(parts.method.clone())
-                .uri(fn_path.as_str());
-            for (k, v) in &parts.headers {
-                // Credentials sent to Wafer are not the function's business.
-                if k == header::AUTHORIZATION || k == header::PROXY_AUTHORIZATION {
-                    continue;
-                }
-                builder = builder.header(k, v);
-            }
-            if !parts.headers.contains_key(header::HOST) {
-                builder = builder.header(header::HOST, "localhost");
-            }
-            Input::Http(Box::new(builder.body(body).map_err(ApiError::internal)?))
-        }
-        Abi::Command => {
-            env.push(("WAFER_METHOD".into(), parts.method.to_string()));
-            env.push(("WAFER_PATH".into(), fn_path.clone()));
-            Input::Stdin(body)
-        }
+    let call = Call {
+        method: parts.method,
+        path: fn_path,
+        headers: parts.headers,
+        body,
     };
-    let result = async {
-        let (prepared, cold) = state.runner.prepare(&version.spec.module).await?;
-        let inv = Invocation {
-            limits: limits_of(&state, version),
-            args: vec![name.to_string()],
-            env,
-            input,
-        };
-        state.runner.invoke(prepared, inv).await.map(|o| (o, cold))
-    }
-    .instrument(span.clone())
-    .await;
+    let limits = execute::limits_of(&state, version, None);
+    let result = execute::run(&state, function, version, call, limits, &span).await;
     let seconds = started.elapsed().as_secs_f64();
     let version_header = (
         HeaderName::from_static("x-wafer-version"),
@@ -222,13 +166,13 @@ pub async fn invoke(
                 .metrics
                 .record(name.as_str(), "ok", seconds, outcome.fuel, cold);
             if !outcome.log.is_empty() {
-                keep_log(
+                execute::keep_log(
                     &state,
                     function,
                     version,
                     &request_id,
                     "ok",
-                    seconds,
+                    started,
                     &outcome.log,
                 );
             }
@@ -240,7 +184,7 @@ pub async fn invoke(
                     r.map(Body::from).into_response()
                 }
                 Output::Stdout(bytes) => {
-                    let ct = content_type_of(&bytes);
+                    let ct = execute::content_type_of(&bytes);
                     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response()
                 }
             };
@@ -258,13 +202,13 @@ pub async fn invoke(
             state
                 .metrics
                 .record(name.as_str(), err.slug, seconds, 0, false);
-            keep_log(
+            execute::keep_log(
                 &state,
                 function,
                 version,
                 &request_id,
                 err.slug,
-                seconds,
+                started,
                 log.as_bytes(),
             );
             tracing::info!(parent: &span, outcome = err.slug, detail = %err.detail, "invocation failed");
@@ -276,33 +220,81 @@ pub async fn invoke(
     }
 }
 
-/// Keeps the tail of an invocation's log for `GET /v1/functions/{name}/logs`.
-fn keep_log(
+/// Whether the `Prefer` headers (RFC 7240) ask for `token`.
+fn prefers(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case(token))
+        })
+}
+
+/// `Prefer: respond-async`: the call becomes a job of the caller (who must own the function
+/// and hold the Invoke scope); 202 with its `Location`.
+async fn submit_async(
     state: &AppState,
-    function: &wafer_core::FunctionRecord,
-    version: &VersionRecord,
-    request_id: &str,
-    outcome: &str,
-    seconds: f64,
-    log: &[u8],
-) {
-    state.logs.push(
-        function.name.as_str(),
-        function.incarnation,
-        crate::logs::LogEntry {
-            request_id: request_id.to_owned(),
-            version: version.version,
-            time: wafer_core::now_unix(),
-            outcome: outcome.to_owned(),
-            duration_ms: seconds * 1000.0,
-            log: String::from_utf8_lossy(log).into_owned(),
-        },
-    );
+    caller: Option<&KeyRecord>,
+    resolved: &Resolved,
+    parts: axum::http::request::Parts,
+    fn_path: String,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let (function, version) = (&resolved.0, &resolved.1);
+    let key = caller.ok_or_else(|| {
+        ApiError::unauthorized(
+            "an asynchronous call (Prefer: respond-async) needs an API key: \
+             `Authorization: Bearer <key>`",
+        )
+    })?;
+    if key.tenant != function.tenant {
+        return Err(ApiError::function_not_found(function.name.as_str()));
+    }
+    if !key.allows(Scope::Invoke) {
+        return Err(ApiError::forbidden("this key lacks the Invoke scope"));
+    }
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let sub = crate::jobs::Submission {
+        request: crate::jobs::request_head(&parts.method, &fn_path, &parts.headers),
+        request_hash: crate::jobs::hash_request(&[
+            b"call",
+            parts.method.as_str().as_bytes(),
+            fn_path.as_bytes(),
+            content_type,
+            &body,
+        ]),
+        idempotency_key: crate::jobs::idempotency_key(&parts.headers)?,
+        input: body,
+        timeout_ms: None,
+        webhook: None,
+    };
+    crate::jobs::submit(state, key, function, version, sub).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefer_tokens_are_found_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append("prefer", HeaderValue::from_static("wait=10"));
+        assert!(!prefers(&h, "respond-async"));
+        h.append(
+            "prefer",
+            HeaderValue::from_static("handling=lenient, Respond-Async"),
+        );
+        assert!(prefers(&h, "respond-async"));
+        assert!(!prefers(&h, "respond"));
+    }
 
     #[test]
     fn paths_split_into_target_and_function_path() {
@@ -312,12 +304,5 @@ mod tests {
         assert_eq!(split_path(&u), ("hello", "/".to_string()));
         let u: Uri = "/fn/hello?name=x".parse().unwrap();
         assert_eq!(split_path(&u), ("hello", "/?name=x".to_string()));
-    }
-
-    #[test]
-    fn json_output_is_labelled() {
-        assert_eq!(content_type_of(br#"{"stress":100.0}"#), "application/json");
-        assert_eq!(content_type_of(b"{not json"), "application/octet-stream");
-        assert_eq!(content_type_of(b"hello"), "application/octet-stream");
     }
 }

@@ -3,6 +3,7 @@
 pub mod functions;
 pub mod health;
 pub mod invoke;
+pub mod jobs;
 pub mod keys;
 pub mod modules;
 

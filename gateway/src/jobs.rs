@@ -1,0 +1,708 @@
+//! Jobs: asynchronous invocations. A submission is stored ([`JobStore`]) and queued
+//! ([`JobQueue`]) before the client gets its 202, so no accepted job is lost to a crash; a
+//! dispatcher per lane claims jobs and runs them in the server's own runner pool (the
+//! `inline` route), heartbeating the claim while the guest runs and acking it only after the
+//! result is stored. Runners that die lose their lease and the job is delivered again; one
+//! that dies on every delivery ends `dead`.
+//!
+//! Status changes are published on a broadcast channel, which long polls (`?wait=`) and the
+//! event stream listen to; cancelling a running job interrupts its guest.
+
+use crate::config::JobsConfig;
+use crate::execute::{self, Call};
+use crate::problem::ApiError;
+use crate::state::AppState;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use wafer_core::{
+    Claim, Claimed, Created, FunctionRecord, JobEnd, JobId, JobQueue, JobRecord, JobResult,
+    JobStatus, JobStore, KeyRecord, Lane, RequestHead, Route, VersionRecord, VersionRef,
+};
+use wafer_runner::Output;
+
+/// The lanes the server's own pool serves.
+const INLINE_LANES: [Lane; 2] = [Lane::Fast, Lane::Default];
+
+/// The job machinery shared by handlers and dispatchers.
+pub struct Jobs {
+    /// Job records, inputs and outputs.
+    pub store: Arc<dyn JobStore>,
+    /// Which job runs next.
+    pub queue: Arc<dyn JobQueue>,
+    config: JobsConfig,
+    events: broadcast::Sender<JobId>,
+    running: Mutex<HashMap<JobId, CancellationToken>>,
+    wake: HashMap<Lane, Notify>,
+}
+
+impl Jobs {
+    /// Jobs on `store` and `queue`.
+    pub fn new(store: Arc<dyn JobStore>, queue: Arc<dyn JobQueue>, config: JobsConfig) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            store,
+            queue,
+            config,
+            events,
+            running: Mutex::new(HashMap::new()),
+            wake: [Lane::Fast, Lane::Default, Lane::Long]
+                .into_iter()
+                .map(|l| (l, Notify::new()))
+                .collect(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &JobsConfig {
+        &self.config
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.config.ttl_s)
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.lease_ms.max(100))
+    }
+
+    fn publish(&self, id: &JobId) {
+        // Nobody listening is fine.
+        let _ = self.events.send(id.clone());
+    }
+
+    /// Puts a stored job in its queue and wakes its lane.
+    async fn enqueue(&self, rec: &JobRecord) -> Result<(), ApiError> {
+        self.queue
+            .enqueue(rec.queued())
+            .await
+            .map_err(ApiError::internal)?;
+        if let Some(n) = self.wake.get(&rec.lane) {
+            n.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Makes sure every job that has not ended is queued (after a crash between storing a
+    /// job and queueing it, or a restart).
+    pub async fn requeue_unfinished(&self) -> anyhow::Result<usize> {
+        let unfinished = self.store.unfinished().await?;
+        for job in &unfinished {
+            self.queue.enqueue(job.clone()).await?;
+        }
+        Ok(unfinished.len())
+    }
+
+    /// Cancels a job of its owner: a queued job leaves the queue, a running one is
+    /// interrupted. Returns the record and whether it was cancelled by this call.
+    pub async fn cancel(&self, id: &JobId) -> Result<Option<(JobRecord, bool)>, ApiError> {
+        let outcome = self
+            .store
+            .cancel(id, self.ttl())
+            .await
+            .map_err(ApiError::internal)?;
+        if let Some((_, true)) = &outcome {
+            self.queue.cancel(id).await.map_err(ApiError::internal)?;
+            if let Some(token) = self.running.lock().expect("running jobs").get(id) {
+                token.cancel();
+            }
+            self.publish(id);
+        }
+        Ok(outcome)
+    }
+
+    /// The job's record once it has ended, or as it is when `wait` runs out.
+    pub async fn wait_for_end(
+        &self,
+        id: &JobId,
+        wait: Duration,
+    ) -> Result<Option<JobRecord>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut events = self.events.subscribe();
+        loop {
+            let rec = self.store.get(id).await.map_err(ApiError::internal)?;
+            match &rec {
+                Some(r) if !r.status.is_terminal() => {}
+                _ => return Ok(rec),
+            }
+            if !self.next_change(&mut events, id, deadline).await {
+                return Ok(rec);
+            }
+        }
+    }
+
+    /// Waits until job `id` may have changed (true) or `deadline` passed (false).
+    pub async fn next_change(
+        &self,
+        events: &mut broadcast::Receiver<JobId>,
+        id: &JobId,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return false,
+                Ok(Ok(changed)) if &changed == id => return true,
+                Ok(Ok(_)) => {}
+                // Missed some: look again.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return false,
+            }
+        }
+    }
+
+    /// A receiver of status changes, for event streams.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
+        self.events.subscribe()
+    }
+}
+
+/// What a client asked to run later.
+pub struct Submission {
+    /// The request replayed to the function.
+    pub request: RequestHead,
+    /// Its body.
+    pub input: Bytes,
+    /// Its own timeout, when given.
+    pub timeout_ms: Option<u64>,
+    /// Where to POST the outcome.
+    pub webhook: Option<String>,
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// A hash of what was submitted.
+    pub request_hash: String,
+}
+
+/// Hashes the parts of a submission, for idempotency checks.
+pub fn hash_request(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid-idempotency-key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// The request head a job keeps, without Wafer's credentials.
+pub fn request_head(method: &Method, path: &str, headers: &HeaderMap) -> RequestHead {
+    RequestHead {
+        method: method.to_string(),
+        path: path.to_owned(),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| !execute::is_credential(k))
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+            .collect(),
+    }
+}
+
+/// Stores and queues a job of `caller` for `function`@`version`; the answer is 202 with the
+/// job and its `Location` (also for a replay of the same idempotency key).
+pub async fn submit(
+    state: &AppState,
+    caller: &KeyRecord,
+    function: &FunctionRecord,
+    version: &VersionRecord,
+    sub: Submission,
+) -> Result<axum::response::Response, ApiError> {
+    let jobs = &state.jobs;
+    let cfg = jobs.config();
+    let timeout_ms = match sub.timeout_ms {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid-timeout",
+                "timeout_ms must be at least 1",
+            ));
+        }
+        Some(t) if t > cfg.max_timeout_ms => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "timeout-too-large",
+                "Timeout too large",
+                format!(
+                    "timeout_ms {t} is above the most a job may run, {} ms (jobs.max_timeout_ms)",
+                    cfg.max_timeout_ms
+                ),
+            )
+            .with("limit", cfg.max_timeout_ms));
+        }
+        Some(t) => t,
+        None => version.spec.timeout_ms,
+    };
+    if sub.webhook.is_some() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "webhooks-unavailable",
+            "Webhooks not available",
+            "this server does not deliver webhooks yet; poll GET /v1/jobs/{id}?wait=30s",
+        ));
+    }
+    let (lane, reason) = if timeout_ms <= cfg.fast_lane_ms {
+        (
+            Lane::Fast,
+            format!(
+                "timeout {timeout_ms} ms is within the fast lane's {} ms",
+                cfg.fast_lane_ms
+            ),
+        )
+    } else {
+        (
+            Lane::Default,
+            format!(
+                "timeout {timeout_ms} ms is above the fast lane's {} ms",
+                cfg.fast_lane_ms
+            ),
+        )
+    };
+    let rec = JobRecord {
+        id: JobId::generate(),
+        tenant: caller.tenant.clone(),
+        function: function.name.clone(),
+        incarnation: function.incarnation,
+        version: version.version,
+        status: JobStatus::Queued,
+        attempts: 0,
+        route: Route::Inline,
+        lane,
+        reason: format!("{reason}; runs in the server's pool"),
+        created_ms: wafer_core::jobs::now_ms(),
+        started_ms: None,
+        finished_ms: None,
+        timeout_ms,
+        request: sub.request,
+        input_bytes: sub.input.len() as u64,
+        webhook: sub.webhook,
+        idempotency_key: sub.idempotency_key,
+        request_hash: sub.request_hash,
+        error: None,
+        result: None,
+        stderr: String::new(),
+        expires_ms: None,
+    };
+    let hash = rec.request_hash.clone();
+    match jobs
+        .store
+        .create(rec, sub.input)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Created::New(rec) => {
+            jobs.enqueue(&rec).await?;
+            state.metrics.job_submitted();
+            Ok(accepted(&rec, false))
+        }
+        Created::Existing(existing) if existing.request_hash == hash => {
+            Ok(accepted(&existing, true))
+        }
+        Created::Existing(existing) => Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            format!(
+                "the Idempotency-Key was used for job {} with a different request; use a new key",
+                existing.id.as_str()
+            ),
+        )
+        .with("job", existing.id.as_str())),
+    }
+}
+
+/// 202 with the job and where to find it.
+fn accepted(rec: &JobRecord, replayed: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let location = format!("/v1/jobs/{}", rec.id.as_str());
+    let mut resp = (axum::http::StatusCode::ACCEPTED, axum::Json(view(rec))).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if replayed {
+        h.insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// The API's view of a job.
+pub fn view(r: &JobRecord) -> Value {
+    let since = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
+    let content_type = r.result.as_ref().and_then(|res| {
+        res.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone())
+    });
+    json!({
+        "id": r.id.as_str(),
+        "function": r.function.as_str(),
+        "version": r.version,
+        "status": r.status.as_str(),
+        "attempts": r.attempts,
+        "route": r.route.as_str(),
+        "lane": r.lane,
+        "route_reason": r.reason,
+        "timeout_ms": r.timeout_ms,
+        "input_bytes": r.input_bytes,
+        "timings": {
+            "queued_at_ms": r.created_ms,
+            "started_at_ms": r.started_ms,
+            "finished_at_ms": r.finished_ms,
+            "wait_ms": since(Some(r.created_ms), r.started_ms),
+            "run_ms": since(r.started_ms, r.finished_ms),
+        },
+        "result": r.result.as_ref().map(|res| json!({
+            "status": res.status,
+            "content_type": content_type,
+            "bytes": res.bytes,
+            "url": format!("/v1/jobs/{}/result", r.id.as_str()),
+        })),
+        "error": r.error,
+        "expires_at_ms": r.expires_ms,
+    })
+}
+
+/// Starts the dispatchers of the inline lanes and the sweeper of expired jobs.
+pub fn start(state: &Arc<AppState>) {
+    let per_lane = match state.jobs.config.inline_concurrency {
+        0 => (state.config.max_inflight / 2).max(1),
+        n => n,
+    };
+    for lane in INLINE_LANES {
+        let permits = Arc::new(Semaphore::new(per_lane));
+        tokio::spawn(dispatch(state.clone(), lane, permits));
+    }
+    tokio::spawn(sweep(state.clone()));
+}
+
+/// Claims the jobs of `lane` and runs each in the server's pool, at most `permits` at once.
+async fn dispatch(state: Arc<AppState>, lane: Lane, permits: Arc<Semaphore>) {
+    let jobs = &state.jobs;
+    let wake = &jobs.wake[&lane];
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match jobs.queue.claim(lane, jobs.lease()).await {
+            Ok(Some(Claimed::Job(claim))) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    run_claimed(&state, claim).await;
+                    drop(permit);
+                });
+            }
+            Ok(Some(Claimed::Dead { job, deliveries })) => {
+                drop(permit);
+                bury(&state, &job.id, deliveries).await;
+            }
+            Ok(None) => {
+                drop(permit);
+                // Woken by an enqueue; the timer also finds leases that ran out.
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::warn!(error = %e, ?lane, "claiming a job failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Marks a job dead: every delivery ended with its runner gone.
+async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
+    let detail = format!(
+        "the job's runner stopped without a result on each of {deliveries} deliveries \
+         (jobs.max_deliveries); the job is not retried"
+    );
+    tracing::warn!(job = id.as_str(), deliveries, "job dead-lettered");
+    let end = JobEnd {
+        status: JobStatus::Dead,
+        error: Some(
+            ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "job-dead",
+                "Job dead",
+                detail,
+            )
+            .with("deliveries", deliveries)
+            .body(None),
+        ),
+        result: None,
+        stderr: String::new(),
+    };
+    let ttl = state.jobs.ttl();
+    match state.jobs.store.finish(id, end, Bytes::new(), ttl).await {
+        Ok(_) => state.jobs.publish(id),
+        Err(e) => tracing::warn!(error = %e, "recording a dead job failed"),
+    }
+}
+
+/// Runs one claimed job: marks it running, runs it while heartbeating, stores the end and
+/// acks the claim. A cancel or a lost lease stops the guest.
+async fn run_claimed(state: &AppState, claim: Claim) {
+    let jobs = &state.jobs;
+    let id = claim.job.id.clone();
+    let rec = match jobs.store.start(&id, Route::Inline, claim.delivery).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => {
+            // Cancelled (or ended) while it waited: nothing to run.
+            let _ = jobs.queue.ack(&claim).await;
+            return;
+        }
+        Err(e) => {
+            // The lease runs out and the job is delivered again.
+            tracing::warn!(job = id.as_str(), error = %e, "starting a job failed");
+            return;
+        }
+    };
+    jobs.publish(&id);
+    // Crash tests stop the runner here, as a runner dying mid-job would.
+    wafer_core::crash_point("job-running");
+    let token = CancellationToken::new();
+    jobs.running
+        .lock()
+        .expect("running jobs")
+        .insert(id.clone(), token.clone());
+    let heartbeat = async {
+        let lease = jobs.lease();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match jobs.queue.heartbeat(&claim, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(job = id.as_str(), error = %e, "heartbeat failed"),
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        end = execute_job(state, &rec) => Some(end),
+        () = token.cancelled() => None,
+        () = heartbeat => None,
+    };
+    jobs.running.lock().expect("running jobs").remove(&id);
+    let Some((end, output)) = outcome else {
+        return;
+    };
+    state.metrics.job_finished(end.status.as_str());
+    match jobs.store.finish(&id, end, output, jobs.ttl()).await {
+        Ok(_) => {
+            jobs.publish(&id);
+            if let Err(e) = jobs.queue.ack(&claim).await {
+                tracing::warn!(job = id.as_str(), error = %e, "acking a job failed");
+            }
+        }
+        Err(e) => tracing::warn!(job = id.as_str(), error = %e, "storing a job's end failed"),
+    }
+}
+
+fn failed(e: ApiError, stderr: String) -> (JobEnd, Bytes) {
+    (
+        JobEnd {
+            status: JobStatus::Failed,
+            error: Some(e.body(None)),
+            result: None,
+            stderr,
+        },
+        Bytes::new(),
+    )
+}
+
+/// Runs a job's function on its input in the server's pool.
+async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
+    let resolved = match state
+        .meta
+        .resolve(&rec.function, &VersionRef::Number(rec.version))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return failed(e.into(), String::new()),
+    };
+    let Some((function, version)) =
+        resolved.filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation)
+    else {
+        return failed(
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "function-not-found",
+                "Function not found",
+                format!(
+                    "function {:?} version {} was deleted after the job was submitted",
+                    rec.function.as_str(),
+                    rec.version
+                ),
+            ),
+            String::new(),
+        );
+    };
+    let input = match state.jobs.store.input(&rec.id).await {
+        Ok(Some(b)) => b,
+        Ok(None) => Bytes::new(),
+        Err(e) => return failed(ApiError::internal(e), String::new()),
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in &rec.request.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            headers.append(k, v);
+        }
+    }
+    let call = Call {
+        method: Method::from_bytes(rec.request.method.as_bytes()).unwrap_or(Method::POST),
+        path: rec.request.path.clone(),
+        headers,
+        body: input,
+    };
+    // Jobs wait for a slot instead of being refused: a busy server delays them.
+    let _admitted = loop {
+        match state
+            .admission
+            .admit(&function.tenant, version.spec.memory_mb)
+        {
+            Ok(a) => break a,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let span = tracing::info_span!(
+        "job",
+        tenant = %function.tenant,
+        function = %function.name,
+        version = version.version,
+        job = rec.id.as_str(),
+    );
+    let started = Instant::now();
+    let limits = execute::limits_of(state, &version, Some(Duration::from_millis(rec.timeout_ms)));
+    let result = execute::run(state, &function, &version, call, limits, &span).await;
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok((outcome, cold)) => {
+            state
+                .metrics
+                .record(function.name.as_str(), "ok", seconds, outcome.fuel, cold);
+            let log = String::from_utf8_lossy(&outcome.log).into_owned();
+            if !log.is_empty() {
+                execute::keep_log(
+                    state,
+                    &function,
+                    &version,
+                    rec.id.as_str(),
+                    "ok",
+                    started,
+                    log.as_bytes(),
+                );
+            }
+            let (result, body) = match outcome.output {
+                Output::Http(r) => {
+                    let (parts, body) = r.into_parts();
+                    let headers = parts
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| {
+                            *k != header::CONTENT_LENGTH && *k != header::TRANSFER_ENCODING
+                        })
+                        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+                        .collect();
+                    (
+                        JobResult {
+                            status: parts.status.as_u16(),
+                            headers,
+                            bytes: body.len() as u64,
+                        },
+                        body,
+                    )
+                }
+                Output::Stdout(bytes) => (
+                    JobResult {
+                        status: 200,
+                        headers: vec![(
+                            "content-type".into(),
+                            execute::content_type_of(&bytes).into(),
+                        )],
+                        bytes: bytes.len() as u64,
+                    },
+                    bytes,
+                ),
+            };
+            (
+                JobEnd {
+                    status: JobStatus::Succeeded,
+                    error: None,
+                    result: Some(result),
+                    stderr: log,
+                },
+                body,
+            )
+        }
+        Err(e) => {
+            let stderr = match &e {
+                wafer_runner::InvokeError::Exit { stderr, .. } => stderr.clone(),
+                _ => String::new(),
+            };
+            let err: ApiError = e.into();
+            state
+                .metrics
+                .record(function.name.as_str(), err.slug, seconds, 0, false);
+            execute::keep_log(
+                state,
+                &function,
+                &version,
+                rec.id.as_str(),
+                err.slug,
+                started,
+                stderr.as_bytes(),
+            );
+            failed(err, stderr)
+        }
+    }
+}
+
+/// Removes ended jobs whose time ran out, every `sweep_interval_ms`.
+async fn sweep(state: Arc<AppState>) {
+    let every = Duration::from_millis(state.jobs.config.sweep_interval_ms.max(10));
+    loop {
+        tokio::time::sleep(every).await;
+        loop {
+            match state
+                .jobs
+                .store
+                .purge_expired(wafer_core::jobs::now_ms(), 1000)
+                .await
+            {
+                Ok(1000) => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(removed = n, "expired jobs removed");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing expired jobs failed");
+                    break;
+                }
+            }
+        }
+    }
+}

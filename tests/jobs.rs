@@ -1,0 +1,634 @@
+//! Jobs: asynchronous invocations through `POST /v1/jobs` and `Prefer: respond-async`, their
+//! records, results, waits, event streams, cancellation, idempotency, expiry, and what a crash
+//! or restart of the server does to them.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+use wafer_e2e::{TestServer, assert_problem};
+
+/// Submits a job as `key`; panics unless it is accepted. Returns the job.
+fn submit(s: &TestServer, key: &str, body: Value) -> Value {
+    let r = s
+        .with_key(key, Method::POST, "/v1/jobs")
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = r.status();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let v: Value = r.json().unwrap();
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/v1/jobs/{}", v["id"].as_str().unwrap()).as_str())
+    );
+    v
+}
+
+/// The job, after waiting up to `wait` for it to end.
+fn get_job(s: &TestServer, key: &str, id: &str, wait: &str) -> Value {
+    let r = s
+        .with_key(key, Method::GET, &format!("/v1/jobs/{id}?wait={wait}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// Polls (bounded) until the job is in `status`.
+fn wait_status(s: &TestServer, key: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_job(s, key, id, "200ms");
+        if v["status"] == status {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job never became {status}: {v}");
+    }
+}
+
+#[test]
+fn a_command_job_runs_and_keeps_its_record_and_result() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": {"load": [1, 2, 3]}}),
+    );
+    assert_eq!(job["status"], "queued");
+    let id = job["id"].as_str().unwrap();
+    assert!(id.starts_with("job_") && id.len() == 36, "{id}");
+    let done = get_job(&s, &key, id, "10s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["route"], "inline");
+    assert_eq!(done["lane"], "fast");
+    assert_eq!(done["version"], 1);
+    let t = &done["timings"];
+    assert!(t["queued_at_ms"].as_u64().unwrap() <= t["started_at_ms"].as_u64().unwrap());
+    assert!(t["started_at_ms"].as_u64().unwrap() <= t["finished_at_ms"].as_u64().unwrap());
+    assert_eq!(done["result"]["content_type"], "application/json");
+
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["x-wafer-job-status"], "succeeded");
+    assert_eq!(r.json::<Value>().unwrap(), json!({"load": [1, 2, 3]}));
+
+    // Binary input, and a timeout that puts the job in the default lane.
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "echo@1", "input_base64": "AAEC/w==", "timeout_ms": 60000}),
+    );
+    let id2 = job["id"].as_str().unwrap();
+    assert_eq!(job["lane"], "default", "{job}");
+    let r = s
+        .with_key(
+            &key,
+            Method::GET,
+            &format!("/v1/jobs/{id2}/result?wait=10s"),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), &[0u8, 1, 2, 255]);
+
+    // Both are listed, newest first; filters narrow the list.
+    let list: Value = s
+        .with_key(&key, Method::GET, "/v1/jobs?function=echo&status=succeeded")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id2, id]);
+    let page: Value = s
+        .with_key(&key, Method::GET, "/v1/jobs?limit=1")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let next: Value = s
+        .with_key(
+            &key,
+            Method::GET,
+            &format!("/v1/jobs?limit=1&cursor={cursor}"),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(next["jobs"][0]["id"], id);
+    assert!(next["next_cursor"].is_null());
+}
+
+#[test]
+fn an_http_call_with_prefer_respond_async_becomes_a_job_with_the_whole_response() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "hello", "hello", json!({}));
+    let r = s
+        .with_key(&key, Method::GET, "/fn/hello/greet?name=Ada")
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = r.json().unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    let r = s
+        .with_key(&key, Method::GET, &format!("{location}/result?wait=10s"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(r.text().unwrap(), "Hello, Ada!\n");
+
+    // Without a key there is no tenant to own the job.
+    s.deploy_as(&key, "open", "hello", json!({"public": true}));
+    let r = s
+        .anon(Method::GET, "/fn/open")
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+    // Another tenant may call a public function, but not queue jobs on it.
+    let other = s.tenant_key("other");
+    let r = s
+        .with_key(&other, Method::GET, "/fn/open")
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_problem(r, 404, "function-not-found");
+}
+
+#[test]
+fn a_failing_job_keeps_its_problem_and_stderr() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "fail", "fail", json!({}));
+    let job = submit(&s, &key, json!({"function": "fail", "input": "boom"}));
+    let id = job["id"].as_str().unwrap();
+    let done = get_job(&s, &key, id, "10s");
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(
+        done["error"]["type"],
+        "https://wafer.dev/problems/nonzero-exit"
+    );
+    assert_eq!(done["error"]["exit_code"], 3);
+    assert!(done["result"].is_null());
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-wafer-job-status"], "failed");
+    assert_problem(r, 502, "nonzero-exit");
+    let logs = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/logs"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(logs.contains("something went wrong: \"boom\""), "{logs}");
+}
+
+#[test]
+fn queued_and_running_jobs_can_be_cancelled_and_a_running_guest_stops() {
+    let s = TestServer::start_with_config("[jobs]\ninline_concurrency = 1\n");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
+    let running = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 30000, "timeout_ms": 60000}),
+    );
+    let running = running["id"].as_str().unwrap();
+    wait_status(&s, &key, running, "running");
+    // One job at a time in this lane: the next one waits.
+    let queued = submit(&s, &key, json!({"function": "echo", "input": 1}));
+    let queued = queued["id"].as_str().unwrap();
+    let r = s
+        .with_key(&key, Method::DELETE, &format!("/v1/jobs/{queued}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["status"], "cancelled");
+    assert_eq!(get_job(&s, &key, running, "0")["status"], "running");
+
+    let r = s
+        .with_key(&key, Method::DELETE, &format!("/v1/jobs/{running}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The guest is interrupted: the lane's one slot is free for the next job at once,
+    // long before the 30 s nap would have ended.
+    let started = Instant::now();
+    let next = submit(&s, &key, json!({"function": "echo", "input": 2}));
+    let next = get_job(&s, &key, next["id"].as_str().unwrap(), "20s");
+    assert_eq!(next["status"], "succeeded", "{next}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(s.wait_in_flight(0));
+
+    let cancelled = get_job(&s, &key, running, "0");
+    assert_eq!(cancelled["status"], "cancelled");
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{running}/result"))
+        .send()
+        .unwrap();
+    assert_problem(r, 409, "job-cancelled");
+    let r = s
+        .with_key(&key, Method::DELETE, &format!("/v1/jobs/{running}"))
+        .send()
+        .unwrap();
+    assert_problem(r, 409, "job-ended");
+    // The queued job never ran.
+    assert_eq!(get_job(&s, &key, queued, "0")["attempts"], 0);
+}
+
+#[test]
+fn an_idempotency_key_returns_the_same_job_and_refuses_another_request() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    let other = s.tenant_key("other");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    s.deploy_as(&other, "echo2", "echo", json!({}));
+    let send = |k: &str, body: Value| {
+        s.with_key(k, Method::POST, "/v1/jobs")
+            .header("idempotency-key", "order-42")
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let first = send(&key, json!({"function": "echo", "input": 1}));
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().unwrap();
+    let again = send(&key, json!({"function": "echo", "input": 1}));
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().unwrap()["id"], first["id"]);
+    let different = send(&key, json!({"function": "echo", "input": 2}));
+    let p = assert_problem(different, 422, "idempotency-key-reused");
+    assert_eq!(p["job"], first["id"]);
+    // Keys are per tenant.
+    let theirs = send(&other, json!({"function": "echo2", "input": 1}));
+    assert_eq!(theirs.status(), 202);
+    assert_ne!(theirs.json::<Value>().unwrap()["id"], first["id"]);
+    // Only one job ran.
+    let list: Value = s
+        .with_key(&key, Method::GET, "/v1/jobs")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bad_submissions_and_reads_get_precise_problems() {
+    let s = TestServer::start_with_config("max_request_bytes = 1024\n");
+    let key = s.tenant_key("acme");
+    let other = s.tenant_key("other");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    s.deploy_as(&other, "theirs", "echo", json!({"public": true}));
+    let post = |k: &str, body: Value| {
+        s.with_key(k, Method::POST, "/v1/jobs")
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    assert_problem(
+        post(&key, json!({"function": "nope"})),
+        404,
+        "function-not-found",
+    );
+    assert_problem(
+        post(&key, json!({"function": "theirs"})),
+        404,
+        "function-not-found",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo@7"})),
+        404,
+        "version-not-found",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo", "input": "x".repeat(2000)})),
+        413,
+        "input-too-large",
+    );
+    assert_problem(
+        post(
+            &key,
+            json!({"function": "echo", "input_base64": "QUJD".repeat(400)}),
+        ),
+        413,
+        "input-too-large",
+    );
+    let r = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100_000])
+        .send()
+        .unwrap();
+    assert_problem(r, 413, "input-too-large");
+    assert_problem(
+        post(
+            &key,
+            json!({"function": "echo", "input": 1, "input_base64": ""}),
+        ),
+        400,
+        "invalid-input",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo", "input_base64": "***"})),
+        400,
+        "invalid-input",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo", "colour": "red"})),
+        400,
+        "invalid-json",
+    );
+    assert_problem(
+        post(&key, json!({"function": "Bad Name"})),
+        400,
+        "invalid-name",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo", "timeout_ms": 0})),
+        400,
+        "invalid-timeout",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo", "timeout_ms": 100_000_000})),
+        422,
+        "timeout-too-large",
+    );
+    assert_problem(
+        post(&key, json!({"function": "echo", "content_type": "a\nb"})),
+        400,
+        "invalid-content-type",
+    );
+    assert_problem(
+        post(
+            &key,
+            json!({"function": "echo", "webhook": "https://example.com/hook"}),
+        ),
+        501,
+        "webhooks-unavailable",
+    );
+    let r = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .header("idempotency-key", "")
+        .json(&json!({"function": "echo"}))
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-idempotency-key");
+    let r = s
+        .anon(Method::POST, "/v1/jobs")
+        .json(&json!({"function": "echo"}))
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+
+    // Reads: someone else's job, a malformed id, bad parameters.
+    let mine = submit(&s, &key, json!({"function": "echo", "input": 1}));
+    let id = mine["id"].as_str().unwrap();
+    for path in [
+        format!("/v1/jobs/{id}"),
+        format!("/v1/jobs/{id}/result"),
+        format!("/v1/jobs/{id}/logs"),
+        format!("/v1/jobs/{id}/events"),
+    ] {
+        let r = s.with_key(&other, Method::GET, &path).send().unwrap();
+        assert_problem(r, 404, "job-not-found");
+    }
+    let r = s
+        .with_key(&other, Method::DELETE, &format!("/v1/jobs/{id}"))
+        .send()
+        .unwrap();
+    assert_problem(r, 404, "job-not-found");
+    let r = s
+        .with_key(&key, Method::GET, "/v1/jobs/job_../../x")
+        .send()
+        .unwrap();
+    assert_problem(r, 404, "job-not-found");
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}?wait=soon"))
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-wait");
+    let r = s
+        .with_key(&key, Method::GET, "/v1/jobs?status=sleeping")
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-status");
+    let r = s
+        .with_key(&key, Method::GET, "/v1/jobs?limit=0")
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-limit");
+    // Nothing of that disturbed the job.
+    assert_eq!(get_job(&s, &key, id, "10s")["status"], "succeeded");
+}
+
+#[test]
+fn the_event_stream_reports_each_status_change_until_the_end() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({}));
+    let job = submit(&s, &key, json!({"function": "nap", "input": 300}));
+    let id = job["id"].as_str().unwrap();
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/events"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut statuses = Vec::new();
+    // The stream ends by itself after the last status.
+    for line in BufReader::new(r).lines() {
+        let line = line.unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            statuses.push(v["status"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(statuses.last().map(String::as_str), Some("succeeded"));
+    assert!(
+        statuses.len() >= 2 && statuses.len() <= 3,
+        "the current status, then each change: {statuses:?}"
+    );
+    let mut deduped = statuses.clone();
+    deduped.dedup();
+    assert_eq!(deduped, statuses, "no status twice in a row");
+}
+
+#[test]
+fn ended_jobs_are_removed_when_their_time_runs_out() {
+    let s = TestServer::start_with_config("[jobs]\nttl_s = 1\nsweep_interval_ms = 100\n");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let send = || {
+        s.with_key(&key, Method::POST, "/v1/jobs")
+            .header("idempotency-key", "k1")
+            .json(&json!({"function": "echo", "input": 1}))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()
+    };
+    let first = send();
+    let id = first["id"].as_str().unwrap();
+    let done = get_job(&s, &key, id, "10s");
+    assert_eq!(done["status"], "succeeded");
+    assert!(done["expires_at_ms"].as_u64().is_some());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = s
+            .with_key(&key, Method::GET, &format!("/v1/jobs/{id}"))
+            .send()
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its idempotency key went with it: the same key makes a new job.
+    let second = send();
+    assert_ne!(second["id"], first["id"]);
+}
+
+#[test]
+fn a_kill_9_of_the_server_loses_no_accepted_job() {
+    let mut s = TestServer::start_with_config("[jobs]\ninline_concurrency = 1\n");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({}));
+    let running = submit(&s, &key, json!({"function": "nap", "input": 3000}));
+    let running = running["id"].as_str().unwrap().to_owned();
+    wait_status(&s, &key, &running, "running");
+    let queued = submit(&s, &key, json!({"function": "nap", "input": 10}));
+    let queued = queued["id"].as_str().unwrap().to_owned();
+    s.kill_and_restart();
+    // The job that was running runs again from the start; the queued one runs too.
+    let a = get_job(&s, &key, &running, "30s");
+    assert_eq!(a["status"], "succeeded", "{a}");
+    assert_eq!(a["attempts"], 2);
+    let b = get_job(&s, &key, &queued, "30s");
+    assert_eq!(b["status"], "succeeded", "{b}");
+    assert_eq!(b["attempts"], 1);
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{running}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "awake\n");
+}
+
+#[test]
+fn a_job_that_kills_its_runner_every_time_ends_dead_with_the_reason() {
+    let crash = [("WAFER_CRASH_AT", "job-running")];
+    let mut s = TestServer::start_with("", &crash);
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let r = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .json(&json!({"function": "echo", "input": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Each start of the server delivers the job again, and the job takes it down.
+    for delivery in 1..=3 {
+        assert!(
+            s.wait_for_exit().is_some(),
+            "delivery {delivery} did not crash the server"
+        );
+        if delivery < 3 {
+            s.kill_and_restart();
+        }
+    }
+    s.set_env(&[]);
+    s.kill_and_restart();
+    let dead = get_job(&s, &key, &id, "10s");
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["error"]["type"], "https://wafer.dev/problems/job-dead");
+    assert_eq!(dead["error"]["deliveries"], 3);
+    let detail = dead["error"]["detail"].as_str().unwrap();
+    assert!(detail.contains("3 deliveries"), "{detail}");
+}
+
+#[test]
+fn the_cli_runs_waits_for_and_reads_jobs() {
+    let s = TestServer::start();
+    s.cli_deploy("echo", "echo");
+    s.cli_deploy("fail", "fail");
+    let o = s.cli(&["invoke", "echo", "-d", "hello job", "--async"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    assert!(id.starts_with("job_"), "{id}");
+    let o = s.cli(&["jobs", "wait", &id, "--timeout", "30s"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Not a terminal: plain lines, one per status.
+    assert!(err.contains(&format!("{id} succeeded after")), "{err}");
+    assert!(!err.contains('\r'), "{err:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("status:    succeeded"), "{out}");
+    let o = s.cli(&["jobs", "result", &id]);
+    assert!(o.status.success());
+    assert_eq!(o.stdout, b"hello job");
+    let o = s.cli(&["jobs", "ls"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&id) && out.contains("succeeded"), "{out}");
+    let o = s.cli(&["jobs", "get", &id, "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["route"], "inline");
+
+    // A failing job: wait exits 1 and says why; logs show its stderr.
+    let o = s.cli(&["invoke", "fail", "-d", "oops", "--async"]);
+    let failing = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let o = s.cli(&["jobs", "wait", &failing]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("job failed"), "{err}");
+    let o = s.cli(&["jobs", "logs", &failing]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("something went wrong: oops"));
+    let o = s.cli(&["jobs", "result", &failing]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = s.cli(&["jobs", "get", "not-a-job!"]);
+    assert_eq!(o.status.code(), Some(2));
+}
