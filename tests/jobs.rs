@@ -221,7 +221,7 @@ fn a_failing_job_keeps_its_problem_and_stderr() {
 
 #[test]
 fn queued_and_running_jobs_can_be_cancelled_and_a_running_guest_stops() {
-    let s = TestServer::start_with_config("[jobs]\ninline_concurrency = 1\n");
+    let s = TestServer::start_with_config("[jobs]\ninline_concurrency = 1\nworkers = 0\n");
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
     s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
@@ -398,14 +398,6 @@ fn bad_submissions_and_reads_get_precise_problems() {
         400,
         "invalid-content-type",
     );
-    assert_problem(
-        post(
-            &key,
-            json!({"function": "echo", "webhook": "https://example.com/hook"}),
-        ),
-        501,
-        "webhooks-unavailable",
-    );
     let r = s
         .with_key(&key, Method::POST, "/v1/jobs")
         .header("idempotency-key", "")
@@ -531,7 +523,7 @@ fn ended_jobs_are_removed_when_their_time_runs_out() {
 
 #[test]
 fn a_kill_9_of_the_server_loses_no_accepted_job() {
-    let mut s = TestServer::start_with_config("[jobs]\ninline_concurrency = 1\n");
+    let mut s = TestServer::start_with_config("[jobs]\ninline_concurrency = 1\nworkers = 0\n");
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "nap", "nap", json!({}));
     let running = submit(&s, &key, json!({"function": "nap", "input": 3000}));
@@ -631,4 +623,414 @@ fn the_cli_runs_waits_for_and_reads_jobs() {
     assert_eq!(o.status.code(), Some(1));
     let o = s.cli(&["jobs", "get", "not-a-job!"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `GET /v1/admin/status` of the server.
+fn status(s: &TestServer) -> Value {
+    s.admin(Method::GET, "/v1/admin/status")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// Polls (bounded) until `n` workers are alive.
+fn wait_workers(s: &TestServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(s);
+        if st["runners"]["workers"] == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "workers never became {n}: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pids of the server's `wafer worker` children.
+fn worker_pids(s: &TestServer) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+const WORKERS: &str =
+    "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 400\nlease_ms = 1500\n";
+
+#[test]
+fn workers_start_when_jobs_wait_and_go_away_when_idle() {
+    let s = TestServer::start_with_config(WORKERS);
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    // Nothing runs while there is no work.
+    assert_eq!(status(&s)["runners"]["workers"], 0);
+    assert!(worker_pids(&s).is_empty());
+    assert!(
+        s.metrics()
+            .contains("wafer_runners_alive{kind=\"worker\"} 0")
+    );
+    for round in 0..2 {
+        let job = submit(
+            &s,
+            &key,
+            json!({"function": "nap", "input": 600, "timeout_ms": 60000}),
+        );
+        let id = job["id"].as_str().unwrap();
+        assert_eq!(job["route"], "worker");
+        wait_status(&s, &key, id, "running");
+        assert_eq!(status(&s)["runners"]["workers"], 1, "round {round}");
+        assert_eq!(worker_pids(&s).len(), 1);
+        assert!(
+            s.metrics()
+                .contains("wafer_runners_alive{kind=\"worker\"} 1")
+        );
+        let done = get_job(&s, &key, id, "20s");
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["route"], "worker");
+        let r = s
+            .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+            .send()
+            .unwrap();
+        assert_eq!(r.text().unwrap(), "awake\n");
+        // Idle for its idle time, the worker exits: back to zero.
+        wait_workers(&s, 0);
+        assert!(worker_pids(&s).is_empty());
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_job_loses_nothing_and_the_job_has_one_result() {
+    let s = TestServer::start_with_config(WORKERS);
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1500, "timeout_ms": 60000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    wait_status(&s, &key, id, "running");
+    let pids = worker_pids(&s);
+    assert_eq!(pids.len(), 1);
+    // SAFETY: kill(2) of our server's child.
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let done = get_job(&s, &key, id, "30s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["route"], "worker");
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "awake\n");
+    assert_ne!(worker_pids(&s), pids, "another worker ran it");
+}
+
+#[test]
+fn a_job_that_kills_its_worker_every_time_ends_dead() {
+    let s = TestServer::start_with(
+        "[jobs]\nworkers = 1\nworker_idle_ms = 400\nlease_ms = 400\n",
+        &[("WAFER_CRASH_AT", "worker-running")],
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": 1, "timeout_ms": 60000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    let dead = get_job(&s, &key, id, "30s");
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["error"]["deliveries"], 3);
+    s.assert_still_serving();
+}
+
+#[test]
+fn cancelling_a_job_on_a_worker_stops_its_guest() {
+    let s = TestServer::start_with_config(WORKERS);
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 30000, "timeout_ms": 60000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    wait_status(&s, &key, id, "running");
+    let r = s
+        .with_key(&key, Method::DELETE, &format!("/v1/jobs/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The worker's one slot is free again long before the nap would have ended.
+    let started = Instant::now();
+    let next = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1, "timeout_ms": 60000}),
+    );
+    let next = get_job(&s, &key, next["id"].as_str().unwrap(), "20s");
+    assert_eq!(next["status"], "succeeded", "{next}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(get_job(&s, &key, id, "0")["status"], "cancelled");
+}
+
+#[test]
+fn the_internal_api_is_invisible_without_the_runner_token() {
+    let s = TestServer::start();
+    let body = json!({"lane": "default", "lease_ms": 1000, "wait_ms": 0});
+    for r in [
+        s.anon(Method::POST, "/internal/v1/queue/claim")
+            .json(&body)
+            .send()
+            .unwrap(),
+        s.admin(Method::POST, "/internal/v1/queue/claim")
+            .json(&body)
+            .send()
+            .unwrap(),
+        s.admin(Method::GET, "/internal/v1/setup").send().unwrap(),
+    ] {
+        assert_problem(r, 404, "not-found");
+    }
+    let token = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
+    let r = s
+        .with_key(token.trim(), Method::POST, "/internal/v1/queue/claim")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["claimed"], Value::Null);
+    // The runner token is no API key.
+    let r = s
+        .with_key(token.trim(), Method::GET, "/v1/jobs")
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+}
+
+/// A webhook receiver on a free port: records each request (headers, body) and answers with
+/// the next status of `answers` (200 once they run out).
+struct Receiver {
+    url: String,
+    got: std::sync::mpsc::Receiver<(std::collections::HashMap<String, String>, Vec<u8>)>,
+}
+
+impl Receiver {
+    fn start(answers: Vec<u16>) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut headers = std::collections::HashMap::new();
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    let l = line.trim_end();
+                    if l.is_empty() {
+                        break;
+                    }
+                    let (k, v) = l.split_once(':').unwrap();
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+                let len: usize = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let status = answers.next().unwrap_or(200);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                if tx.send((headers, body)).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { url, got }
+    }
+
+    fn next(&self) -> (std::collections::HashMap<String, String>, Vec<u8>) {
+        self.got
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a webhook delivery")
+    }
+}
+
+/// Checks a `Wafer-Signature` header over `body` with `secret`.
+fn signed_by(header: &str, body: &[u8], secret: &str) -> bool {
+    use hmac::Mac;
+    let (t, v1) = header.split_once(',').unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let v1 = v1.strip_prefix("v1=").unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(t.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&hex::decode(v1).unwrap()).is_ok()
+}
+
+const HOOKS: &str =
+    "[jobs]\nwebhook_allow_private = true\nwebhook_attempts = 3\nwebhook_backoff_ms = 50\n";
+
+#[test]
+fn a_webhook_is_signed_with_the_tenant_secret_and_delivered_when_the_job_ends() {
+    let s = TestServer::start_with_config(HOOKS);
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let hook = Receiver::start(vec![]);
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": 7, "webhook": hook.url}),
+    );
+    // The tenant's first webhook: the secret is shown once.
+    let secret = job["webhook_secret"]
+        .as_str()
+        .expect("secret shown")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let (headers, body) = hook.next();
+    assert!(
+        signed_by(&headers["wafer-signature"], &body, &secret),
+        "{headers:?}"
+    );
+    assert!(!signed_by(&headers["wafer-signature"], b"{}", &secret));
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["id"], job["id"]);
+    assert_eq!(sent["status"], "succeeded");
+    assert_eq!(headers["wafer-job-id"], job["id"].as_str().unwrap());
+    let id = job["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_job(&s, &key, id, "0")["webhook"]["status"] != "delivered" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get_job(&s, &key, id, "0")["webhook"]["attempts"], 1);
+
+    // Later jobs do not show the secret again; a rotated secret signs what follows.
+    let second = submit(&s, &key, json!({"function": "echo", "webhook": hook.url}));
+    assert!(second.get("webhook_secret").is_none(), "{second}");
+    let (headers, body) = hook.next();
+    assert!(signed_by(&headers["wafer-signature"], &body, &secret));
+    let rotated: Value = s
+        .with_key(&key, Method::POST, "/v1/webhooks/secret")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let new_secret = rotated["webhook_secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+    submit(&s, &key, json!({"function": "echo", "webhook": hook.url}));
+    let (headers, body) = hook.next();
+    assert!(signed_by(&headers["wafer-signature"], &body, new_secret));
+    assert!(!signed_by(&headers["wafer-signature"], &body, &secret));
+}
+
+#[test]
+fn a_webhook_endpoint_that_fails_is_retried_and_one_that_is_down_is_recorded_failed() {
+    let s = TestServer::start_with_config(HOOKS);
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    // Two failures, then success: delivered on the third attempt.
+    let flaky = Receiver::start(vec![503, 500]);
+    let job = submit(&s, &key, json!({"function": "echo", "webhook": flaky.url}));
+    for attempt in 1..=3 {
+        let (headers, _) = flaky.next();
+        assert_eq!(headers["wafer-delivery-attempt"], attempt.to_string());
+    }
+    let id = job["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let webhook = loop {
+        let w = get_job(&s, &key, id, "0")["webhook"].clone();
+        if w["status"] == "delivered" {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "{w}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(webhook["attempts"], 3);
+
+    // Nothing listens: retried, then failed; the job itself succeeded.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": 1, "webhook": url}),
+    );
+    let id = job["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let v = get_job(&s, &key, id, "1s");
+        if v["webhook"]["status"] == "failed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["webhook"]["attempts"], 3);
+    assert!(done["webhook"]["last_error"].as_str().is_some());
+}
+
+#[test]
+fn webhooks_to_private_addresses_are_refused_by_default_and_bad_urls_at_submit() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let hook = Receiver::start(vec![]);
+    let job = submit(&s, &key, json!({"function": "echo", "webhook": hook.url}));
+    let id = job["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let v = get_job(&s, &key, id, "1s");
+        if v["webhook"]["status"] == "failed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done["webhook"]["attempts"], 1, "not retried: {done}");
+    let why = done["webhook"]["last_error"].as_str().unwrap();
+    assert!(why.contains("private"), "{why}");
+    assert!(hook.got.try_recv().is_err(), "nothing was sent");
+    for bad in [
+        "ftp://example.com/x",
+        "https://user:pw@example.com/",
+        "hook",
+    ] {
+        let r = s
+            .with_key(&key, Method::POST, "/v1/jobs")
+            .json(&json!({"function": "echo", "webhook": bad}))
+            .send()
+            .unwrap();
+        assert_problem(r, 400, "invalid-webhook");
+    }
 }

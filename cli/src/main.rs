@@ -57,6 +57,10 @@ enum Command {
     /// Asynchronous jobs: list, inspect, wait for, cancel, read results and logs.
     #[command(subcommand)]
     Jobs(commands::jobs::JobsCommand),
+    /// Run jobs of one lane for a server until idle (the server starts workers itself).
+    Worker(commands::worker::Args),
+    /// Show runner processes alive and jobs per lane (scope metrics).
+    Status(commands::manage::StatusArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(commands::manage::KeysCommand),
@@ -107,6 +111,11 @@ fn main() -> ExitCode {
             Command::Rm(a) => commands::manage::rm(&client()?, a).await,
             Command::Keys(k) => commands::manage::keys(&client()?, k).await,
             Command::Jobs(j) => commands::jobs::run(&client()?, j).await,
+            Command::Worker(a) => {
+                commands::serve::init_logging();
+                commands::worker::run(a).await
+            }
+            Command::Status(a) => commands::manage::status(&client()?, a).await,
             Command::Compile { .. } => unreachable!("handled above"),
         }
     });

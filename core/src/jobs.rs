@@ -178,6 +178,20 @@ pub struct JobRecord {
     pub stderr: String,
     /// Unix milliseconds after which the record, input and output are removed.
     pub expires_ms: Option<u64>,
+    /// How the webhook delivery of its end went, when it has a webhook and has ended.
+    #[serde(default)]
+    pub webhook_state: Option<WebhookState>,
+}
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookState {
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
 }
 
 impl JobRecord {
@@ -191,8 +205,40 @@ impl JobRecord {
     }
 }
 
+/// Everything a runner in another process needs to run a job, without access to the
+/// metadata: the server resolves the function's version and hands this over at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkOrder {
+    /// The job.
+    pub job: JobId,
+    /// The function's name (the command's `argv[0]`).
+    pub function: FunctionName,
+    /// The version that runs.
+    pub version: u32,
+    /// The module to run.
+    pub module: crate::Digest,
+    /// How the module talks.
+    pub abi: crate::Abi,
+    /// Wall-clock limit, ms.
+    pub timeout_ms: u64,
+    /// Fuel.
+    pub fuel: u64,
+    /// Memory limit, MiB.
+    pub memory_mb: u64,
+    /// Largest stdout, bytes.
+    pub stdout_bytes: usize,
+    /// Stderr tail kept, bytes.
+    pub stderr_bytes: usize,
+    /// Largest HTTP response body, bytes.
+    pub response_bytes: usize,
+    /// The function's environment.
+    pub env: Vec<(String, String)>,
+    /// The request replayed to it.
+    pub request: RequestHead,
+}
+
 /// How a job ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobEnd {
     /// Succeeded, failed or dead.
     pub status: JobStatus,
@@ -277,6 +323,17 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<JobPage, JobError>;
     /// Every job that has not ended, for making sure each is in the queue after a restart.
     async fn unfinished(&self) -> Result<Vec<QueuedJob>, JobError>;
+    /// Records how a job's webhook delivery stands (also after the job ended).
+    async fn set_webhook_state(&self, id: &JobId, state: WebhookState) -> Result<(), JobError>;
+    /// Ended jobs whose webhook is still to be delivered, for resuming after a restart.
+    async fn pending_webhooks(&self) -> Result<Vec<JobId>, JobError>;
+    /// The tenant's webhook signing secret, created when it has none or `rotate` is set; the
+    /// flag says whether it is new.
+    async fn webhook_secret(
+        &self,
+        tenant: &TenantId,
+        rotate: bool,
+    ) -> Result<(String, bool), JobError>;
     /// Removes up to `max` jobs whose time ran out by `now_ms`, with their inputs, outputs
     /// and idempotency keys; returns how many.
     async fn purge_expired(&self, now_ms: u64, max: usize) -> Result<usize, JobError>;
@@ -289,6 +346,8 @@ const OUTPUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_outputs"
 const BY_TENANT: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("jobs_by_tenant");
 /// (tenant, idempotency key) → job id.
 const IDEMPOTENCY: TableDefinition<(&str, &str), &str> = TableDefinition::new("jobs_idempotency");
+/// Tenant → webhook signing secret.
+const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("webhook_secrets");
 /// (expiry in Unix ms, id): jobs in the order they are to be removed.
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs_expiry");
 
@@ -316,6 +375,11 @@ fn cursor_of(r: &JobRecord) -> String {
     format!("{}.{}", order_of(r), r.id.as_str())
 }
 
+/// Whether `c` is a listing cursor as [`JobStore::list`] hands them out.
+pub fn is_cursor(c: &str) -> bool {
+    parse_cursor(c).is_some()
+}
+
 fn parse_cursor(c: &str) -> Option<(u64, JobId)> {
     let (order, id) = c.split_once('.')?;
     Some((order.parse().ok()?, JobId::parse(id)?))
@@ -338,6 +402,7 @@ impl EmbeddedJobStore {
         txn.open_table(BY_TENANT).map_err(storage)?;
         txn.open_table(IDEMPOTENCY).map_err(storage)?;
         txn.open_table(EXPIRY).map_err(storage)?;
+        txn.open_table(SECRETS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -484,6 +549,11 @@ impl JobStore for EmbeddedJobStore {
                 rec.stderr = end.stderr;
                 rec.finished_ms = Some(now);
                 rec.expires_ms = Some(ends_at(ttl));
+                rec.webhook_state = rec.webhook.as_ref().map(|_| WebhookState {
+                    status: "pending".into(),
+                    attempts: 0,
+                    last_error: None,
+                });
                 if !output.is_empty() {
                     txn.open_table(OUTPUTS)
                         .map_err(storage)?
@@ -505,6 +575,11 @@ impl JobStore for EmbeddedJobStore {
             rec.status = JobStatus::Cancelled;
             rec.finished_ms = Some(now_ms());
             rec.expires_ms = Some(ends_at(ttl));
+            rec.webhook_state = rec.webhook.as_ref().map(|_| WebhookState {
+                status: "pending".into(),
+                attempts: 0,
+                last_error: None,
+            });
             rec.error = Some(serde_json::json!({
                 "type": "https://wafer.dev/problems/job-cancelled",
                 "title": "Job cancelled",
@@ -573,6 +648,66 @@ impl JobStore for EmbeddedJobStore {
             }
         }
         Ok(out)
+    }
+
+    async fn set_webhook_state(&self, id: &JobId, state: WebhookState) -> Result<(), JobError> {
+        let id = id.clone();
+        self.write(move |txn| {
+            let mut t = txn.open_table(JOBS).map_err(storage)?;
+            let mut rec = match t.get(id.as_str()).map_err(storage)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(()),
+            };
+            rec.webhook_state = Some(state);
+            t.insert(id.as_str(), encode(&rec).as_slice())
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending_webhooks(&self) -> Result<Vec<JobId>, JobError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(JOBS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            let rec = decode(v.value())?;
+            if rec
+                .webhook_state
+                .as_ref()
+                .is_some_and(|w| w.status == "pending")
+            {
+                out.push(rec.id);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn webhook_secret(
+        &self,
+        tenant: &TenantId,
+        rotate: bool,
+    ) -> Result<(String, bool), JobError> {
+        let tenant = tenant.clone();
+        self.write(move |txn| {
+            let mut t = txn.open_table(SECRETS).map_err(storage)?;
+            let existing = t
+                .get(tenant.as_str())
+                .map_err(storage)?
+                .map(|v| v.value().to_owned());
+            match existing {
+                Some(secret) if !rotate => Ok((secret, false)),
+                _ => {
+                    let bytes: [u8; 32] = rand::random();
+                    let secret = format!("whsec_{}", hex::encode(bytes));
+                    t.insert(tenant.as_str(), secret.as_str())
+                        .map_err(storage)?;
+                    Ok((secret, true))
+                }
+            }
+        })
+        .await
     }
 
     async fn purge_expired(&self, now_ms: u64, max: usize) -> Result<usize, JobError> {
@@ -647,6 +782,7 @@ mod tests {
             result: None,
             stderr: String::new(),
             expires_ms: None,
+            webhook_state: None,
         }
     }
 

@@ -15,7 +15,7 @@ pub mod records;
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use jobs::{
     Created, EmbeddedJobStore, JobEnd, JobError, JobFilter, JobPage, JobRecord, JobResult,
-    JobStatus, JobStore, RequestHead, Route,
+    JobStatus, JobStore, RequestHead, Route, WebhookState, WorkOrder,
 };
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};

@@ -72,6 +72,23 @@ pub enum Lane {
 }
 
 impl Lane {
+    /// Every lane.
+    pub const ALL: [Lane; 3] = [Lane::Fast, Lane::Default, Lane::Long];
+
+    /// The lowercase name used in the API and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Fast => "fast",
+            Lane::Default => "default",
+            Lane::Long => "long",
+        }
+    }
+
+    /// Parses a lane's name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
     fn index(self) -> u8 {
         match self {
             Lane::Fast => 0,
@@ -92,8 +109,9 @@ pub struct QueuedJob {
     pub lane: Lane,
 }
 
-/// A job handed to one runner, held under a lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A job handed to one runner, held under a lease. It travels to runners in other processes
+/// (which heartbeat and ack through the server), so it serializes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
     /// The job.
     pub job: QueuedJob,
@@ -105,7 +123,8 @@ pub struct Claim {
 }
 
 /// What [`JobQueue::claim`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Claimed {
     /// A job to run.
     Job(Claim),

@@ -82,6 +82,21 @@ pub struct JobsConfig {
     pub max_wait_s: u64,
     /// How often ended jobs past their time are removed, ms.
     pub sweep_interval_ms: u64,
+    /// Worker processes (`wafer worker`) the server starts for the default lane when jobs
+    /// wait, at most; 0 runs that lane in the server's own pool.
+    pub workers: usize,
+    /// Jobs one worker runs at once.
+    pub worker_concurrency: usize,
+    /// A worker with nothing to do for this long exits, ms (scale to zero).
+    pub worker_idle_ms: u64,
+    /// Attempts to deliver a webhook before it is recorded as failed.
+    pub webhook_attempts: u32,
+    /// The delay before the first retry of a webhook, ms; it doubles with each failure.
+    pub webhook_backoff_ms: u64,
+    /// Time one webhook attempt may take, ms.
+    pub webhook_timeout_ms: u64,
+    /// Whether webhooks may target loopback, private and link-local addresses.
+    pub webhook_allow_private: bool,
 }
 
 impl Default for JobsConfig {
@@ -95,6 +110,13 @@ impl Default for JobsConfig {
             max_timeout_ms: 900_000,
             max_wait_s: 60,
             sweep_interval_ms: 60_000,
+            workers: 2,
+            worker_concurrency: 4,
+            worker_idle_ms: 30_000,
+            webhook_attempts: 6,
+            webhook_backoff_ms: 1_000,
+            webhook_timeout_ms: 10_000,
+            webhook_allow_private: false,
         }
     }
 }

@@ -56,7 +56,29 @@ pub async fn run(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let input = match version.spec.abi {
+    let input = input_of(version.spec.abi, &mut env, call)?;
+    async {
+        let (prepared, cold) = state.runner.prepare(&version.spec.module).await?;
+        let inv = Invocation {
+            limits,
+            args: vec![function.name.to_string()],
+            env,
+            input,
+        };
+        state.runner.invoke(prepared, inv).await.map(|o| (o, cold))
+    }
+    .instrument(span.clone())
+    .await
+}
+
+/// The guest's input for `call`: the whole request for an HTTP component; for a command, the
+/// body on stdin and the method and path in `WAFER_METHOD` and `WAFER_PATH` (added to `env`).
+pub fn input_of(
+    abi: Abi,
+    env: &mut Vec<(String, String)>,
+    call: Call,
+) -> Result<Input, InvokeError> {
+    Ok(match abi {
         Abi::Http => {
             let mut builder = axum::http::Request::builder()
                 .method(call.method)
@@ -80,19 +102,7 @@ pub async fn run(
             env.push(("WAFER_PATH".into(), call.path));
             Input::Stdin(call.body)
         }
-    };
-    async {
-        let (prepared, cold) = state.runner.prepare(&version.spec.module).await?;
-        let inv = Invocation {
-            limits,
-            args: vec![function.name.to_string()],
-            env,
-            input,
-        };
-        state.runner.invoke(prepared, inv).await.map(|o| (o, cold))
-    }
-    .instrument(span.clone())
-    .await
+    })
 }
 
 /// Keeps the tail of an invocation's log for `GET /v1/functions/{name}/logs`.

@@ -27,9 +27,6 @@ use wafer_core::{
 };
 use wafer_runner::Output;
 
-/// The lanes the server's own pool serves.
-const INLINE_LANES: [Lane; 2] = [Lane::Fast, Lane::Default];
-
 /// The job machinery shared by handlers and dispatchers.
 pub struct Jobs {
     /// Job records, inputs and outputs.
@@ -40,11 +37,22 @@ pub struct Jobs {
     events: broadcast::Sender<JobId>,
     running: Mutex<HashMap<JobId, CancellationToken>>,
     wake: HashMap<Lane, Notify>,
+    /// Signalled on every enqueue, for whoever starts runners on demand.
+    pub demand: Notify,
+    runner_token: crate::auth::Secret,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Jobs {
-    /// Jobs on `store` and `queue`.
-    pub fn new(store: Arc<dyn JobStore>, queue: Arc<dyn JobQueue>, config: JobsConfig) -> Self {
+    /// Jobs on `store` and `queue`; runners in other processes present `runner_token`.
+    /// Ends are counted in `metrics`.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        queue: Arc<dyn JobQueue>,
+        config: JobsConfig,
+        runner_token: crate::auth::Secret,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let (events, _) = broadcast::channel(4096);
         Self {
             store,
@@ -56,7 +64,146 @@ impl Jobs {
                 .into_iter()
                 .map(|l| (l, Notify::new()))
                 .collect(),
+            demand: Notify::new(),
+            runner_token,
+            metrics,
         }
+    }
+
+    /// The lanes the server's own pool serves: the fast lane, and the default lane when no
+    /// workers are configured.
+    pub fn inline_lanes(&self) -> Vec<Lane> {
+        match self.config.workers {
+            0 => vec![Lane::Fast, Lane::Default],
+            _ => vec![Lane::Fast],
+        }
+    }
+
+    /// The route jobs of `lane` take.
+    pub fn route_of(&self, lane: Lane) -> Route {
+        match lane {
+            Lane::Long => Route::Dedicated,
+            l if self.inline_lanes().contains(&l) => Route::Inline,
+            _ => Route::Worker,
+        }
+    }
+
+    /// Starts delivering the webhook of an ended job, if it has one.
+    fn notify_webhook(&self, rec: &JobRecord) {
+        if rec.webhook.is_some() {
+            tokio::spawn(crate::webhooks::deliver(
+                self.store.clone(),
+                self.config.clone(),
+                rec.id.clone(),
+            ));
+        }
+    }
+
+    /// Resumes webhook deliveries that were pending when the server stopped.
+    pub async fn resume_webhooks(&self) -> anyhow::Result<usize> {
+        let pending = self.store.pending_webhooks().await?;
+        for id in &pending {
+            tokio::spawn(crate::webhooks::deliver(
+                self.store.clone(),
+                self.config.clone(),
+                id.clone(),
+            ));
+        }
+        Ok(pending.len())
+    }
+
+    /// The secret runners in other processes authenticate with.
+    pub fn runner_token(&self) -> &crate::auth::Secret {
+        &self.runner_token
+    }
+
+    /// How often a runner heartbeats a running job: often enough that a cancel reaches it
+    /// within about a second, and at least three times per lease.
+    pub fn heartbeat(&self) -> Duration {
+        (self.lease() / 3).min(Duration::from_secs(1))
+    }
+
+    /// The next job of `lane`, waiting up to `wait` for one to be queued.
+    pub async fn claim_waiting(
+        &self,
+        lane: Lane,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Claimed>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so an enqueue in between is not missed.
+            let notified = self.wake[&lane].notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self
+                .queue
+                .claim(lane, lease)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                return Ok(Some(c));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // Leases that run out signal nothing: look again at least every second.
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), notified).await;
+        }
+    }
+
+    /// Marks a job running on `route` for delivery `attempt`; None when it must not run.
+    pub async fn start(
+        &self,
+        id: &JobId,
+        route: Route,
+        attempt: u32,
+    ) -> Result<Option<JobRecord>, ApiError> {
+        let rec = self
+            .store
+            .start(id, route, attempt)
+            .await
+            .map_err(ApiError::internal)?;
+        if rec.is_some() {
+            self.publish(id);
+        }
+        Ok(rec)
+    }
+
+    /// Stores a job's end; false when it had already ended.
+    pub async fn finish(&self, id: &JobId, end: JobEnd, output: Bytes) -> Result<bool, ApiError> {
+        let status = end.status;
+        let ended = self
+            .store
+            .finish(id, end, output, self.ttl())
+            .await
+            .map_err(ApiError::internal)?;
+        let stored = ended.is_some();
+        if let Some(rec) = ended {
+            self.notify_webhook(&rec);
+            self.publish(id);
+            self.metrics.job_finished(status.as_str());
+        }
+        Ok(stored)
+    }
+
+    /// Fails a job whose function was deleted after it was submitted.
+    pub async fn fail_deleted(&self, rec: &JobRecord) -> Result<(), ApiError> {
+        let (end, output) = failed(
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "function-not-found",
+                "Function not found",
+                format!(
+                    "function {:?} version {} was deleted after the job was submitted",
+                    rec.function.as_str(),
+                    rec.version
+                ),
+            ),
+            String::new(),
+        );
+        self.finish(&rec.id, end, output).await.map(|_| ())
     }
 
     /// The settings.
@@ -84,8 +231,9 @@ impl Jobs {
             .await
             .map_err(ApiError::internal)?;
         if let Some(n) = self.wake.get(&rec.lane) {
-            n.notify_one();
+            n.notify_waiters();
         }
+        self.demand.notify_one();
         Ok(())
     }
 
@@ -107,7 +255,8 @@ impl Jobs {
             .cancel(id, self.ttl())
             .await
             .map_err(ApiError::internal)?;
-        if let Some((_, true)) = &outcome {
+        if let Some((rec, true)) = &outcome {
+            self.notify_webhook(rec);
             self.queue.cancel(id).await.map_err(ApiError::internal)?;
             if let Some(token) = self.running.lock().expect("running jobs").get(id) {
                 token.cancel();
@@ -252,14 +401,18 @@ pub async fn submit(
         Some(t) => t,
         None => version.spec.timeout_ms,
     };
-    if sub.webhook.is_some() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            "webhooks-unavailable",
-            "Webhooks not available",
-            "this server does not deliver webhooks yet; poll GET /v1/jobs/{id}?wait=30s",
-        ));
-    }
+    let new_secret = match &sub.webhook {
+        Some(url) => {
+            crate::webhooks::validate(url)?;
+            let (secret, created) = jobs
+                .store
+                .webhook_secret(&caller.tenant, false)
+                .await
+                .map_err(ApiError::internal)?;
+            created.then_some(secret)
+        }
+        None => None,
+    };
     let (lane, reason) = if timeout_ms <= cfg.fast_lane_ms {
         (
             Lane::Fast,
@@ -285,9 +438,13 @@ pub async fn submit(
         version: version.version,
         status: JobStatus::Queued,
         attempts: 0,
-        route: Route::Inline,
+        route: jobs.route_of(lane),
         lane,
-        reason: format!("{reason}; runs in the server's pool"),
+        reason: match jobs.route_of(lane) {
+            Route::Inline => format!("{reason}; runs in the server's pool"),
+            Route::Worker => format!("{reason}; runs on a worker"),
+            Route::Dedicated => format!("{reason}; runs on a dedicated runner"),
+        },
         created_ms: wafer_core::jobs::now_ms(),
         started_ms: None,
         finished_ms: None,
@@ -301,6 +458,7 @@ pub async fn submit(
         result: None,
         stderr: String::new(),
         expires_ms: None,
+        webhook_state: None,
     };
     let hash = rec.request_hash.clone();
     match jobs
@@ -312,7 +470,14 @@ pub async fn submit(
         Created::New(rec) => {
             jobs.enqueue(&rec).await?;
             state.metrics.job_submitted();
-            Ok(accepted(&rec, false))
+            let mut resp = accepted(&rec, false);
+            if let Some(secret) = new_secret {
+                // The tenant's first webhook: its signing secret is shown this once.
+                let mut body = view(&rec);
+                body["webhook_secret"] = Value::String(secret);
+                *resp.body_mut() = axum::body::Body::from(body.to_string());
+            }
+            Ok(resp)
         }
         Created::Existing(existing) if existing.request_hash == hash => {
             Ok(accepted(&existing, true))
@@ -383,6 +548,7 @@ pub fn view(r: &JobRecord) -> Value {
         })),
         "error": r.error,
         "expires_at_ms": r.expires_ms,
+        "webhook": r.webhook_state.as_ref().map(crate::webhooks::view),
     })
 }
 
@@ -392,7 +558,7 @@ pub fn start(state: &Arc<AppState>) {
         0 => (state.config.max_inflight / 2).max(1),
         n => n,
     };
-    for lane in INLINE_LANES {
+    for lane in state.jobs.inline_lanes() {
         let permits = Arc::new(Semaphore::new(per_lane));
         tokio::spawn(dispatch(state.clone(), lane, permits));
     }
@@ -402,12 +568,14 @@ pub fn start(state: &Arc<AppState>) {
 /// Claims the jobs of `lane` and runs each in the server's pool, at most `permits` at once.
 async fn dispatch(state: Arc<AppState>, lane: Lane, permits: Arc<Semaphore>) {
     let jobs = &state.jobs;
-    let wake = &jobs.wake[&lane];
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        match jobs.queue.claim(lane, jobs.lease()).await {
+        match jobs
+            .claim_waiting(lane, jobs.lease(), Duration::from_secs(30))
+            .await
+        {
             Ok(Some(Claimed::Job(claim))) => {
                 let state = state.clone();
                 tokio::spawn(async move {
@@ -419,14 +587,10 @@ async fn dispatch(state: Arc<AppState>, lane: Lane, permits: Arc<Semaphore>) {
                 drop(permit);
                 bury(&state, &job.id, deliveries).await;
             }
-            Ok(None) => {
-                drop(permit);
-                // Woken by an enqueue; the timer also finds leases that ran out.
-                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
-            }
+            Ok(None) => drop(permit),
             Err(e) => {
                 drop(permit);
-                tracing::warn!(error = %e, ?lane, "claiming a job failed");
+                tracing::warn!(error = %e.detail, ?lane, "claiming a job failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -434,7 +598,7 @@ async fn dispatch(state: Arc<AppState>, lane: Lane, permits: Arc<Semaphore>) {
 }
 
 /// Marks a job dead: every delivery ended with its runner gone.
-async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
+pub async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
     let detail = format!(
         "the job's runner stopped without a result on each of {deliveries} deliveries \
          (jobs.max_deliveries); the job is not retried"
@@ -455,10 +619,8 @@ async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
         result: None,
         stderr: String::new(),
     };
-    let ttl = state.jobs.ttl();
-    match state.jobs.store.finish(id, end, Bytes::new(), ttl).await {
-        Ok(_) => state.jobs.publish(id),
-        Err(e) => tracing::warn!(error = %e, "recording a dead job failed"),
+    if let Err(e) = state.jobs.finish(id, end, Bytes::new()).await {
+        tracing::warn!(error = %e.detail, "recording a dead job failed");
     }
 }
 
@@ -467,7 +629,7 @@ async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
 async fn run_claimed(state: &AppState, claim: Claim) {
     let jobs = &state.jobs;
     let id = claim.job.id.clone();
-    let rec = match jobs.store.start(&id, Route::Inline, claim.delivery).await {
+    let rec = match jobs.start(&id, Route::Inline, claim.delivery).await {
         Ok(Some(rec)) => rec,
         Ok(None) => {
             // Cancelled (or ended) while it waited: nothing to run.
@@ -476,11 +638,10 @@ async fn run_claimed(state: &AppState, claim: Claim) {
         }
         Err(e) => {
             // The lease runs out and the job is delivered again.
-            tracing::warn!(job = id.as_str(), error = %e, "starting a job failed");
+            tracing::warn!(job = id.as_str(), error = %e.detail, "starting a job failed");
             return;
         }
     };
-    jobs.publish(&id);
     // Crash tests stop the runner here, as a runner dying mid-job would.
     wafer_core::crash_point("job-running");
     let token = CancellationToken::new();
@@ -491,7 +652,7 @@ async fn run_claimed(state: &AppState, claim: Claim) {
     let heartbeat = async {
         let lease = jobs.lease();
         loop {
-            tokio::time::sleep(lease / 3).await;
+            tokio::time::sleep(jobs.heartbeat()).await;
             match jobs.queue.heartbeat(&claim, lease).await {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -508,15 +669,15 @@ async fn run_claimed(state: &AppState, claim: Claim) {
     let Some((end, output)) = outcome else {
         return;
     };
-    state.metrics.job_finished(end.status.as_str());
-    match jobs.store.finish(&id, end, output, jobs.ttl()).await {
+    match jobs.finish(&id, end, output).await {
         Ok(_) => {
-            jobs.publish(&id);
             if let Err(e) = jobs.queue.ack(&claim).await {
                 tracing::warn!(job = id.as_str(), error = %e, "acking a job failed");
             }
         }
-        Err(e) => tracing::warn!(job = id.as_str(), error = %e, "storing a job's end failed"),
+        Err(e) => {
+            tracing::warn!(job = id.as_str(), error = %e.detail, "storing a job's end failed")
+        }
     }
 }
 
@@ -597,23 +758,38 @@ async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
     let limits = execute::limits_of(state, &version, Some(Duration::from_millis(rec.timeout_ms)));
     let result = execute::run(state, &function, &version, call, limits, &span).await;
     let seconds = started.elapsed().as_secs_f64();
+    let cold = matches!(&result, Ok((_, true)));
+    let fuel = result.as_ref().map_or(0, |(o, _)| o.fuel);
+    let (end, output) = end_of(result.map(|(o, _)| o));
+    let slug = end
+        .error
+        .as_ref()
+        .and_then(|e| e["type"].as_str())
+        .and_then(|t| t.strip_prefix(crate::problem::TYPE_BASE))
+        .unwrap_or("ok");
+    state
+        .metrics
+        .record(function.name.as_str(), slug, seconds, fuel, cold);
+    if !end.stderr.is_empty() || slug != "ok" {
+        execute::keep_log(
+            state,
+            &function,
+            &version,
+            rec.id.as_str(),
+            slug,
+            started,
+            end.stderr.as_bytes(),
+        );
+    }
+    (end, output)
+}
+
+/// A job's end and output from what its invocation returned: the response (status, headers,
+/// body) or, for a command, stdout with its content type; a problem when it failed.
+pub fn end_of(result: Result<wafer_runner::Outcome, wafer_runner::InvokeError>) -> (JobEnd, Bytes) {
     match result {
-        Ok((outcome, cold)) => {
-            state
-                .metrics
-                .record(function.name.as_str(), "ok", seconds, outcome.fuel, cold);
+        Ok(outcome) => {
             let log = String::from_utf8_lossy(&outcome.log).into_owned();
-            if !log.is_empty() {
-                execute::keep_log(
-                    state,
-                    &function,
-                    &version,
-                    rec.id.as_str(),
-                    "ok",
-                    started,
-                    log.as_bytes(),
-                );
-            }
             let (result, body) = match outcome.output {
                 Output::Http(r) => {
                     let (parts, body) = r.into_parts();
@@ -661,20 +837,7 @@ async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
                 wafer_runner::InvokeError::Exit { stderr, .. } => stderr.clone(),
                 _ => String::new(),
             };
-            let err: ApiError = e.into();
-            state
-                .metrics
-                .record(function.name.as_str(), err.slug, seconds, 0, false);
-            execute::keep_log(
-                state,
-                &function,
-                &version,
-                rec.id.as_str(),
-                err.slug,
-                started,
-                stderr.as_bytes(),
-            );
-            failed(err, stderr)
+            failed(e.into(), stderr)
         }
     }
 }

@@ -20,6 +20,9 @@ pub mod router;
 pub mod server;
 pub mod startup;
 pub mod state;
+pub mod supervisor;
+pub mod webhooks;
+pub mod worker;
 
 pub use config::Config;
 pub use router::router;

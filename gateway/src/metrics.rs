@@ -37,6 +37,14 @@ pub struct Metrics {
     connections_refused: Counter,
     jobs_submitted: Counter,
     jobs_finished: Family<StatusLabels, Counter>,
+    runners: Family<KindLabels, Gauge>,
+}
+
+/// Labels of the runner gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `worker` or `dedicated`.
+    pub kind: String,
 }
 
 /// Labels of the finished-jobs counter.
@@ -108,6 +116,19 @@ impl Default for Metrics {
             "Jobs that ran to an end, by status",
             jobs_finished.clone(),
         );
+        let runners = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "runners_alive",
+            "Runner processes alive, by kind (worker, dedicated)",
+            runners.clone(),
+        );
+        for kind in ["worker", "dedicated"] {
+            runners
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .set(0);
+        }
         Self {
             registry,
             invocations,
@@ -119,6 +140,7 @@ impl Default for Metrics {
             connections_refused,
             jobs_submitted,
             jobs_finished,
+            runners,
         }
     }
 }
@@ -156,6 +178,15 @@ impl Metrics {
                 status: status.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets how many runner processes of `kind` are alive.
+    pub fn set_runners(&self, kind: &str, n: i64) {
+        self.runners
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .set(n);
     }
 
     /// Counts an invocation as running until the guard is dropped.

@@ -16,7 +16,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Every route, with request ids, tracing and problem decoration as layers.
 pub fn router(state: Arc<AppState>) -> Router {
-    use api::{functions, health, invoke, jobs, keys, modules};
+    use api::{functions, health, internal, invoke, jobs, keys, modules};
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -49,6 +49,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}/result", get(jobs::result))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
         .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/admin/status", get(health::status))
+        .route(
+            "/v1/webhooks/secret",
+            axum::routing::post(jobs::rotate_webhook_secret),
+        )
+        .route("/internal/v1/setup", get(internal::setup))
+        .route(
+            "/internal/v1/queue/claim",
+            axum::routing::post(internal::claim),
+        )
+        .route(
+            "/internal/v1/queue/heartbeat",
+            axum::routing::post(internal::heartbeat),
+        )
+        .route("/internal/v1/queue/ack", axum::routing::post(internal::ack))
+        .route(
+            "/internal/v1/jobs/{id}/start",
+            axum::routing::post(internal::start),
+        )
+        .route(
+            "/internal/v1/jobs/{id}/finish",
+            axum::routing::post(internal::finish),
+        )
+        .route(
+            "/internal/v1/jobs/{id}/dead",
+            axum::routing::post(internal::dead),
+        )
         .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
         .route("/fn/{target}", any(invoke::invoke))
         .route("/fn/{target}/", any(invoke::invoke))

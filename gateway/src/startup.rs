@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::state::AppState;
-use crate::{admission, auth, gc, jobs, logs, metrics, resolve};
+use crate::{admission, auth, gc, jobs, logs, metrics, resolve, supervisor};
 use axum::Router;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -80,9 +80,17 @@ impl Gateway {
         )?;
         // The embedded queue's runners are this process's: none survived its last run.
         queue.release_leases().await?;
-        let jobs = jobs::Jobs::new(job_store, Arc::new(queue), config.jobs.clone());
+        let runner_token = runner_token(&config.data_dir)?;
+        let jobs = jobs::Jobs::new(
+            job_store,
+            Arc::new(queue),
+            config.jobs.clone(),
+            runner_token,
+            metrics.clone(),
+        );
         let state = Arc::new(AppState {
             jobs,
+            fleet: Default::default(),
             admission: admission::Admission::new(
                 config.max_inflight,
                 config.max_inflight_per_tenant,
@@ -106,14 +114,32 @@ impl Gateway {
         })
     }
 
-    /// Queues again every job that has not ended and starts running jobs. Called once the
-    /// server listens, so a job that takes the process down cannot stop it from starting.
-    pub async fn start_jobs(&self) -> anyhow::Result<()> {
+    /// Queues again every job that has not ended and starts running jobs, with runner
+    /// processes of `program` that reach this server at `listen`. Called once the server
+    /// listens, so a job that takes the process down cannot stop it from starting.
+    pub async fn start_jobs(
+        &self,
+        program: PathBuf,
+        listen: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
         let requeued = self.state.jobs.requeue_unfinished().await?;
         if requeued > 0 {
             tracing::info!(jobs = requeued, "unfinished jobs queued again");
         }
         jobs::start(&self.state);
+        let resumed = self.state.jobs.resume_webhooks().await?;
+        if resumed > 0 {
+            tracing::info!(deliveries = resumed, "webhook deliveries resumed");
+        }
+        let host = match listen.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        let launch = supervisor::Launch {
+            program,
+            server_url: format!("http://{}", std::net::SocketAddr::new(host, listen.port())),
+        };
+        tokio::spawn(supervisor::supervise_workers(self.state.clone(), launch));
         Ok(())
     }
 
@@ -163,6 +189,24 @@ async fn bootstrap_admin_key(state: &AppState) -> anyhow::Result<Option<auth::Se
         .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
     write_private(&path, key.expose())?;
     Ok(Some(key))
+}
+
+/// File in the data directory that holds the runner token (mode 0600).
+pub const RUNNER_KEY_FILE: &str = "runner.key";
+
+/// The token runner processes present to the internal API: created on first start, kept in
+/// `runner.key`, so runners started before a restart can still hand back their results.
+fn runner_token(data_dir: &Path) -> anyhow::Result<auth::Secret> {
+    let path = data_dir.join(RUNNER_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => Ok(auth::Secret::new(s.trim().to_owned())),
+        _ => {
+            let bytes: [u8; 32] = rand::random();
+            let token = format!("wrn_{}", hex::encode(bytes));
+            write_private(&path, &token)?;
+            Ok(auth::Secret::new(token))
+        }
+    }
 }
 
 /// Creates the data directory (and its parents) if needed and makes it private to this user

@@ -27,4 +27,6 @@ pub struct AppState {
     pub logs: crate::logs::LogBook,
     /// Asynchronous jobs: their records, queue and dispatchers.
     pub jobs: crate::jobs::Jobs,
+    /// Runner processes alive.
+    pub fleet: crate::supervisor::Fleet,
 }

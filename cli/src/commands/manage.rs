@@ -258,3 +258,36 @@ pub async fn keys(client: &Client, k: &KeysCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Flags of `wafer status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows runner processes alive and jobs per lane.
+pub async fn status(client: &Client, a: &StatusArgs) -> anyhow::Result<()> {
+    let v = client
+        .json(client.request(Method::GET, "/v1/admin/status"))
+        .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let r = &v["runners"];
+    println!(
+        "workers:    {} alive (at most {})",
+        r["workers"], r["max_workers"]
+    );
+    println!("dedicated:  {} alive", r["dedicated"]);
+    for lane in ["fast", "default", "long"] {
+        println!(
+            "{:<11} {} jobs waiting or running",
+            format!("{lane}:"),
+            v["queues"][lane]
+        );
+    }
+    Ok(())
+}

@@ -5,3 +5,4 @@ pub mod invoke;
 pub mod jobs;
 pub mod manage;
 pub mod serve;
+pub mod worker;

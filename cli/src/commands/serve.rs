@@ -37,8 +37,8 @@ fn load_config(args: &Args, data_dir: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Runs the server until Ctrl-C or SIGTERM.
-pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
+/// Logs to stderr, filtered by `WAFER_LOG`: for the server and runner roles.
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WAFER_LOG")
@@ -48,6 +48,11 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         // Colours only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
+    init_logging();
     let config = load_config(args, data_dir)?;
     let fd_limit = wafer_gateway::server::raise_fd_limit();
     let worker = if args.compile_in_process {
@@ -73,7 +78,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("wafer listening on http://{addr}");
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
-    gateway.start_jobs().await?;
+    gateway
+        .start_jobs(
+            std::env::current_exe().context("locating the wafer binary")?,
+            addr,
+        )
+        .await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {

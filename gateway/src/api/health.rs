@@ -64,3 +64,30 @@ pub async fn collect_garbage(
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
+
+/// `GET /v1/admin/status`: runner processes alive and jobs per lane (waiting or running), for
+/// operators (scope `metrics`). With no work, no worker or dedicated runner exists.
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    crate::auth::require(&state, &headers, Scope::Metrics).await?;
+    let mut lanes = serde_json::Map::new();
+    for lane in wafer_core::Lane::ALL {
+        let n = state
+            .jobs
+            .queue
+            .len(lane)
+            .await
+            .map_err(ApiError::internal)?;
+        lanes.insert(lane.as_str().to_owned(), n.into());
+    }
+    Ok(Json(serde_json::json!({
+        "runners": {
+            "workers": state.fleet.workers(),
+            "dedicated": state.fleet.dedicated(),
+            "max_workers": state.jobs.config().workers,
+        },
+        "queues": lanes,
+    })))
+}

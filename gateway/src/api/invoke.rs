@@ -276,7 +276,12 @@ async fn submit_async(
         timeout_ms: None,
         webhook: None,
     };
-    crate::jobs::submit(state, key, function, version, sub).await
+    let mut resp = crate::jobs::submit(state, key, function, version, sub).await?;
+    resp.headers_mut().insert(
+        HeaderName::from_static("preference-applied"),
+        HeaderValue::from_static("respond-async"),
+    );
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -182,6 +183,12 @@ pub async fn submit(
     jobs::submit(&state, &key, &resolved.0, &resolved.1, sub).await
 }
 
+/// The query string, or a problem saying what is wrong with it.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))
+}
+
 /// `?wait=` of reads that may wait for a job to end.
 #[derive(Deserialize)]
 pub struct WaitQuery {
@@ -231,10 +238,11 @@ async fn waited(
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let key = reader(&state, &headers).await?;
+    let q = query(q)?;
     let rec = own_job(&state, &key, &id).await?;
     let rec = waited(&state, rec, q.wait.as_deref()).await?;
     Ok(Json(jobs::view(&rec)))
@@ -269,10 +277,11 @@ fn status_header(status: JobStatus) -> (HeaderName, HeaderValue) {
 pub async fn result(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = reader(&state, &headers).await?;
+    let q = query(q)?;
     let rec = own_job(&state, &key, &id).await?;
     let rec = waited(&state, rec, q.wait.as_deref()).await?;
     let (name, value) = status_header(rec.status);
@@ -364,10 +373,11 @@ pub struct ListQuery {
 /// `GET /v1/jobs?function=&status=&limit=&cursor=`: the tenant's jobs, newest first.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let key = reader(&state, &headers).await?;
+    let q = query(q)?;
     let function = q.function.as_deref().map(FunctionName::new).transpose()?;
     let status = q
         .status
@@ -394,8 +404,14 @@ pub async fn list(
                 ApiError::bad_request("invalid-limit", "limit must be between 1 and 100")
             })?,
     };
-    if q.cursor.as_deref().is_some_and(|c| c.len() > 200) {
-        return Err(ApiError::bad_request("invalid-cursor", "cursor too long"));
+    if q.cursor
+        .as_deref()
+        .is_some_and(|c| !wafer_core::jobs::is_cursor(c))
+    {
+        return Err(ApiError::bad_request(
+            "invalid-cursor",
+            "cursor must be a next_cursor of an earlier page",
+        ));
     }
     let page = state
         .jobs
@@ -457,6 +473,26 @@ pub async fn events(
     );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// `POST /v1/webhooks/secret`: a new webhook signing secret for the caller's tenant (scope
+/// deploy), shown this once; deliveries from now on are signed with it.
+pub async fn rotate_webhook_secret(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = auth::require(&state, &headers, Scope::Deploy).await?;
+    let (secret, _) = state
+        .jobs
+        .store
+        .webhook_secret(&key.tenant, true)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "webhook_secret": secret })),
+    )
         .into_response())
 }
 

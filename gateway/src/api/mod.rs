@@ -2,6 +2,7 @@
 
 pub mod functions;
 pub mod health;
+pub mod internal;
 pub mod invoke;
 pub mod jobs;
 pub mod keys;

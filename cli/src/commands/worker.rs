@@ -1,0 +1,53 @@
+//! `wafer worker`: run jobs of one lane for a server, until idle.
+
+use std::path::PathBuf;
+use wafer_core::Lane;
+
+/// Flags of `wafer worker`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The server's URL.
+    #[arg(long)]
+    server: String,
+    /// The runner token (runner.key in the server's data directory).
+    #[arg(long, env = "WAFER_RUNNER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The lane to serve: fast, default or long.
+    #[arg(long, default_value = "default", value_parser = parse_lane)]
+    lane: Lane,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Exit after this many milliseconds without work.
+    #[arg(long, default_value_t = 30_000)]
+    idle_ms: u64,
+    /// Exit after this many jobs.
+    #[arg(long)]
+    max_jobs: Option<u64>,
+    /// The artifact directory (the server's `<data-dir>/artifacts`).
+    #[arg(long)]
+    artifacts_dir: PathBuf,
+    /// Scratch directory for compiling, when code must be compiled here.
+    #[arg(long)]
+    scratch_dir: PathBuf,
+}
+
+fn parse_lane(s: &str) -> Result<Lane, String> {
+    Lane::parse(s).ok_or_else(|| format!("unknown lane {s:?}: fast, default or long"))
+}
+
+/// Runs the worker.
+pub async fn run(a: &Args) -> anyhow::Result<()> {
+    wafer_gateway::worker::run(wafer_gateway::worker::WorkerOptions {
+        server: a.server.clone(),
+        token: wafer_gateway::auth::Secret::new(a.token.clone()),
+        lane: a.lane,
+        concurrency: a.concurrency,
+        idle: std::time::Duration::from_millis(a.idle_ms),
+        max_jobs: a.max_jobs,
+        artifacts_dir: a.artifacts_dir.clone(),
+        scratch_dir: a.scratch_dir.clone(),
+        compile_program: std::env::current_exe().ok(),
+    })
+    .await
+}

@@ -1,0 +1,266 @@
+//! `/internal/v1/…`: the API runners in other processes use (workers, dedicated runners).
+//!
+//! The embedded metadata store, job store and queue are files only this server opens, so a
+//! runner reaches them through here: it claims, heartbeats and acks queue entries, fetches the
+//! work order of a job it starts (the version resolved, limits and input) and hands back the
+//! end. Runners authenticate with the runner token (`runner.key` in the data directory),
+//! which grants nothing on the public API; without it every route is 404.
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use wafer_core::{Claim, JobEnd, JobId, Lane, Route, VersionRef, WorkOrder};
+
+/// The header value a runner presents: `Bearer <runner token>`.
+fn check(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.jobs.runner_token().expose();
+    // Compare hashes, so the time taken says nothing about the token.
+    if crate::auth::hash_key(presented) == crate::auth::hash_key(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "no such route; see /openapi.json",
+        ))
+    }
+}
+
+/// What a runner needs to build an engine like the server's, so compiled code is shared.
+#[derive(Serialize, Deserialize)]
+pub struct RunnerSetup {
+    /// The engine settings.
+    pub engine: wafer_runner::EngineConfig,
+    /// The server engine's fingerprint: a runner whose engine differs recompiles.
+    pub fingerprint: String,
+    /// Lease and heartbeat timings, ms.
+    pub lease_ms: u64,
+    /// How often a runner heartbeats a job it runs, ms.
+    pub heartbeat_ms: u64,
+}
+
+/// `GET /internal/v1/setup`.
+pub async fn setup(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<RunnerSetup>, ApiError> {
+    check(&state, &headers)?;
+    Ok(Json(RunnerSetup {
+        engine: state.runner.engine_config().clone(),
+        fingerprint: state.runner.fingerprint().to_owned(),
+        lease_ms: state.jobs.config().lease_ms,
+        heartbeat_ms: state.jobs.heartbeat().as_millis() as u64,
+    }))
+}
+
+/// Body of a claim.
+#[derive(Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// The lane to take a job from.
+    pub lane: Lane,
+    /// The lease, ms.
+    pub lease_ms: u64,
+    /// How long to wait for a job when there is none, ms (at most 30 s).
+    pub wait_ms: u64,
+}
+
+/// `POST /internal/v1/queue/claim`: the next job of a lane, waiting up to `wait_ms` for one.
+pub async fn claim(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(req): Json<ClaimRequest>,
+) -> Result<Json<Value>, ApiError> {
+    check(&state, &headers)?;
+    let wait = Duration::from_millis(req.wait_ms.min(30_000));
+    let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
+    let claimed = state.jobs.claim_waiting(req.lane, lease, wait).await?;
+    Ok(Json(json!({ "claimed": claimed })))
+}
+
+/// Body of a heartbeat.
+#[derive(Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// The claim.
+    pub claim: Claim,
+    /// The new lease, ms.
+    pub lease_ms: u64,
+}
+
+/// `POST /internal/v1/queue/heartbeat`: `{"held": false}` when the claim was lost (the job was
+/// cancelled or delivered again), so the runner stops it.
+pub async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(req): Json<HeartbeatRequest>,
+) -> Result<Json<Value>, ApiError> {
+    check(&state, &headers)?;
+    let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
+    let held = state
+        .jobs
+        .queue
+        .heartbeat(&req.claim, lease)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "held": held })))
+}
+
+/// `POST /internal/v1/queue/ack`.
+pub async fn ack(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(claim): Json<Claim>,
+) -> Result<Json<Value>, ApiError> {
+    check(&state, &headers)?;
+    let acked = state
+        .jobs
+        .queue
+        .ack(&claim)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "acked": acked })))
+}
+
+fn job_id(id: &str) -> Result<JobId, ApiError> {
+    JobId::parse(id)
+        .ok_or_else(|| ApiError::bad_request("invalid-job-id", format!("{id:?} is not a job id")))
+}
+
+/// Body of a start.
+#[derive(Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Which kind of runner starts it.
+    pub route: Route,
+    /// The delivery.
+    pub attempt: u32,
+}
+
+/// What a start returns: the work order and the input, or nothing when the job must not run
+/// (it ended or was cancelled while it waited).
+#[derive(Serialize, Deserialize)]
+pub struct Started {
+    /// The work order.
+    pub order: Option<WorkOrder>,
+    /// The input, base64.
+    pub input_base64: String,
+}
+
+/// `POST /internal/v1/jobs/{id}/start`: marks the job running and hands over its work order.
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<StartRequest>,
+) -> Result<Json<Started>, ApiError> {
+    check(&state, &headers)?;
+    let id = job_id(&id)?;
+    let none = || {
+        Json(Started {
+            order: None,
+            input_base64: String::new(),
+        })
+    };
+    let Some(rec) = state.jobs.start(&id, req.route, req.attempt).await? else {
+        return Ok(none());
+    };
+    let resolved = state
+        .meta
+        .resolve(&rec.function, &VersionRef::Number(rec.version))
+        .await?
+        .filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation);
+    let Some((function, version)) = resolved else {
+        // The function went away while the job waited: the job fails here, for good.
+        state.jobs.fail_deleted(&rec).await?;
+        return Ok(none());
+    };
+    let input = state
+        .jobs
+        .store
+        .input(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .unwrap_or_default();
+    let d = &state.config.functions;
+    let order = WorkOrder {
+        job: id,
+        function: function.name.clone(),
+        version: version.version,
+        module: version.spec.module.clone(),
+        abi: version.spec.abi,
+        timeout_ms: rec.timeout_ms,
+        fuel: version.spec.fuel,
+        memory_mb: version.spec.memory_mb,
+        stdout_bytes: d.max_stdout_bytes,
+        stderr_bytes: d.max_log_bytes,
+        response_bytes: d.max_response_bytes,
+        env: version
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        request: rec.request.clone(),
+    };
+    Ok(Json(Started {
+        order: Some(order),
+        input_base64: base64::engine::general_purpose::STANDARD.encode(&input),
+    }))
+}
+
+/// Body of a finish.
+#[derive(Serialize, Deserialize)]
+pub struct FinishRequest {
+    /// How the job ended.
+    pub end: JobEnd,
+    /// Its output, base64.
+    pub output_base64: String,
+}
+
+/// `POST /internal/v1/jobs/{id}/finish`: stores the end; `{"stored": false}` when the job had
+/// already ended (the first end is the only result).
+pub async fn finish(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<FinishRequest>,
+) -> Result<Json<Value>, ApiError> {
+    check(&state, &headers)?;
+    let id = job_id(&id)?;
+    let output = base64::engine::general_purpose::STANDARD
+        .decode(req.output_base64.as_bytes())
+        .map_err(|e| ApiError::bad_request("invalid-output", e.to_string()))?;
+    let stored = state.jobs.finish(&id, req.end, output.into()).await?;
+    Ok(Json(json!({ "stored": stored })))
+}
+
+/// Body of a dead letter.
+#[derive(Serialize, Deserialize)]
+pub struct DeadRequest {
+    /// How often it was delivered.
+    pub deliveries: u32,
+}
+
+/// `POST /internal/v1/jobs/{id}/dead`: a runner found the job dead-lettered by the queue.
+pub async fn dead(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<DeadRequest>,
+) -> Result<Json<Value>, ApiError> {
+    check(&state, &headers)?;
+    let id = job_id(&id)?;
+    crate::jobs::bury(&state, &id, req.deliveries).await;
+    Ok(Json(json!({})))
+}

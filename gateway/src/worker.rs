@@ -1,0 +1,404 @@
+//! `wafer worker`: a runner in its own process. It pulls jobs of one lane, runs each in a
+//! fresh sandbox of its own engine (built with the server's engine settings, so the server's
+//! compiled code loads as is), heartbeats while a job runs, hands the end back and only then
+//! acks the delivery. It exits after an idle time, so with no work no worker exists.
+//!
+//! Deliveries come from a [`Deliveries`] source: the embedded queue through the server's
+//! internal API ([`RemoteQueue`]). Job records are the server's: a worker starts and finishes
+//! jobs through the same internal API and never opens the server's files except the
+//! content-addressed artifact directory.
+
+use crate::api::internal::{
+    ClaimRequest, DeadRequest, FinishRequest, HeartbeatRequest, RunnerSetup, StartRequest, Started,
+};
+use crate::auth::Secret;
+use crate::execute::{self, Call};
+use anyhow::Context;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use wafer_core::{Claim, Claimed, FsArtifactStore, Lane, Route};
+use wafer_runner::{CompileMode, Invocation, Limits, Runner, RunnerConfig};
+
+/// How a worker is started.
+#[derive(Debug)]
+pub struct WorkerOptions {
+    /// The server's base URL.
+    pub server: String,
+    /// The runner token.
+    pub token: Secret,
+    /// The lane to serve.
+    pub lane: Lane,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Exit after this long without work.
+    pub idle: Duration,
+    /// Exit after this many jobs (a dedicated runner takes one).
+    pub max_jobs: Option<u64>,
+    /// The artifact directory (the server's, on the same machine).
+    pub artifacts_dir: PathBuf,
+    /// Where the compile worker's files go, when code must be compiled here.
+    pub scratch_dir: PathBuf,
+    /// The `wafer` binary, to compile in an isolated child (None: in process).
+    pub compile_program: Option<PathBuf>,
+}
+
+/// The server's internal API, as a runner calls it.
+pub struct ServerClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+impl ServerClient {
+    /// A client of the server at `base`.
+    pub fn new(base: &str, token: Secret) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .context("building the HTTP client")?,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    async fn send<R: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<R> {
+        let resp = rb
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .with_context(|| format!("reaching the server at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!(
+                "the server answered {status}: {}",
+                body.chars().take(300).collect::<String>()
+            );
+        }
+        resp.json().await.context("the server's answer is not JSON")
+    }
+
+    /// GETs `path` of the internal API.
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// POSTs `body` to `path` of the internal API.
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+}
+
+/// Where a runner gets deliveries: claim, heartbeat, ack. The embedded queue through the
+/// server ([`RemoteQueue`]); a queue a runner reaches directly (Redis Streams) fits the same.
+#[async_trait::async_trait]
+pub trait Deliveries: Send + Sync + 'static {
+    /// The next job of `lane`, waiting up to `wait` for one.
+    async fn claim(
+        &self,
+        lane: Lane,
+        lease: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Option<Claimed>>;
+    /// Extends the lease; false when it was lost (cancelled or delivered again).
+    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> anyhow::Result<bool>;
+    /// Removes the delivery after the end is stored.
+    async fn ack(&self, claim: &Claim) -> anyhow::Result<bool>;
+}
+
+/// The server's embedded queue, through its internal API.
+pub struct RemoteQueue {
+    server: Arc<ServerClient>,
+}
+
+impl RemoteQueue {
+    /// The queue of the server `server` talks to.
+    pub fn new(server: Arc<ServerClient>) -> Self {
+        Self { server }
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliveries for RemoteQueue {
+    async fn claim(
+        &self,
+        lane: Lane,
+        lease: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Option<Claimed>> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            claimed: Option<Claimed>,
+        }
+        let a: Answer = self
+            .server
+            .post(
+                "/internal/v1/queue/claim",
+                &ClaimRequest {
+                    lane,
+                    lease_ms: lease.as_millis() as u64,
+                    wait_ms: wait.as_millis() as u64,
+                },
+            )
+            .await?;
+        Ok(a.claimed)
+    }
+
+    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> anyhow::Result<bool> {
+        let v: serde_json::Value = self
+            .server
+            .post(
+                "/internal/v1/queue/heartbeat",
+                &HeartbeatRequest {
+                    claim: claim.clone(),
+                    lease_ms: lease.as_millis() as u64,
+                },
+            )
+            .await?;
+        Ok(v["held"].as_bool().unwrap_or(false))
+    }
+
+    async fn ack(&self, claim: &Claim) -> anyhow::Result<bool> {
+        let v: serde_json::Value = self.server.post("/internal/v1/queue/ack", claim).await?;
+        Ok(v["acked"].as_bool().unwrap_or(false))
+    }
+}
+
+fn now_ms() -> u64 {
+    wafer_core::jobs::now_ms()
+}
+
+/// Runs a worker until it has been idle for its idle time (or ran its most jobs).
+pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
+    let server = Arc::new(ServerClient::new(&opts.server, opts.token)?);
+    let setup: RunnerSetup = server
+        .get("/internal/v1/setup")
+        .await
+        .context("fetching the runner setup")?;
+    let artifacts = Arc::new(
+        FsArtifactStore::open(&opts.artifacts_dir)
+            .with_context(|| format!("opening {}", opts.artifacts_dir.display()))?,
+    );
+    let compile = match &opts.compile_program {
+        Some(p) => CompileMode::Worker {
+            program: p.clone(),
+            args: vec!["__compile".into()],
+            timeout: Duration::from_secs(20),
+            memory_bytes: 4096 << 20,
+        },
+        None => CompileMode::InProcess,
+    };
+    let runner = Arc::new(
+        Runner::new(
+            RunnerConfig {
+                engine: setup.engine,
+                hot_entries: 256,
+                compile,
+                scratch_dir: opts.scratch_dir.clone(),
+            },
+            artifacts,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?,
+    );
+    if runner.fingerprint() != setup.fingerprint {
+        tracing::warn!("this worker's engine differs from the server's: modules are recompiled");
+    }
+    let queue: Arc<dyn Deliveries> = Arc::new(RemoteQueue::new(server.clone()));
+    let timing = Timing {
+        lease: Duration::from_millis(setup.lease_ms.max(100)),
+        heartbeat: Duration::from_millis(setup.heartbeat_ms.max(10)),
+    };
+    let concurrency = opts.concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let last_activity = Arc::new(AtomicU64::new(now_ms()));
+    let mut taken = 0u64;
+    tracing::info!(lane = opts.lane.as_str(), concurrency, "worker started");
+    loop {
+        if opts.max_jobs.is_some_and(|m| taken >= m) {
+            break;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let running = concurrency - 1 - permits.available_permits();
+        let idle_for =
+            Duration::from_millis(now_ms().saturating_sub(last_activity.load(Ordering::Relaxed)));
+        if running == 0 && idle_for >= opts.idle {
+            break;
+        }
+        let wait = opts
+            .idle
+            .saturating_sub(idle_for)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let claimed = match queue.claim(opts.lane, timing.lease, wait).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "claiming failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match claimed {
+            None => {}
+            Some(Claimed::Dead { job, deliveries }) => {
+                let _: serde_json::Value = server
+                    .post(
+                        &format!("/internal/v1/jobs/{}/dead", job.id.as_str()),
+                        &DeadRequest { deliveries },
+                    )
+                    .await
+                    .unwrap_or_default();
+            }
+            Some(Claimed::Job(claim)) => {
+                taken += 1;
+                last_activity.store(now_ms(), Ordering::Relaxed);
+                let (server, queue, runner, activity) = (
+                    server.clone(),
+                    queue.clone(),
+                    runner.clone(),
+                    last_activity.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = run_one(&server, queue.as_ref(), &runner, &claim, timing).await
+                    {
+                        tracing::warn!(
+                            job = claim.job.id.as_str(),
+                            error = %format!("{e:#}"),
+                            "job not finished here; its lease will run out"
+                        );
+                    }
+                    activity.store(now_ms(), Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Let running jobs end.
+    let _all = permits.acquire_many(concurrency as u32).await?;
+    tracing::info!(jobs = taken, "worker idle: exiting");
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    lease: Duration,
+    heartbeat: Duration,
+}
+
+/// Starts, runs and finishes one delivered job.
+async fn run_one(
+    server: &ServerClient,
+    queue: &dyn Deliveries,
+    runner: &Runner,
+    claim: &Claim,
+    timing: Timing,
+) -> anyhow::Result<()> {
+    let id = claim.job.id.as_str();
+    let started: Started = server
+        .post(
+            &format!("/internal/v1/jobs/{id}/start"),
+            &StartRequest {
+                route: Route::Worker,
+                attempt: claim.delivery,
+            },
+        )
+        .await?;
+    let Some(order) = started.order else {
+        // It ended or was cancelled while it waited.
+        queue.ack(claim).await?;
+        return Ok(());
+    };
+    // Crash tests stop the worker here, as a runner dying mid-job would.
+    wafer_core::crash_point("worker-running");
+    let input = base64::engine::general_purpose::STANDARD
+        .decode(started.input_base64.as_bytes())
+        .context("the job's input is not base64")?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &order.request.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            headers.append(k, v);
+        }
+    }
+    let call = Call {
+        method: Method::from_bytes(order.request.method.as_bytes()).unwrap_or(Method::POST),
+        path: order.request.path.clone(),
+        headers,
+        body: Bytes::from(input),
+    };
+    let mut env = order.env.clone();
+    let limits = Limits {
+        timeout: Duration::from_millis(order.timeout_ms),
+        fuel: order.fuel,
+        memory_bytes: (order.memory_mb as usize) << 20,
+        table_elements: wafer_runner::limits::MAX_TABLE_ELEMENTS,
+        stdout_bytes: order.stdout_bytes,
+        stderr_bytes: order.stderr_bytes,
+        response_bytes: order.response_bytes,
+    };
+    let span = tracing::info_span!("job", job = id, function = %order.function);
+    let execution = async {
+        let input = execute::input_of(order.abi, &mut env, call)?;
+        let (prepared, _) = runner.prepare(&order.module).await?;
+        runner
+            .invoke(
+                prepared,
+                Invocation {
+                    limits,
+                    args: vec![order.function.to_string()],
+                    env,
+                    input,
+                },
+            )
+            .await
+    };
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(timing.heartbeat).await;
+            match queue.heartbeat(claim, timing.lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(job = id, error = %format!("{e:#}"), "heartbeat failed"),
+            }
+        }
+    };
+    let began = Instant::now();
+    let result = tokio::select! {
+        r = execution.instrument(span) => r,
+        () = heartbeat => {
+            tracing::info!(job = id, "the job was cancelled or delivered again: stopped");
+            return Ok(());
+        }
+    };
+    let (end, output) = crate::jobs::end_of(result);
+    tracing::debug!(
+        job = id,
+        status = end.status.as_str(),
+        ms = began.elapsed().as_millis() as u64,
+        "job ran"
+    );
+    let _: serde_json::Value = server
+        .post(
+            &format!("/internal/v1/jobs/{id}/finish"),
+            &FinishRequest {
+                end,
+                output_base64: base64::engine::general_purpose::STANDARD.encode(&output),
+            },
+        )
+        .await?;
+    queue.ack(claim).await?;
+    Ok(())
+}
