@@ -38,3 +38,16 @@ ensure_schemathesis() {
     fi
     export SCHEMATHESIS="$venv/bin/schemathesis"
 }
+
+# Installs redis-server (Debian package) when it is missing: the queue tests start their own.
+ensure_redis() {
+    if command -v redis-server >/dev/null 2>&1; then
+        return
+    fi
+    echo "installing redis-server"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed" >&2; exit 1; }
+}

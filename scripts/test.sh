@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test: builds the wasm functions, the wafer binary, then unit and end-to-end tests.
-# Installs what it needs (wasm targets); reuses $CARGO_TARGET_DIR when set.
+# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server); reuses
+# $CARGO_TARGET_DIR when set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/lib.sh
 ensure_wasm_targets
 ensure_componentize_py
+ensure_redis
 
 echo "== building functions (wasm)"
 bash functions/build.sh

@@ -6,50 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
+use wafer_e2e::jobs::{get_job, status, submit, wait_status, wait_workers, worker_pids};
 use wafer_e2e::{TestServer, assert_problem};
-
-/// Submits a job as `key`; panics unless it is accepted. Returns the job.
-fn submit(s: &TestServer, key: &str, body: Value) -> Value {
-    let r = s
-        .with_key(key, Method::POST, "/v1/jobs")
-        .json(&body)
-        .send()
-        .unwrap();
-    let status = r.status();
-    let location = r
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let v: Value = r.json().unwrap();
-    assert_eq!(status, 202, "{v}");
-    assert_eq!(
-        location.as_deref(),
-        Some(format!("/v1/jobs/{}", v["id"].as_str().unwrap()).as_str())
-    );
-    v
-}
-
-/// The job, after waiting up to `wait` for it to end.
-fn get_job(s: &TestServer, key: &str, id: &str, wait: &str) -> Value {
-    let r = s
-        .with_key(key, Method::GET, &format!("/v1/jobs/{id}?wait={wait}"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().unwrap()
-}
-
-/// Polls (bounded) until the job is in `status`.
-fn wait_status(s: &TestServer, key: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = get_job(s, key, id, "200ms");
-        if v["status"] == status {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "job never became {status}: {v}");
-    }
-}
 
 #[test]
 fn a_command_job_runs_and_keeps_its_record_and_result() {
@@ -623,47 +581,6 @@ fn the_cli_runs_waits_for_and_reads_jobs() {
     assert_eq!(o.status.code(), Some(1));
     let o = s.cli(&["jobs", "get", "not-a-job!"]);
     assert_eq!(o.status.code(), Some(2));
-}
-
-/// `GET /v1/admin/status` of the server.
-fn status(s: &TestServer) -> Value {
-    s.admin(Method::GET, "/v1/admin/status")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
-}
-
-/// Polls (bounded) until `n` workers are alive.
-fn wait_workers(s: &TestServer, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = status(s);
-        if st["runners"]["workers"] == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "workers never became {n}: {st}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The pids of the server's `wafer worker` children.
-fn worker_pids(s: &TestServer) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap();
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice()) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
 
 const WORKERS: &str =

@@ -11,6 +11,7 @@ pub mod meta;
 pub mod names;
 pub mod queue;
 pub mod records;
+pub mod redis_queue;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use jobs::{
@@ -23,6 +24,7 @@ pub use queue::{Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, QueueEr
 pub use records::{
     Abi, FunctionRecord, KeyRecord, ModuleRecord, Quotas, Scope, VersionRecord, VersionSpec,
 };
+pub use redis_queue::RedisJobQueue;
 
 /// Seconds since the Unix epoch, used for the `created` timestamps of records.
 pub fn now_unix() -> u64 {

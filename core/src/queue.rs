@@ -117,9 +117,28 @@ pub struct Claim {
     pub job: QueuedJob,
     /// How many times it has been delivered, this time included.
     pub delivery: u32,
-    /// Identifies this delivery: heartbeats and the ack must present it.
-    token: u64,
-    seq: u64,
+    /// Identifies this delivery to its backend: heartbeats and the ack present it.
+    receipt: String,
+}
+
+impl Claim {
+    pub(crate) fn new(job: QueuedJob, delivery: u32, receipt: String) -> Self {
+        Self {
+            job,
+            delivery,
+            receipt,
+        }
+    }
+
+    pub(crate) fn receipt(&self) -> &str {
+        &self.receipt
+    }
+
+    /// The embedded queue's receipt: the entry's sequence number and the lease token.
+    fn seq_token(&self) -> Option<(u64, u64)> {
+        let (seq, token) = self.receipt.split_once('.')?;
+        Some((seq.parse().ok()?, token.parse().ok()?))
+    }
 }
 
 /// What [`JobQueue::claim`] found.
@@ -142,6 +161,22 @@ pub trait JobQueue: Send + Sync + 'static {
     /// The oldest job of `lane` that nobody holds (or whose lease ran out), leased to the
     /// caller for `lease`; None when there is none.
     async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError>;
+    /// Like [`JobQueue::claim`], but a backend that can wait for an enqueue (a blocking
+    /// read) waits up to `wait` for one; the default does not wait.
+    async fn claim_wait(
+        &self,
+        lane: Lane,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Claimed>, QueueError> {
+        let _ = wait;
+        self.claim(lane, lease).await
+    }
+    /// Whether [`JobQueue::claim_wait`] waits for enqueues (otherwise callers wait for a
+    /// signal of their own).
+    fn blocks(&self) -> bool {
+        false
+    }
     /// Extends the lease of `claim`; false when it was lost (expired and re-delivered, acked
     /// or cancelled).
     async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError>;
@@ -246,12 +281,15 @@ fn with_held(
     f: impl FnOnce(&mut redb::Table<(u8, u64), &[u8]>, Entry) -> Result<(), QueueError>,
 ) -> Result<bool, QueueError> {
     let mut t = txn.open_table(ENTRIES).map_err(storage)?;
-    let key = (claim.job.lane.index(), claim.seq);
+    let Some((seq, lease_token)) = claim.seq_token() else {
+        return Ok(false);
+    };
+    let key = (claim.job.lane.index(), seq);
     let entry = match t.get(key).map_err(storage)? {
         Some(v) => decode(v.value())?,
         None => return Ok(false),
     };
-    if !matches!(entry.lease, Some((token, until)) if token == claim.token && until >= now_ms()) {
+    if !matches!(entry.lease, Some((token, until)) if token == lease_token && until >= now_ms()) {
         return Ok(false);
     }
     f(&mut t, entry)?;
@@ -332,12 +370,11 @@ impl JobQueue for EmbeddedJobQueue {
             entry.lease = Some((token, now + lease.as_millis() as u64));
             t.insert((lane_index, seq), encode(&entry).as_slice())
                 .map_err(storage)?;
-            Ok(Some(Claimed::Job(Claim {
-                job: entry.job,
-                delivery: entry.deliveries,
-                token,
-                seq,
-            })))
+            Ok(Some(Claimed::Job(Claim::new(
+                entry.job,
+                entry.deliveries,
+                format!("{seq}.{token}"),
+            ))))
         })
         .await
     }
@@ -345,13 +382,13 @@ impl JobQueue for EmbeddedJobQueue {
     async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError> {
         let claim = claim.clone();
         self.write(move |txn| {
+            let Some((seq, token)) = claim.seq_token() else {
+                return Ok(false);
+            };
             with_held(txn, &claim, |t, mut entry| {
-                entry.lease = Some((claim.token, now_ms() + lease.as_millis() as u64));
-                t.insert(
-                    (claim.job.lane.index(), claim.seq),
-                    encode(&entry).as_slice(),
-                )
-                .map_err(storage)?;
+                entry.lease = Some((token, now_ms() + lease.as_millis() as u64));
+                t.insert((claim.job.lane.index(), seq), encode(&entry).as_slice())
+                    .map_err(storage)?;
                 Ok(())
             })
         })
@@ -361,9 +398,11 @@ impl JobQueue for EmbeddedJobQueue {
     async fn ack(&self, claim: &Claim) -> Result<bool, QueueError> {
         let claim = claim.clone();
         self.write(move |txn| {
+            let Some((seq, _)) = claim.seq_token() else {
+                return Ok(false);
+            };
             let held = with_held(txn, &claim, |t, _| {
-                t.remove((claim.job.lane.index(), claim.seq))
-                    .map_err(storage)?;
+                t.remove((claim.job.lane.index(), seq)).map_err(storage)?;
                 Ok(())
             })?;
             if held {

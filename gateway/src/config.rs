@@ -60,6 +60,41 @@ pub struct Config {
     pub hot_modules: u64,
     /// Asynchronous jobs.
     pub jobs: JobsConfig,
+    /// Where the job queue lives.
+    pub queue: QueueConfig,
+}
+
+/// The job queue's backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// `embedded` (a file in the data directory) or `redis` (Redis Streams).
+    pub backend: QueueBackend,
+    /// The Redis URL (`redis://[:password@]host:port[/db]`); it may hold a password, so it
+    /// reaches runner processes through their environment and is never logged.
+    pub url: String,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub prefix: String,
+}
+
+/// Queue backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// The embedded queue (default).
+    Embedded,
+    /// Redis Streams with consumer groups.
+    Redis,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            backend: QueueBackend::Embedded,
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "wafer".into(),
+        }
+    }
 }
 
 /// Settings of asynchronous jobs.
@@ -185,6 +220,7 @@ impl Default for Config {
             engine,
             hot_modules: 1024,
             jobs: JobsConfig::default(),
+            queue: QueueConfig::default(),
         }
     }
 }

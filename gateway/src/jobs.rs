@@ -131,6 +131,21 @@ impl Jobs {
         wait: Duration,
     ) -> Result<Option<Claimed>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
+        if self.queue.blocks() {
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // In steps of a second, so leases that run out are found meanwhile.
+                let step = left.min(Duration::from_secs(1));
+                let claimed = self
+                    .queue
+                    .claim_wait(lane, lease, step)
+                    .await
+                    .map_err(ApiError::internal)?;
+                if claimed.is_some() || left <= step {
+                    return Ok(claimed);
+                }
+            }
+        }
         loop {
             // Registered before looking, so an enqueue in between is not missed.
             let notified = self.wake[&lane].notified();
@@ -468,7 +483,28 @@ pub async fn submit(
         .map_err(ApiError::internal)?
     {
         Created::New(rec) => {
-            jobs.enqueue(&rec).await?;
+            if let Err(e) = jobs.enqueue(&rec).await {
+                // Not queued, so not accepted: end the record rather than leave it waiting.
+                tracing::warn!(job = rec.id.as_str(), error = %e.detail, "queueing a job failed");
+                let mut refusal = ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "queue-unavailable",
+                    "Queue unavailable",
+                    "the job queue cannot take jobs right now; try again shortly",
+                );
+                refusal.retry_after = Some(1);
+                let (end, output) = failed(
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "queue-unavailable",
+                        "Queue unavailable",
+                        "the job could not be queued; it was never accepted",
+                    ),
+                    String::new(),
+                );
+                let _ = jobs.finish(&rec.id, end, output).await;
+                return Err(refusal);
+            }
             state.metrics.job_submitted();
             let mut resp = accepted(&rec, false);
             if let Some(secret) = new_secret {

@@ -3,6 +3,7 @@
 //! compiled code after an engine change, garbage collection).
 
 use crate::config::Config;
+use crate::config::QueueBackend;
 use crate::state::AppState;
 use crate::{admission, auth, gc, jobs, logs, metrics, resolve, supervisor};
 use axum::Router;
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use wafer_core::{
-    EmbeddedJobQueue, EmbeddedJobStore, EmbeddedMetaStore, FsArtifactStore, Scope, TenantId,
+    EmbeddedJobQueue, EmbeddedJobStore, EmbeddedMetaStore, FsArtifactStore, RedisJobQueue, Scope,
+    TenantId,
 };
 use wafer_runner::{CompileMode, Runner, RunnerConfig};
 
@@ -74,16 +76,30 @@ impl Gateway {
             mb => mb,
         };
         let job_store = Arc::new(EmbeddedJobStore::open(config.data_dir.join("jobs.redb"))?);
-        let queue = EmbeddedJobQueue::open(
-            config.data_dir.join("queue.redb"),
-            config.jobs.max_deliveries,
-        )?;
-        // The embedded queue's runners are this process's: none survived its last run.
-        queue.release_leases().await?;
+        let queue: Arc<dyn wafer_core::JobQueue> = match config.queue.backend {
+            QueueBackend::Embedded => {
+                let queue = EmbeddedJobQueue::open(
+                    config.data_dir.join("queue.redb"),
+                    config.jobs.max_deliveries,
+                )?;
+                // The embedded queue's runners are this process's: none survived its last run.
+                queue.release_leases().await?;
+                Arc::new(queue)
+            }
+            QueueBackend::Redis => Arc::new(
+                RedisJobQueue::connect(
+                    &config.queue.url,
+                    &config.queue.prefix,
+                    config.jobs.max_deliveries,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to the Redis queue: {e}"))?,
+            ),
+        };
         let runner_token = runner_token(&config.data_dir)?;
         let jobs = jobs::Jobs::new(
             job_store,
-            Arc::new(queue),
+            queue,
             config.jobs.clone(),
             runner_token,
             metrics.clone(),

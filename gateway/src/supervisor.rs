@@ -126,6 +126,9 @@ fn child_environment(cmd: &mut tokio::process::Command, state: &AppState) {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
+    if state.config.queue.backend == crate::config::QueueBackend::Redis {
+        cmd.env("WAFER_QUEUE_URL", &state.config.queue.url);
+    }
     for var in ["WAFER_LOG", "RUST_LOG", "WAFER_CRASH_AT"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);

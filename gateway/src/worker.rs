@@ -49,6 +49,8 @@ pub struct WorkerOptions {
     pub scratch_dir: PathBuf,
     /// The `wafer` binary, to compile in an isolated child (None: in process).
     pub compile_program: Option<PathBuf>,
+    /// The Redis URL, when the server's queue is Redis (from the environment).
+    pub redis_url: Option<Secret>,
 }
 
 /// The server's internal API, as a runner calls it.
@@ -180,6 +182,29 @@ impl Deliveries for RemoteQueue {
     }
 }
 
+/// A queue a runner reaches directly (Redis Streams).
+pub struct DirectQueue(pub Arc<dyn wafer_core::JobQueue>);
+
+#[async_trait::async_trait]
+impl Deliveries for DirectQueue {
+    async fn claim(
+        &self,
+        lane: Lane,
+        lease: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Option<Claimed>> {
+        Ok(self.0.claim_wait(lane, lease, wait).await?)
+    }
+
+    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> anyhow::Result<bool> {
+        Ok(self.0.heartbeat(claim, lease).await?)
+    }
+
+    async fn ack(&self, claim: &Claim) -> anyhow::Result<bool> {
+        Ok(self.0.ack(claim).await?)
+    }
+}
+
 fn now_ms() -> u64 {
     wafer_core::jobs::now_ms()
 }
@@ -219,7 +244,17 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     if runner.fingerprint() != setup.fingerprint {
         tracing::warn!("this worker's engine differs from the server's: modules are recompiled");
     }
-    let queue: Arc<dyn Deliveries> = Arc::new(RemoteQueue::new(server.clone()));
+    let queue: Arc<dyn Deliveries> = match (&setup.redis_prefix, &opts.redis_url) {
+        (None, _) => Arc::new(RemoteQueue::new(server.clone())),
+        (Some(prefix), Some(url)) => Arc::new(DirectQueue(Arc::new(
+            wafer_core::RedisJobQueue::connect(url.expose(), prefix, setup.max_deliveries)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to the Redis queue: {e}"))?,
+        ))),
+        (Some(_), None) => {
+            anyhow::bail!("the server's queue is Redis: give its URL in WAFER_QUEUE_URL")
+        }
+    };
     let timing = Timing {
         lease: Duration::from_millis(setup.lease_ms.max(100)),
         heartbeat: Duration::from_millis(setup.heartbeat_ms.max(10)),

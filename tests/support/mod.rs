@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: start the real `wafer` binary on a free port with a
 //! temporary data directory, talk to it over HTTP and through the CLI, kill it on drop.
 
+pub mod jobs;
 pub mod wasm;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -444,4 +445,101 @@ pub fn assert_problem(resp: Response, status: u16, slug: &str) -> Value {
     assert_eq!(v["status"], status);
     assert!(v["title"].is_string() && v["detail"].is_string(), "{text}");
     v
+}
+
+/// A `redis-server` of a test's own, on a free port, with AOF (`appendfsync always`) in a
+/// temporary directory; killed on drop. The test command installs Redis when it is missing.
+pub struct RedisServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Self::spawn(dir.path(), port);
+        Self { child, dir, port }
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let mut child = child;
+        for _ in 0..500 {
+            if redis_command(port, &["PING"]).is_some_and(|r| r.contains("PONG")) {
+                return child;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not start on port {port}");
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it with SIGKILL and starts it again on the same port and directory.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), self.port);
+    }
+
+    /// Kills it with SIGKILL (it stays down).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again after [`RedisServer::kill`].
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path(), self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one command to the Redis on `port` and returns its raw RESP answer.
+pub fn redis_command(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }

@@ -33,6 +33,10 @@ fn load_config(args: &Args, data_dir: &Path) -> anyhow::Result<Config> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
+    // The Redis URL may hold a password: it can come from the environment instead of a file.
+    if let Ok(url) = std::env::var("WAFER_QUEUE_URL") {
+        config.queue.url = url;
+    }
     config.data_dir = data_dir.to_path_buf();
     Ok(config)
 }

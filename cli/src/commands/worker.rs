@@ -30,6 +30,9 @@ pub struct Args {
     /// Scratch directory for compiling, when code must be compiled here.
     #[arg(long)]
     scratch_dir: PathBuf,
+    /// The Redis URL, when the server's queue is Redis.
+    #[arg(long, env = "WAFER_QUEUE_URL", hide_env_values = true)]
+    queue_url: Option<String>,
 }
 
 fn parse_lane(s: &str) -> Result<Lane, String> {
@@ -48,6 +51,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         artifacts_dir: a.artifacts_dir.clone(),
         scratch_dir: a.scratch_dir.clone(),
         compile_program: std::env::current_exe().ok(),
+        redis_url: a.queue_url.clone().map(wafer_gateway::auth::Secret::new),
     })
     .await
 }

@@ -50,6 +50,11 @@ pub struct RunnerSetup {
     pub lease_ms: u64,
     /// How often a runner heartbeats a job it runs, ms.
     pub heartbeat_ms: u64,
+    /// Deliveries before a job is dead-lettered.
+    pub max_deliveries: u32,
+    /// The queue's key prefix when it is Redis (whose URL runners get from their
+    /// environment), None for the embedded queue (reached through this API).
+    pub redis_prefix: Option<String>,
 }
 
 /// `GET /internal/v1/setup`.
@@ -63,6 +68,9 @@ pub async fn setup(
         fingerprint: state.runner.fingerprint().to_owned(),
         lease_ms: state.jobs.config().lease_ms,
         heartbeat_ms: state.jobs.heartbeat().as_millis() as u64,
+        max_deliveries: state.jobs.config().max_deliveries,
+        redis_prefix: (state.config.queue.backend == crate::config::QueueBackend::Redis)
+            .then(|| state.config.queue.prefix.clone()),
     }))
 }
 

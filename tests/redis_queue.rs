@@ -1,0 +1,233 @@
+//! The Redis Streams queue backend, against a real `redis-server` each test starts on its own
+//! port (AOF on, fsync always): jobs through the inline lane and through workers, a Redis
+//! restart, a worker killed mid-job, a job that kills its worker every time, cancellation.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use wafer_e2e::jobs::{get_job, status, submit, wait_status, wait_workers, worker_pids};
+use wafer_e2e::{RedisServer, TestServer, redis_command};
+
+/// A server whose queue is `redis`, with `extra` lines in its `[jobs]` table.
+fn server(redis: &RedisServer, jobs: &str) -> TestServer {
+    TestServer::start_with_config(&format!(
+        "[queue]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"t\"\n\n[jobs]\n{jobs}\n",
+        redis.url()
+    ))
+}
+
+#[test]
+fn jobs_run_through_redis_streams_inline_and_on_workers() {
+    let redis = RedisServer::start();
+    let s = server(
+        &redis,
+        "workers = 1\nworker_idle_ms = 500\nworker_concurrency = 2",
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
+    let fast = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": "f", "timeout_ms": 1000}),
+    );
+    let slow = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": "w", "timeout_ms": 60000}),
+    );
+    let fast = get_job(&s, &key, fast["id"].as_str().unwrap(), "20s");
+    let slow = get_job(&s, &key, slow["id"].as_str().unwrap(), "20s");
+    assert_eq!(
+        (fast["status"].as_str(), fast["route"].as_str()),
+        (Some("succeeded"), Some("inline")),
+        "{fast}"
+    );
+    assert_eq!(
+        (slow["status"].as_str(), slow["route"].as_str()),
+        (Some("succeeded"), Some("worker")),
+        "{slow}"
+    );
+    // The queue is Redis's: streams per lane, emptied as jobs are acked; no embedded file.
+    assert!(!s.data_dir().join("queue.redb").exists());
+    let groups = redis_command(redis.port, &["XINFO", "GROUPS", "t:lane:default"]).unwrap();
+    assert!(groups.contains("runners"), "{groups}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_command(redis.port, &["XLEN", "t:lane:default"]).unwrap() != ":0\r\n" {
+        assert!(Instant::now() < deadline, "the acked entry stays");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        redis_command(redis.port, &["HLEN", "t:index"]).unwrap(),
+        ":0\r\n"
+    );
+    // Many jobs at once: each exactly once.
+    let ids: Vec<String> = (0..30)
+        .map(|i| {
+            submit(
+                &s,
+                &key,
+                json!({"function": "echo", "input": i, "timeout_ms": 60000}),
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let done = get_job(&s, &key, id, "30s");
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attempts"], 1, "{done}");
+        let r = s
+            .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+            .send()
+            .unwrap();
+        assert_eq!(r.json::<Value>().unwrap(), json!(i));
+    }
+    wait_workers(&s, 0);
+}
+
+#[test]
+fn a_redis_restart_loses_no_accepted_job() {
+    let mut redis = RedisServer::start();
+    let s = server(
+        &redis,
+        "workers = 0\ninline_concurrency = 1\nlease_ms = 1000",
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({}));
+    let running = submit(&s, &key, json!({"function": "nap", "input": 1000}));
+    let running = running["id"].as_str().unwrap().to_owned();
+    wait_status(&s, &key, &running, "running");
+    let queued: Vec<String> = (0..5)
+        .map(|_| {
+            submit(&s, &key, json!({"function": "nap", "input": 10}))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // Redis dies with everything it acknowledged on disk, and comes back.
+    redis.kill();
+    // Meanwhile a submission cannot be queued: refused, not accepted and lost.
+    let r = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .json(&json!({"function": "nap", "input": 10}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    redis.restart();
+    for id in std::iter::once(&running).chain(&queued) {
+        let done = get_job(&s, &key, id, "30s");
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    // The refused submission left nothing waiting.
+    let waiting: Value = s
+        .with_key(&key, Method::GET, "/v1/jobs?status=queued")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(waiting["jobs"].as_array().unwrap().len(), 0, "{waiting}");
+}
+
+#[test]
+fn a_worker_killed_mid_job_is_taken_over_through_redis() {
+    let redis = RedisServer::start();
+    let s = server(
+        &redis,
+        "workers = 1\nworker_concurrency = 1\nworker_idle_ms = 400\nlease_ms = 1000",
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1500, "timeout_ms": 60000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    wait_status(&s, &key, id, "running");
+    let pids = worker_pids(&s);
+    assert_eq!(pids.len(), 1);
+    // SAFETY: kill(2) of our server's child.
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let done = get_job(&s, &key, id, "30s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "awake\n");
+}
+
+#[test]
+fn a_job_that_kills_its_worker_every_time_is_dead_lettered_by_redis() {
+    let redis = RedisServer::start();
+    let s = TestServer::start_with(
+        &format!(
+            "[queue]\nbackend = \"redis\"\nurl = \"{}\"\n\n[jobs]\nworkers = 1\nworker_idle_ms = 400\nlease_ms = 400\n",
+            redis.url()
+        ),
+        &[("WAFER_CRASH_AT", "worker-running")],
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": 1, "timeout_ms": 60000}),
+    );
+    let dead = get_job(&s, &key, job["id"].as_str().unwrap(), "30s");
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["error"]["deliveries"], 3);
+    assert_eq!(
+        redis_command(redis.port, &["XLEN", "wafer:lane:default"]).unwrap(),
+        ":0\r\n"
+    );
+}
+
+#[test]
+fn cancelling_through_redis_stops_a_running_job_and_drops_a_queued_one() {
+    let redis = RedisServer::start();
+    let s = server(
+        &redis,
+        "workers = 1\nworker_concurrency = 1\nworker_idle_ms = 2000",
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    let running = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 30000, "timeout_ms": 60000}),
+    );
+    let running = running["id"].as_str().unwrap();
+    wait_status(&s, &key, running, "running");
+    let queued = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1, "timeout_ms": 60000}),
+    );
+    let queued = queued["id"].as_str().unwrap();
+    for id in [queued, running] {
+        let r = s
+            .with_key(&key, Method::DELETE, &format!("/v1/jobs/{id}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let started = Instant::now();
+    let next = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1, "timeout_ms": 60000}),
+    );
+    let next = get_job(&s, &key, next["id"].as_str().unwrap(), "20s");
+    assert_eq!(next["status"], "succeeded", "{next}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(get_job(&s, &key, queued, "0")["attempts"], 0);
+    assert_eq!(status(&s)["queues"]["default"], 0);
+}

@@ -1,0 +1,90 @@
+//! Helpers for job tests: submit, read and wait for jobs; find worker processes.
+
+use crate::TestServer;
+use reqwest::Method;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Submits a job as `key`; panics unless it is accepted. Returns the job.
+pub fn submit(s: &TestServer, key: &str, body: Value) -> Value {
+    let r = s
+        .with_key(key, Method::POST, "/v1/jobs")
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = r.status();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let v: Value = r.json().unwrap();
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/v1/jobs/{}", v["id"].as_str().unwrap()).as_str())
+    );
+    v
+}
+
+/// The job, after waiting up to `wait` for it to end.
+pub fn get_job(s: &TestServer, key: &str, id: &str, wait: &str) -> Value {
+    let r = s
+        .with_key(key, Method::GET, &format!("/v1/jobs/{id}?wait={wait}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// Polls (bounded) until the job is in `status`.
+pub fn wait_status(s: &TestServer, key: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_job(s, key, id, "200ms");
+        if v["status"] == status {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job never became {status}: {v}");
+    }
+}
+
+/// `GET /v1/admin/status` of the server.
+pub fn status(s: &TestServer) -> Value {
+    s.admin(Method::GET, "/v1/admin/status")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// Polls (bounded) until `n` workers are alive.
+pub fn wait_workers(s: &TestServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(s);
+        if st["runners"]["workers"] == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "workers never became {n}: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pids of the server's `wafer worker` children.
+pub fn worker_pids(s: &TestServer) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
