@@ -42,14 +42,22 @@ fn a_command_job_runs_and_keeps_its_record_and_result() {
     assert_eq!(r.headers()["x-wafer-job-status"], "succeeded");
     assert_eq!(r.json::<Value>().unwrap(), json!({"load": [1, 2, 3]}));
 
-    // Binary input, and a timeout that puts the job in the default lane.
+    // Binary input.
     let job = submit(
         &s,
         &key,
         json!({"function": "echo@1", "input_base64": "AAEC/w==", "timeout_ms": 60000}),
     );
     let id2 = job["id"].as_str().unwrap();
-    assert_eq!(job["lane"], "default", "{job}");
+    // The first run taught the version's estimate: a long timeout no longer decides.
+    assert_eq!(job["lane"], "fast", "{job}");
+    assert!(
+        job["route_reason"]
+            .as_str()
+            .unwrap()
+            .contains("p95 of its last 1 runs"),
+        "{job}"
+    );
     let r = s
         .with_key(
             &key,
@@ -583,8 +591,8 @@ fn the_cli_runs_waits_for_and_reads_jobs() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-const WORKERS: &str =
-    "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 400\nlease_ms = 1500\n";
+/// Workers for the default lane; jobs estimated above 100 ms go there.
+const WORKERS: &str = "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 400\nlease_ms = 1500\nfast_lane_ms = 100\n";
 
 #[test]
 fn workers_start_when_jobs_wait_and_go_away_when_idle() {

@@ -25,11 +25,9 @@ fn jobs_run_through_redis_streams_inline_and_on_workers() {
     );
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
-    let fast = submit(
-        &s,
-        &key,
-        json!({"function": "echo", "input": "f", "timeout_ms": 1000}),
-    );
+    s.deploy_as(&key, "quick", "echo", json!({"timeout_ms": 1000}));
+    // Neither has run yet: their timeouts pick the lanes.
+    let fast = submit(&s, &key, json!({"function": "quick", "input": "f"}));
     let slow = submit(
         &s,
         &key,

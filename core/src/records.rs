@@ -61,6 +61,20 @@ pub struct VersionSpec {
     /// Whether anyone may invoke it without an API key.
     #[serde(default)]
     pub public: bool,
+    /// Declared run length: `long` sends its jobs to dedicated runners whatever their
+    /// estimate; `short` keeps them off the long lane. None: decided by the estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<JobClass>,
+}
+
+/// How long a function's runs are, as its owner declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobClass {
+    /// Seconds at most: never a dedicated runner.
+    Short,
+    /// Minutes to hours: always a dedicated runner.
+    Long,
 }
 
 /// One immutable version of a function.

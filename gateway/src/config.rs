@@ -132,6 +132,119 @@ pub struct JobsConfig {
     pub webhook_timeout_ms: u64,
     /// Whether webhooks may target loopback, private and link-local addresses.
     pub webhook_allow_private: bool,
+    /// Jobs whose estimate (or, before any run, timeout) is above this go to the long lane,
+    /// ms.
+    pub long_lane_ms: u64,
+    /// A synchronous call of a version whose estimate is above this is answered 202 with a
+    /// job instead of holding the connection (unless `Prefer: wait`), ms.
+    pub inline_budget_ms: u64,
+    /// The long lane: dedicated runners.
+    pub long: LongLaneConfig,
+}
+
+/// The long lane: one dedicated runner per job, launched by a provisioner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongLaneConfig {
+    /// Dedicated runners alive at once, at most.
+    pub max_runners: usize,
+    /// Dedicated runners of one tenant at once, at most.
+    pub max_per_tenant: usize,
+    /// The longest timeout a long job may ask for, ms.
+    pub max_timeout_ms: u64,
+    /// Fuel of a long job (when its version's is lower).
+    pub fuel: u64,
+    /// Time a launched runner has to start its job before the job fails, ms.
+    pub start_timeout_ms: u64,
+    /// `local` (a child process per job), `command` or `kubernetes`.
+    pub provisioner: ProvisionerKind,
+    /// Settings of the `command` provisioner.
+    pub command: CommandProvisionerConfig,
+    /// Settings of the `kubernetes` provisioner.
+    pub kubernetes: KubernetesProvisionerConfig,
+}
+
+/// Provisioners of dedicated runners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisionerKind {
+    /// A child `wafer worker` process per job.
+    Local,
+    /// Operator commands that launch and tear down a runner (a VM, a container…).
+    Command,
+    /// A Kubernetes batch/v1 Job per job, from a template.
+    Kubernetes,
+}
+
+/// The `command` provisioner: `launch` starts a runner for a job and prints a handle (its
+/// first line of output); `teardown` removes it. Both get the job and how to reach the
+/// server in their environment (see docs/architecture.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandProvisionerConfig {
+    /// Program and arguments that launch a runner.
+    pub launch: Vec<String>,
+    /// Program and arguments that tear one down.
+    pub teardown: Vec<String>,
+    /// Time each command may take, ms.
+    pub timeout_ms: u64,
+}
+
+/// The `kubernetes` provisioner: renders `template` (a batch/v1 Job as JSON with
+/// `{{placeholders}}`) and applies it with `kubectl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesProvisionerConfig {
+    /// The Job template.
+    pub template: std::path::PathBuf,
+    /// The namespace runners run in.
+    pub namespace: String,
+    /// The container image with the `wafer` binary.
+    pub image: String,
+    /// The Secret holding `runner-token` (and `queue-url` for Redis).
+    pub secret: String,
+    /// The server's URL as runners in the cluster reach it.
+    pub server_url: String,
+    /// The kubectl program (and leading arguments, e.g. a context).
+    pub kubectl: Vec<String>,
+}
+
+impl Default for CommandProvisionerConfig {
+    fn default() -> Self {
+        Self {
+            launch: Vec::new(),
+            teardown: Vec::new(),
+            timeout_ms: 120_000,
+        }
+    }
+}
+
+impl Default for KubernetesProvisionerConfig {
+    fn default() -> Self {
+        Self {
+            template: "deploy/kubernetes/runner-job.json".into(),
+            namespace: "wafer".into(),
+            image: "ghcr.io/wafer/wafer:latest".into(),
+            secret: "wafer-runner".into(),
+            server_url: "http://wafer.wafer.svc:8080".into(),
+            kubectl: vec!["kubectl".into()],
+        }
+    }
+}
+
+impl Default for LongLaneConfig {
+    fn default() -> Self {
+        Self {
+            max_runners: 2,
+            max_per_tenant: 1,
+            max_timeout_ms: 4 * 3_600_000,
+            fuel: 100_000_000_000_000,
+            start_timeout_ms: 60_000,
+            provisioner: ProvisionerKind::Local,
+            command: CommandProvisionerConfig::default(),
+            kubernetes: KubernetesProvisionerConfig::default(),
+        }
+    }
 }
 
 impl Default for JobsConfig {
@@ -152,6 +265,9 @@ impl Default for JobsConfig {
             webhook_backoff_ms: 1_000,
             webhook_timeout_ms: 10_000,
             webhook_allow_private: false,
+            long_lane_ms: 60_000,
+            inline_budget_ms: 30_000,
+            long: LongLaneConfig::default(),
         }
     }
 }

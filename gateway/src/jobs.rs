@@ -41,6 +41,8 @@ pub struct Jobs {
     pub demand: Notify,
     runner_token: crate::auth::Secret,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Duration estimates per function version.
+    pub estimates: crate::routing::Estimates,
 }
 
 impl Jobs {
@@ -67,6 +69,7 @@ impl Jobs {
             demand: Notify::new(),
             runner_token,
             metrics,
+            estimates: Default::default(),
         }
     }
 
@@ -197,6 +200,14 @@ impl Jobs {
         let stored = ended.is_some();
         if let Some(rec) = ended {
             self.notify_webhook(&rec);
+            if let (Some(start), Some(end)) = (rec.started_ms, rec.finished_ms)
+                && matches!(rec.status, JobStatus::Succeeded | JobStatus::Failed)
+            {
+                self.estimates.record(
+                    (rec.function.to_string(), rec.incarnation, rec.version),
+                    end.saturating_sub(start),
+                );
+            }
             self.publish(id);
             self.metrics.job_finished(status.as_str());
         }
@@ -230,7 +241,8 @@ impl Jobs {
         Duration::from_secs(self.config.ttl_s)
     }
 
-    fn lease(&self) -> Duration {
+    /// How long a runner holds a job without a heartbeat.
+    pub fn lease(&self) -> Duration {
         Duration::from_millis(self.config.lease_ms.max(100))
     }
 
@@ -342,6 +354,11 @@ pub struct Submission {
     pub request_hash: String,
 }
 
+/// The key of a version's duration estimate.
+pub fn estimate_key(function: &FunctionRecord, version: u32) -> crate::routing::VersionKey {
+    (function.name.to_string(), function.incarnation, version)
+}
+
 /// Hashes the parts of a submission, for idempotency checks.
 pub fn hash_request(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
@@ -394,28 +411,31 @@ pub async fn submit(
 ) -> Result<axum::response::Response, ApiError> {
     let jobs = &state.jobs;
     let cfg = jobs.config();
-    let timeout_ms = match sub.timeout_ms {
-        Some(0) => {
-            return Err(ApiError::bad_request(
-                "invalid-timeout",
-                "timeout_ms must be at least 1",
-            ));
-        }
-        Some(t) if t > cfg.max_timeout_ms => {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "timeout-too-large",
-                "Timeout too large",
-                format!(
-                    "timeout_ms {t} is above the most a job may run, {} ms (jobs.max_timeout_ms)",
-                    cfg.max_timeout_ms
-                ),
-            )
-            .with("limit", cfg.max_timeout_ms));
-        }
-        Some(t) => t,
-        None => version.spec.timeout_ms,
+    let requested = sub.timeout_ms.unwrap_or(version.spec.timeout_ms);
+    if requested == 0 {
+        return Err(ApiError::bad_request(
+            "invalid-timeout",
+            "timeout_ms must be at least 1",
+        ));
+    }
+    let most = if version.spec.class == Some(wafer_core::JobClass::Short) {
+        cfg.max_timeout_ms
+    } else {
+        cfg.long.max_timeout_ms.max(cfg.max_timeout_ms)
     };
+    if requested > most {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "timeout-too-large",
+            "Timeout too large",
+            format!(
+                "timeout_ms {requested} is above the most a job of this function may run, \
+                 {most} ms (jobs.max_timeout_ms, or jobs.long.max_timeout_ms on the long lane)"
+            ),
+        )
+        .with("limit", most));
+    }
+    let timeout_ms = requested;
     let new_secret = match &sub.webhook {
         Some(url) => {
             crate::webhooks::validate(url)?;
@@ -428,23 +448,18 @@ pub async fn submit(
         }
         None => None,
     };
-    let (lane, reason) = if timeout_ms <= cfg.fast_lane_ms {
-        (
-            Lane::Fast,
-            format!(
-                "timeout {timeout_ms} ms is within the fast lane's {} ms",
-                cfg.fast_lane_ms
+    let estimate = jobs.estimates.p95(&estimate_key(function, version.version));
+    let mut planned = crate::routing::plan(cfg, version.spec.class, estimate, timeout_ms);
+    if timeout_ms > cfg.max_timeout_ms && planned.lane != Lane::Long {
+        planned = crate::routing::Plan {
+            lane: Lane::Long,
+            reason: format!(
+                "its timeout of {timeout_ms} ms is above what workers run ({} ms)",
+                cfg.max_timeout_ms
             ),
-        )
-    } else {
-        (
-            Lane::Default,
-            format!(
-                "timeout {timeout_ms} ms is above the fast lane's {} ms",
-                cfg.fast_lane_ms
-            ),
-        )
-    };
+        };
+    }
+    let (lane, reason) = (planned.lane, planned.reason);
     let rec = JobRecord {
         id: JobId::generate(),
         tenant: caller.tenant.clone(),

@@ -76,6 +76,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/internal/v1/jobs/{id}/dead",
             axum::routing::post(internal::dead),
         )
+        .route(
+            "/internal/v1/artifacts/{fingerprint}/{digest}",
+            get(internal::compiled),
+        )
+        .route("/internal/v1/modules/{digest}", get(internal::module))
         .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
         .route("/fn/{target}", any(invoke::invoke))
         .route("/fn/{target}/", any(invoke::invoke))

@@ -3,9 +3,9 @@
 //! compiled code after an engine change, garbage collection).
 
 use crate::config::Config;
-use crate::config::QueueBackend;
+use crate::config::{ProvisionerKind, QueueBackend};
 use crate::state::AppState;
-use crate::{admission, auth, gc, jobs, logs, metrics, resolve, supervisor};
+use crate::{admission, auth, dedicated, gc, jobs, logs, metrics, provision, resolve, supervisor};
 use axum::Router;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -155,7 +155,26 @@ impl Gateway {
             program,
             server_url: format!("http://{}", std::net::SocketAddr::new(host, listen.port())),
         };
-        tokio::spawn(supervisor::supervise_workers(self.state.clone(), launch));
+        let long = &self.state.jobs.config().long;
+        let provisioner: Arc<dyn provision::Provisioner> = match long.provisioner {
+            ProvisionerKind::Local => Arc::new(provision::LocalProvisioner::default()),
+            ProvisionerKind::Command => {
+                if long.command.launch.is_empty() {
+                    anyhow::bail!(
+                        "jobs.long.provisioner = \"command\" needs jobs.long.command.launch"
+                    );
+                }
+                Arc::new(provision::CommandProvisioner::new(long.command.clone()))
+            }
+            ProvisionerKind::Kubernetes => Arc::new(provision::KubernetesProvisioner::new(
+                long.kubernetes.clone(),
+            )?),
+        };
+        tokio::spawn(supervisor::supervise_workers(
+            self.state.clone(),
+            launch.clone(),
+        ));
+        tokio::spawn(dedicated::dispatch(self.state.clone(), launch, provisioner));
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use wafer_core::Lane;
 #[derive(Default)]
 pub struct Fleet {
     workers: AtomicUsize,
-    dedicated: AtomicUsize,
+    pub(crate) dedicated: AtomicUsize,
 }
 
 impl Fleet {
@@ -92,7 +92,7 @@ fn spawn_worker(state: &Arc<AppState>, launch: &Launch) -> std::io::Result<()> {
         .arg(data.join("artifacts"))
         .arg("--scratch-dir")
         .arg(data.join("scratch"));
-    child_environment(&mut cmd, state);
+    child_environment(&mut cmd, &runner_env(state));
     let mut child = cmd.spawn()?;
     let fleet = state.clone();
     fleet.fleet.workers.fetch_add(1, Ordering::Relaxed);
@@ -118,17 +118,27 @@ fn spawn_worker(state: &Arc<AppState>, launch: &Launch) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The environment of a runner child: nothing of the server's but logging settings, the
-/// runner token, and the crash point of crash tests.
-fn child_environment(cmd: &mut tokio::process::Command, state: &AppState) {
+/// What every runner needs in its environment: the runner token, and the queue URL when the
+/// queue is Redis (a URL may hold a password: environment, never the command line).
+pub fn runner_env(state: &AppState) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "WAFER_RUNNER_TOKEN".to_owned(),
+        state.jobs.runner_token().expose().to_owned(),
+    )];
+    if state.config.queue.backend == crate::config::QueueBackend::Redis {
+        env.push(("WAFER_QUEUE_URL".into(), state.config.queue.url.clone()));
+    }
+    env
+}
+
+/// Sets up a runner child: only `env`, logging settings and the crash point of crash tests
+/// from the server's environment; no stdin or stdout; killed with the server.
+pub fn child_environment(cmd: &mut tokio::process::Command, env: &[(String, String)]) {
     cmd.env_clear()
-        .env("WAFER_RUNNER_TOKEN", state.jobs.runner_token().expose())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
-    if state.config.queue.backend == crate::config::QueueBackend::Redis {
-        cmd.env("WAFER_QUEUE_URL", &state.config.queue.url);
-    }
     for var in ["WAFER_LOG", "RUST_LOG", "WAFER_CRASH_AT"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
-use wafer_core::{Claim, Claimed, FsArtifactStore, Lane, Route};
+use wafer_core::{ArtifactKey, ArtifactStore, Claim, Claimed, FsArtifactStore, Lane, Route};
 use wafer_runner::{CompileMode, Invocation, Limits, Runner, RunnerConfig};
 
 /// How a worker is started.
@@ -51,6 +51,8 @@ pub struct WorkerOptions {
     pub compile_program: Option<PathBuf>,
     /// The Redis URL, when the server's queue is Redis (from the environment).
     pub redis_url: Option<Secret>,
+    /// A job claimed for this runner by the server (a dedicated runner): run it and exit.
+    pub claim: Option<Claim>,
 }
 
 /// The server's internal API, as a runner calls it.
@@ -94,6 +96,22 @@ impl ServerClient {
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// GETs the bytes at `path` of the internal API; None on 404.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Option<Bytes>> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .with_context(|| format!("reaching the server at {}", self.base))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp.bytes().await?)),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s => anyhow::bail!("the server answered {s} for {path}"),
+        }
     }
 
     /// POSTs `body` to `path` of the internal API.
@@ -216,7 +234,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         .get("/internal/v1/setup")
         .await
         .context("fetching the runner setup")?;
-    let artifacts = Arc::new(
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(
         FsArtifactStore::open(&opts.artifacts_dir)
             .with_context(|| format!("opening {}", opts.artifacts_dir.display()))?,
     );
@@ -237,7 +255,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                 compile,
                 scratch_dir: opts.scratch_dir.clone(),
             },
-            artifacts,
+            artifacts.clone(),
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?,
     );
@@ -259,6 +277,20 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         lease: Duration::from_millis(setup.lease_ms.max(100)),
         heartbeat: Duration::from_millis(setup.heartbeat_ms.max(10)),
     };
+    if let Some(claim) = &opts.claim {
+        // A dedicated runner: the server claimed the job for it.
+        tracing::info!(job = claim.job.id.as_str(), "dedicated runner started");
+        run_one(
+            &server,
+            queue.as_ref(),
+            &runner,
+            claim,
+            timing,
+            Route::Dedicated,
+        )
+        .await?;
+        return Ok(());
+    }
     let concurrency = opts.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
     let last_activity = Arc::new(AtomicU64::new(now_ms()));
@@ -308,8 +340,16 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                     last_activity.clone(),
                 );
                 tokio::spawn(async move {
-                    if let Err(e) = run_one(&server, queue.as_ref(), &runner, &claim, timing).await
-                    {
+                    let ran = run_one(
+                        &server,
+                        queue.as_ref(),
+                        &runner,
+                        &claim,
+                        timing,
+                        Route::Worker,
+                    )
+                    .await;
+                    if let Err(e) = ran {
                         tracing::warn!(
                             job = claim.job.id.as_str(),
                             error = %format!("{e:#}"),
@@ -328,6 +368,39 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes sure the runner's artifact store has `digest`'s compiled code (fetched from the
+/// server for an engine like its own) or at least the module (to compile here), for runners
+/// that do not share the server's artifact directory.
+async fn fetch_code(
+    server: &ServerClient,
+    runner: &Runner,
+    digest: &wafer_core::Digest,
+) -> anyhow::Result<()> {
+    let store = runner.artifacts();
+    let compiled = ArtifactKey::compiled(runner.fingerprint(), digest)?;
+    if store.exists(&compiled).await? {
+        return Ok(());
+    }
+    let path = format!(
+        "/internal/v1/artifacts/{}/{}",
+        runner.fingerprint(),
+        digest.as_str()
+    );
+    if let Some(code) = server.get_bytes(&path).await? {
+        store.put(&compiled, code).await?;
+        return Ok(());
+    }
+    let module = ArtifactKey::Module(digest.clone());
+    if !store.exists(&module).await? {
+        let bytes = server
+            .get_bytes(&format!("/internal/v1/modules/{}", digest.as_str()))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the server has no module {digest}"))?;
+        store.put(&module, bytes).await?;
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 struct Timing {
     lease: Duration,
@@ -341,13 +414,14 @@ async fn run_one(
     runner: &Runner,
     claim: &Claim,
     timing: Timing,
+    route: Route,
 ) -> anyhow::Result<()> {
     let id = claim.job.id.as_str();
     let started: Started = server
         .post(
             &format!("/internal/v1/jobs/{id}/start"),
             &StartRequest {
-                route: Route::Worker,
+                route,
                 attempt: claim.delivery,
             },
         )
@@ -385,6 +459,7 @@ async fn run_one(
         response_bytes: order.response_bytes,
     };
     let span = tracing::info_span!("job", job = id, function = %order.function);
+    fetch_code(server, runner, &order.module).await?;
     let execution = async {
         let input = execute::input_of(order.abi, &mut env, call)?;
         let (prepared, _) = runner.prepare(&order.module).await?;

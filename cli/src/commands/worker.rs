@@ -33,6 +33,10 @@ pub struct Args {
     /// The Redis URL, when the server's queue is Redis.
     #[arg(long, env = "WAFER_QUEUE_URL", hide_env_values = true)]
     queue_url: Option<String>,
+    /// A job the server claimed for this runner (JSON; dedicated runners get it from the
+    /// server): run it, then exit.
+    #[arg(long, env = "WAFER_CLAIM", hide_env_values = true)]
+    claim: Option<String>,
 }
 
 fn parse_lane(s: &str) -> Result<Lane, String> {
@@ -41,6 +45,13 @@ fn parse_lane(s: &str) -> Result<Lane, String> {
 
 /// Runs the worker.
 pub async fn run(a: &Args) -> anyhow::Result<()> {
+    let claim = match &a.claim {
+        Some(c) => Some(
+            serde_json::from_str(c)
+                .map_err(|e| anyhow::anyhow!("WAFER_CLAIM is not a claim: {e}"))?,
+        ),
+        None => None,
+    };
     wafer_gateway::worker::run(wafer_gateway::worker::WorkerOptions {
         server: a.server.clone(),
         token: wafer_gateway::auth::Secret::new(a.token.clone()),
@@ -52,6 +63,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         scratch_dir: a.scratch_dir.clone(),
         compile_program: std::env::current_exe().ok(),
         redis_url: a.queue_url.clone().map(wafer_gateway::auth::Secret::new),
+        claim,
     })
     .await
 }

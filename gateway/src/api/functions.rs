@@ -36,6 +36,8 @@ struct NewVersion {
     env: BTreeMap<String, String>,
     #[serde(default)]
     public: bool,
+    #[serde(default)]
+    class: Option<wafer_core::JobClass>,
 }
 
 fn invalid_config(detail: impl Into<String>) -> ApiError {
@@ -62,6 +64,7 @@ pub fn version_json(v: &VersionRecord) -> Value {
         "fuel": v.spec.fuel,
         "env_keys": v.spec.env.keys().collect::<Vec<_>>(),
         "public": v.spec.public,
+        "class": v.spec.class,
         "created": v.created,
     })
 }
@@ -182,6 +185,7 @@ pub async fn put(
         fuel,
         env: req.env,
         public: req.public,
+        class: req.class,
     };
     let rec = state
         .meta

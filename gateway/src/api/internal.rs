@@ -201,6 +201,10 @@ pub async fn start(
         .map_err(ApiError::internal)?
         .unwrap_or_default();
     let d = &state.config.functions;
+    let fuel = match req.route {
+        Route::Dedicated => version.spec.fuel.max(state.jobs.config().long.fuel),
+        _ => version.spec.fuel,
+    };
     let order = WorkOrder {
         job: id,
         function: function.name.clone(),
@@ -208,7 +212,7 @@ pub async fn start(
         module: version.spec.module.clone(),
         abi: version.spec.abi,
         timeout_ms: rec.timeout_ms,
-        fuel: version.spec.fuel,
+        fuel,
         memory_mb: version.spec.memory_mb,
         stdout_bytes: d.max_stdout_bytes,
         stderr_bytes: d.max_log_bytes,
@@ -271,4 +275,71 @@ pub async fn dead(
     let id = job_id(&id)?;
     crate::jobs::bury(&state, &id, req.deliveries).await;
     Ok(Json(json!({})))
+}
+
+/// `GET /internal/v1/artifacts/{fingerprint}/{digest}`: the compiled code of a module, for
+/// runners that do not share the server's artifact directory. Only for an engine like the
+/// server's (same fingerprint); otherwise 404, and the runner compiles the module itself.
+pub async fn compiled(
+    State(state): State<Arc<AppState>>,
+    Path((fingerprint, digest)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    check(&state, &headers)?;
+    let digest = wafer_core::Digest::parse(&digest)
+        .map_err(|e| ApiError::bad_request("invalid-digest", e.to_string()))?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "no compiled code for that engine and module",
+        )
+    };
+    if fingerprint != state.runner.fingerprint() {
+        return Err(missing());
+    }
+    state.runner.ensure_compiled(&digest).await?;
+    let key = wafer_core::ArtifactKey::compiled(state.runner.fingerprint(), &digest)
+        .map_err(ApiError::internal)?;
+    let bytes = state
+        .runner
+        .artifacts()
+        .get(&key)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(missing)?;
+    Ok(axum::response::IntoResponse::into_response((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )))
+}
+
+/// `GET /internal/v1/modules/{digest}`: a module's bytes, for runners that compile it.
+pub async fn module(
+    State(state): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    check(&state, &headers)?;
+    let digest = wafer_core::Digest::parse(&digest)
+        .map_err(|e| ApiError::bad_request("invalid-digest", e.to_string()))?;
+    let bytes = state
+        .runner
+        .artifacts()
+        .get(&wafer_core::ArtifactKey::Module(digest))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such module",
+            )
+        })?;
+    Ok(axum::response::IntoResponse::into_response((
+        [(header::CONTENT_TYPE, "application/wasm")],
+        bytes,
+    )))
 }

@@ -127,7 +127,41 @@ pub async fn invoke(
     )
     .await?;
     if prefers(&parts.headers, "respond-async") {
-        return submit_async(&state, caller.as_ref(), &resolved, parts, fn_path, body).await;
+        return submit_async(
+            &state,
+            caller.as_ref(),
+            &resolved,
+            parts,
+            fn_path,
+            body,
+            true,
+        )
+        .await;
+    }
+    // Runs known to outlast the inline budget become a job of an owner who can read it,
+    // unless the caller prefers to wait.
+    let estimate_key = crate::jobs::estimate_key(function, version.version);
+    let owner_calls = caller
+        .as_ref()
+        .is_some_and(|k| k.tenant == function.tenant && k.allows(Scope::Invoke));
+    if owner_calls
+        && !prefers(&parts.headers, "wait")
+        && state
+            .jobs
+            .estimates
+            .p95(&estimate_key)
+            .is_some_and(|(p95, _)| p95 > state.jobs.config().inline_budget_ms)
+    {
+        return submit_async(
+            &state,
+            caller.as_ref(),
+            &resolved,
+            parts,
+            fn_path,
+            body,
+            false,
+        )
+        .await;
     }
     let _admitted = state
         .admission
@@ -155,6 +189,17 @@ pub async fn invoke(
     };
     let limits = execute::limits_of(&state, version, None);
     let result = execute::run(&state, function, version, call, limits, &span).await;
+    if !matches!(
+        result,
+        Err(wafer_runner::InvokeError::Capacity
+            | wafer_runner::InvokeError::Internal(_)
+            | wafer_runner::InvokeError::Artifact(_))
+    ) {
+        state
+            .jobs
+            .estimates
+            .record(estimate_key, started.elapsed().as_millis() as u64);
+    }
     let seconds = started.elapsed().as_secs_f64();
     let version_header = (
         HeaderName::from_static("x-wafer-version"),
@@ -234,8 +279,9 @@ fn prefers(headers: &axum::http::HeaderMap, token: &str) -> bool {
         })
 }
 
-/// `Prefer: respond-async`: the call becomes a job of the caller (who must own the function
-/// and hold the Invoke scope); 202 with its `Location`.
+/// `Prefer: respond-async` (`asked`), or a call whose runs outlast the inline budget: the
+/// call becomes a job of the caller (who must own the function and hold the Invoke scope);
+/// 202 with its `Location`.
 async fn submit_async(
     state: &AppState,
     caller: Option<&KeyRecord>,
@@ -243,6 +289,7 @@ async fn submit_async(
     parts: axum::http::request::Parts,
     fn_path: String,
     body: bytes::Bytes,
+    asked: bool,
 ) -> Result<Response, ApiError> {
     let (function, version) = (&resolved.0, &resolved.1);
     let key = caller.ok_or_else(|| {
@@ -277,10 +324,12 @@ async fn submit_async(
         webhook: None,
     };
     let mut resp = crate::jobs::submit(state, key, function, version, sub).await?;
-    resp.headers_mut().insert(
-        HeaderName::from_static("preference-applied"),
-        HeaderValue::from_static("respond-async"),
-    );
+    if asked {
+        resp.headers_mut().insert(
+            HeaderName::from_static("preference-applied"),
+            HeaderValue::from_static("respond-async"),
+        );
+    }
     Ok(resp)
 }
 
