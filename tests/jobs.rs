@@ -959,3 +959,36 @@ fn webhooks_to_private_addresses_are_refused_by_default_and_bad_urls_at_submit()
         assert_problem(r, 400, "invalid-webhook");
     }
 }
+
+#[test]
+fn jobs_wait_shows_a_spinner_with_the_elapsed_time_on_a_terminal() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({}));
+    let job = submit(&s, &key, json!({"function": "nap", "input": 700}));
+    let id = job["id"].as_str().unwrap();
+    // `script` runs the CLI on a pseudo-terminal, as a person at a terminal would.
+    let o = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} jobs wait {id}",
+            wafer_e2e::wafer_bin().display()
+        ))
+        .arg("/dev/null")
+        .env("WAFER_URL", &s.url)
+        .env("WAFER_API_KEY", &key)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{shown}");
+    // Frames redrawn in place with the elapsed time, then the end.
+    assert!(shown.matches('\r').count() >= 3, "{shown:?}");
+    assert!(
+        shown.contains("running") && shown.contains('s'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&format!("{id} succeeded after")),
+        "{shown:?}"
+    );
+}

@@ -107,14 +107,26 @@ fn a_redis_restart_loses_no_accepted_job() {
     // Redis dies with everything it acknowledged on disk, and comes back.
     redis.kill();
     // Meanwhile a submission cannot be queued: refused, not accepted and lost.
-    let r = s
-        .with_key(&key, Method::POST, "/v1/jobs")
-        .json(&json!({"function": "nap", "input": 10}))
-        .send()
-        .unwrap();
+    let retry = || {
+        s.with_key(&key, Method::POST, "/v1/jobs")
+            .header("idempotency-key", "while-down")
+            .json(&json!({"function": "nap", "input": 10}))
+            .send()
+            .unwrap()
+    };
+    let r = retry();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     redis.restart();
+    // The retry the 503 invites is a new job, not a replay of one that never was.
+    let r = retry();
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let again: Value = r.json().unwrap();
+    assert_eq!(
+        get_job(&s, &key, again["id"].as_str().unwrap(), "30s")["status"],
+        "succeeded"
+    );
     for id in std::iter::once(&running).chain(&queued) {
         let done = get_job(&s, &key, id, "30s");
         assert_eq!(done["status"], "succeeded", "{done}");

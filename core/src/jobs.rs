@@ -323,6 +323,9 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<JobPage, JobError>;
     /// Every job that has not ended, for making sure each is in the queue after a restart.
     async fn unfinished(&self) -> Result<Vec<QueuedJob>, JobError>;
+    /// Removes a job that was never accepted (it could not be queued), with its input and
+    /// idempotency key, as if it had never been submitted.
+    async fn discard(&self, id: &JobId) -> Result<(), JobError>;
     /// Records how a job's webhook delivery stands (also after the job ended).
     async fn set_webhook_state(&self, id: &JobId, state: WebhookState) -> Result<(), JobError>;
     /// Ended jobs whose webhook is still to be delivered, for resuming after a restart.
@@ -389,6 +392,7 @@ fn parse_cursor(c: &str) -> Option<(u64, JobId)> {
 #[derive(Clone)]
 pub struct EmbeddedJobStore {
     db: Arc<Database>,
+    writer: crate::batch::BatchWriter,
 }
 
 impl EmbeddedJobStore {
@@ -404,7 +408,11 @@ impl EmbeddedJobStore {
         txn.open_table(EXPIRY).map_err(storage)?;
         txn.open_table(SECRETS).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        Ok(Self {
+            writer: crate::batch::BatchWriter::new(db.clone(), "jobs"),
+            db,
+        })
     }
 
     async fn write<R, F>(&self, f: F) -> Result<R, JobError>
@@ -412,7 +420,7 @@ impl EmbeddedJobStore {
         R: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<R, JobError> + Send + 'static,
     {
-        crate::redb_write(&self.db, JobError::Storage, f).await
+        self.writer.write(JobError::Storage, f).await
     }
 
     /// Applies `change` to a job that has not ended; `Ok(None)` when there is no such job,
@@ -648,6 +656,38 @@ impl JobStore for EmbeddedJobStore {
             }
         }
         Ok(out)
+    }
+
+    async fn discard(&self, id: &JobId) -> Result<(), JobError> {
+        let id = id.clone();
+        self.write(move |txn| {
+            let Some(rec) = txn
+                .open_table(JOBS)
+                .map_err(storage)?
+                .remove(id.as_str())
+                .map_err(storage)?
+                .map(|v| decode(v.value()))
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            txn.open_table(INPUTS)
+                .map_err(storage)?
+                .remove(id.as_str())
+                .map_err(storage)?;
+            txn.open_table(BY_TENANT)
+                .map_err(storage)?
+                .remove((rec.tenant.as_str(), order_of(&rec), id.as_str()))
+                .map_err(storage)?;
+            if let Some(key) = &rec.idempotency_key {
+                txn.open_table(IDEMPOTENCY)
+                    .map_err(storage)?
+                    .remove((rec.tenant.as_str(), key.as_str()))
+                    .map_err(storage)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn set_webhook_state(&self, id: &JobId, state: WebhookState) -> Result<(), JobError> {

@@ -6,6 +6,7 @@
 //! backends can be added beside them without touching callers.
 
 pub mod artifacts;
+mod batch;
 pub mod jobs;
 pub mod meta;
 pub mod names;
@@ -51,8 +52,8 @@ pub fn crash_point(name: &str) {
 }
 
 /// Runs a redb write transaction off the async runtime (its commit fsyncs); every failure,
-/// of redb or of the blocking task, becomes `fail(message)`. The one write path of the
-/// embedded metadata store and the embedded job queue.
+/// of redb or of the blocking task, becomes `fail(message)`. The write path of the embedded
+/// metadata store (the job store and queue commit in batches: see `batch`).
 pub(crate) async fn redb_write<R, E, F>(
     db: &std::sync::Arc<redb::Database>,
     fail: fn(String) -> E,

@@ -214,6 +214,7 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct EmbeddedJobQueue {
     db: Arc<Database>,
+    writer: crate::batch::BatchWriter,
     max_deliveries: u32,
 }
 
@@ -227,8 +228,10 @@ impl EmbeddedJobQueue {
         txn.open_table(BY_ID).map_err(storage)?;
         txn.open_table(COUNTER).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
         Ok(Self {
-            db: Arc::new(db),
+            writer: crate::batch::BatchWriter::new(db.clone(), "queue"),
+            db,
             max_deliveries: max_deliveries.max(1),
         })
     }
@@ -262,7 +265,7 @@ impl EmbeddedJobQueue {
         R: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<R, QueueError> + Send + 'static,
     {
-        crate::redb_write(&self.db, QueueError::Storage, f).await
+        self.writer.write(QueueError::Storage, f).await
     }
 }
 

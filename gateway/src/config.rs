@@ -109,9 +109,11 @@ pub struct JobsConfig {
     pub max_deliveries: u32,
     /// Jobs the server runs at once in each of its lanes (0: half of `max_inflight`).
     pub inline_concurrency: usize,
-    /// Jobs whose timeout is at most this wait in the fast lane, ms.
+    /// Jobs whose estimate (p95 of recent runs; before any run, their timeout) is at most
+    /// this go to the fast lane, ms.
     pub fast_lane_ms: u64,
-    /// The longest timeout a job may ask for, ms.
+    /// The longest timeout of a job on the fast and default lanes, ms; a longer one sends the
+    /// job to the long lane (up to `long.max_timeout_ms`), unless its class is `short`.
     pub max_timeout_ms: u64,
     /// The longest `?wait=` a client may ask for, seconds (longer waits are cut to it).
     pub max_wait_s: u64,

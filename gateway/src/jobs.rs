@@ -283,6 +283,7 @@ impl Jobs {
             .await
             .map_err(ApiError::internal)?;
         if let Some((rec, true)) = &outcome {
+            self.metrics.job_finished(JobStatus::Cancelled.as_str());
             self.notify_webhook(rec);
             self.queue.cancel(id).await.map_err(ApiError::internal)?;
             if let Some(token) = self.running.lock().expect("running jobs").get(id) {
@@ -508,16 +509,10 @@ pub async fn submit(
                     "the job queue cannot take jobs right now; try again shortly",
                 );
                 refusal.retry_after = Some(1);
-                let (end, output) = failed(
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "queue-unavailable",
-                        "Queue unavailable",
-                        "the job could not be queued; it was never accepted",
-                    ),
-                    String::new(),
-                );
-                let _ = jobs.finish(&rec.id, end, output).await;
+                // A retry with the same idempotency key makes a new job.
+                if let Err(e) = jobs.store.discard(&rec.id).await {
+                    tracing::warn!(job = rec.id.as_str(), error = %e, "discarding a job failed");
+                }
                 return Err(refusal);
             }
             state.metrics.job_submitted();

@@ -82,8 +82,11 @@ impl Gateway {
                     config.data_dir.join("queue.redb"),
                     config.jobs.max_deliveries,
                 )?;
-                // The embedded queue's runners are this process's: none survived its last run.
-                queue.release_leases().await?;
+                // With local runners (children, which die with this process) none survived
+                // its last run: their jobs can run again at once.
+                if config.jobs.long.provisioner == ProvisionerKind::Local {
+                    queue.release_leases().await?;
+                }
                 Arc::new(queue)
             }
             QueueBackend::Redis => Arc::new(

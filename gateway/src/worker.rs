@@ -242,8 +242,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         Some(p) => CompileMode::Worker {
             program: p.clone(),
             args: vec!["__compile".into()],
-            timeout: Duration::from_secs(20),
-            memory_bytes: 4096 << 20,
+            timeout: Duration::from_millis(setup.compile_timeout_ms),
+            memory_bytes: setup.compile_memory_mb << 20,
         },
         None => CompileMode::InProcess,
     };
@@ -251,7 +251,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         Runner::new(
             RunnerConfig {
                 engine: setup.engine,
-                hot_entries: 256,
+                hot_entries: setup.hot_modules,
                 compile,
                 scratch_dir: opts.scratch_dir.clone(),
             },

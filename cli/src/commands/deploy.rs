@@ -31,6 +31,10 @@ pub struct Args {
     /// Anyone may invoke it without an API key.
     #[arg(long)]
     public: bool,
+    /// How long its runs are: `long` sends its jobs to dedicated runners, `short` keeps them
+    /// off the long lane (default: decided by measured run times).
+    #[arg(long, value_parser = ["short", "long"])]
+    class: Option<String>,
     /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -92,6 +96,9 @@ pub async fn run(client: &Client, a: &Args) -> anyhow::Result<()> {
         .await?;
     let digest = module["digest"].as_str().unwrap_or_default().to_owned();
     let mut spec = json!({ "module": digest, "env": env, "public": a.public });
+    if let Some(c) = &a.class {
+        spec["class"] = Value::String(c.clone());
+    }
     if let Some(t) = a.timeout {
         spec["timeout_ms"] = t.into();
     }

@@ -217,76 +217,87 @@ fn print_job(v: &Value, json: bool) -> anyhow::Result<()> {
 
 const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
-/// Long-polls the job until it ends, with a spinner and the elapsed time on a terminal and a
-/// line per status change otherwise.
+/// Follows the job's event stream until it ends, with a spinner and the elapsed time on a
+/// terminal and a line per status change otherwise; reconnects if the stream breaks.
 async fn wait(client: &Client, id: &str, timeout_ms: u64, json: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(timeout_ms);
-    let mut last_status = String::new();
-    let mut frame = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut status = String::from("…");
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let poll = get(
-            client,
-            id,
-            Some(left.min(Duration::from_secs(30)).as_millis() as u64),
-        );
-        tokio::pin!(poll);
-        let v = loop {
+    let mut frame = 0usize;
+    let mut last: Option<Value> = None;
+    let mut shown_status = String::new();
+    'connect: loop {
+        let resp = client
+            .send(client.request(Method::GET, &format!("{}/events", job_path(id)?)))
+            .await?;
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        loop {
             tokio::select! {
-                v = &mut poll => break v?,
+                chunk = body.next() => {
+                    let Some(chunk) = chunk else { continue 'connect };
+                    let Ok(chunk) = chunk else { continue 'connect };
+                    buf.extend_from_slice(&chunk);
+                    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=nl).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        let Some(data) = line.trim_end().strip_prefix("data:") else { continue };
+                        let Ok(v) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                        let status = v["status"].as_str().unwrap_or("").to_owned();
+                        if status != shown_status && !tty {
+                            eprintln!("{id} {status} after {:.1}s", started.elapsed().as_secs_f64());
+                        }
+                        shown_status = status;
+                        last = Some(v);
+                    }
+                    if !matches!(shown_status.as_str(), "" | "queued" | "running") {
+                        break 'connect;
+                    }
+                }
                 _ = tick.tick(), if tty => {
                     frame += 1;
                     eprint!(
                         "\r\x1b[2K{} {} {} {:.1}s",
                         SPINNER[frame % SPINNER.len()],
                         id,
-                        status,
+                        if shown_status.is_empty() { "…" } else { shown_status.as_str() },
                         started.elapsed().as_secs_f64()
                     );
                 }
+                _ = tokio::time::sleep_until(deadline) => break 'connect,
             }
-        };
-        status = v["status"].as_str().unwrap_or("").to_owned();
-        if status != last_status && !tty {
-            eprintln!(
-                "{} {} after {:.1}s",
-                id,
-                status,
-                started.elapsed().as_secs_f64()
-            );
-        }
-        last_status.clone_from(&status);
-        let ended = !matches!(status.as_str(), "queued" | "running");
-        if ended || Instant::now() >= deadline {
-            if tty {
-                eprintln!(
-                    "\r\x1b[2K{} {} after {:.1}s",
-                    id,
-                    status,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            print_job(&v, json)?;
-            if !ended {
-                return Err(CliError::Timeout(format!(
-                    "the job is still {status} after {:.0}s",
-                    started.elapsed().as_secs_f64()
-                ))
-                .into());
-            }
-            if status != "succeeded" {
-                return Err(CliError::Problem {
-                    status: v["error"]["status"].as_u64().unwrap_or(0) as u16,
-                    title: format!("job {status}"),
-                    detail: v["error"]["detail"].as_str().unwrap_or("").to_owned(),
-                }
-                .into());
-            }
-            return Ok(());
         }
     }
+    let ended = !matches!(shown_status.as_str(), "" | "queued" | "running");
+    if tty {
+        eprintln!(
+            "\r\x1b[2K{} {} after {:.1}s",
+            id,
+            shown_status,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let v = match last {
+        Some(v) => v,
+        None => get(client, id, None).await?,
+    };
+    print_job(&v, json)?;
+    if !ended {
+        return Err(CliError::Timeout(format!(
+            "the job is still {shown_status} after {:.0}s",
+            started.elapsed().as_secs_f64()
+        ))
+        .into());
+    }
+    if shown_status != "succeeded" {
+        return Err(CliError::Problem {
+            status: v["error"]["status"].as_u64().unwrap_or(0) as u16,
+            title: format!("job {shown_status}"),
+            detail: v["error"]["detail"].as_str().unwrap_or("").to_owned(),
+        }
+        .into());
+    }
+    Ok(())
 }

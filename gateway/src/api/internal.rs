@@ -52,6 +52,12 @@ pub struct RunnerSetup {
     pub heartbeat_ms: u64,
     /// Deliveries before a job is dead-lettered.
     pub max_deliveries: u32,
+    /// Time limit of one compilation, ms.
+    pub compile_timeout_ms: u64,
+    /// Address-space limit of the compile worker, MiB.
+    pub compile_memory_mb: u64,
+    /// Pre-linked modules kept hot.
+    pub hot_modules: u64,
     /// The queue's key prefix when it is Redis (whose URL runners get from their
     /// environment), None for the embedded queue (reached through this API).
     pub redis_prefix: Option<String>,
@@ -69,6 +75,9 @@ pub async fn setup(
         lease_ms: state.jobs.config().lease_ms,
         heartbeat_ms: state.jobs.heartbeat().as_millis() as u64,
         max_deliveries: state.jobs.config().max_deliveries,
+        compile_timeout_ms: state.config.compile_timeout_ms,
+        compile_memory_mb: state.config.compile_memory_mb,
+        hot_modules: state.config.hot_modules,
         redis_prefix: (state.config.queue.backend == crate::config::QueueBackend::Redis)
             .then(|| state.config.queue.prefix.clone()),
     }))
@@ -250,6 +259,15 @@ pub async fn finish(
 ) -> Result<Json<Value>, ApiError> {
     check(&state, &headers)?;
     let id = job_id(&id)?;
+    if !matches!(
+        req.end.status,
+        wafer_core::JobStatus::Succeeded | wafer_core::JobStatus::Failed
+    ) {
+        return Err(ApiError::bad_request(
+            "invalid-end",
+            "a runner ends a job as succeeded or failed",
+        ));
+    }
     let output = base64::engine::general_purpose::STANDARD
         .decode(req.output_base64.as_bytes())
         .map_err(|e| ApiError::bad_request("invalid-output", e.to_string()))?;

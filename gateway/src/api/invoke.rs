@@ -273,7 +273,8 @@ fn prefers(headers: &axum::http::HeaderMap, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| {
-            p.split(';')
+            // `wait=10` is the preference `wait` with a value (RFC 7240).
+            p.split([';', '='])
                 .next()
                 .is_some_and(|name| name.trim().eq_ignore_ascii_case(token))
         })
@@ -342,6 +343,7 @@ mod tests {
         let mut h = axum::http::HeaderMap::new();
         h.append("prefer", HeaderValue::from_static("wait=10"));
         assert!(!prefers(&h, "respond-async"));
+        assert!(prefers(&h, "wait"));
         h.append(
             "prefer",
             HeaderValue::from_static("handling=lenient, Respond-Async"),
