@@ -589,6 +589,21 @@ fn the_cli_runs_waits_for_and_reads_jobs() {
     assert_eq!(o.status.code(), Some(1));
     let o = s.cli(&["jobs", "get", "not-a-job!"]);
     assert_eq!(o.status.code(), Some(2));
+
+    // Cancel from the CLI: a long nap, cancelled while it runs.
+    s.cli_deploy("nap", "nap");
+    let o = s.cli(&["invoke", "nap", "-d", "30000", "--async"]);
+    let napping = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let key = s.admin_key.clone();
+    wait_status(&s, &key, &napping, "running");
+    let o = s.cli(&["jobs", "cancel", &napping]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("cancelled {napping}")));
+    let o = s.cli(&["jobs", "wait", &napping]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("job cancelled"));
+    let o = s.cli(&["jobs", "cancel", &napping]);
+    assert_eq!(o.status.code(), Some(1), "already ended");
 }
 
 /// Workers for the default lane; jobs estimated above 100 ms go there.

@@ -23,7 +23,7 @@ fn wait_dedicated(s: &TestServer, n: u64) {
 
 #[test]
 fn a_long_job_runs_on_a_runner_of_its_own_that_goes_away_after() {
-    let s = TestServer::start();
+    let s = TestServer::start_with_config("[jobs.long]\nmemory_mb = 96\n");
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
     assert_eq!(status(&s)["runners"]["dedicated"], 0);
@@ -52,6 +52,21 @@ fn a_long_job_runs_on_a_runner_of_its_own_that_goes_away_after() {
         .unwrap();
     assert_eq!(r.text().unwrap(), "awake\n");
     wait_dedicated(&s, 0);
+    // Long jobs get the long lane's memory: four memories of 5 MiB (20 MiB) fail a version
+    // limited to 16 MiB inline, and fit the long lane's 96 MiB.
+    let big = wafer_e2e::wasm::memory_component(4, 5 * 16, false);
+    s.deploy_bytes(&key, "big", big.clone(), json!({"memory_mb": 16}));
+    let inline = submit(&s, &key, json!({"function": "big"}));
+    let inline = get_job(&s, &key, inline["id"].as_str().unwrap(), "30s");
+    assert_eq!(
+        inline["error"]["type"], "https://wafer.dev/problems/memory-limit",
+        "{inline}"
+    );
+    s.deploy_bytes(&key, "big", big, json!({"memory_mb": 16, "class": "long"}));
+    let long = submit(&s, &key, json!({"function": "big"}));
+    let long = get_job(&s, &key, long["id"].as_str().unwrap(), "30s");
+    assert_eq!(long["status"], "succeeded", "{long}");
+    assert_eq!(long["route"], "dedicated");
     // Long jobs may run longer than any worker job.
     let long = submit(
         &s,

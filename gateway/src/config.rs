@@ -156,6 +156,9 @@ pub struct LongLaneConfig {
     pub max_timeout_ms: u64,
     /// Fuel of a long job (when its version's is lower).
     pub fuel: u64,
+    /// Memory of a long job, MiB, when its version's is lower (0: the version's); at most
+    /// the engine's `max_memory_mb`.
+    pub memory_mb: u64,
     /// Time a launched runner has to start its job before the job fails, ms.
     pub start_timeout_ms: u64,
     /// `local` (a child process per job), `command` or `kubernetes`.
@@ -241,6 +244,7 @@ impl Default for LongLaneConfig {
             max_per_tenant: 1,
             max_timeout_ms: 4 * 3_600_000,
             fuel: 100_000_000_000_000,
+            memory_mb: 0,
             start_timeout_ms: 60_000,
             provisioner: ProvisionerKind::Local,
             command: CommandProvisionerConfig::default(),

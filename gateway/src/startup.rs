@@ -159,6 +159,13 @@ impl Gateway {
             server_url: format!("http://{}", std::net::SocketAddr::new(host, listen.port())),
         };
         let long = &self.state.jobs.config().long;
+        if long.memory_mb > self.state.config.engine.max_memory_mb {
+            anyhow::bail!(
+                "jobs.long.memory_mb ({}) is above engine.max_memory_mb ({})",
+                long.memory_mb,
+                self.state.config.engine.max_memory_mb
+            );
+        }
         let provisioner: Arc<dyn provision::Provisioner> = match long.provisioner {
             ProvisionerKind::Local => Arc::new(provision::LocalProvisioner::default()),
             ProvisionerKind::Command => {

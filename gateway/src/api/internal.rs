@@ -210,9 +210,17 @@ pub async fn start(
         .map_err(ApiError::internal)?
         .unwrap_or_default();
     let d = &state.config.functions;
-    let fuel = match req.route {
-        Route::Dedicated => version.spec.fuel.max(state.jobs.config().long.fuel),
-        _ => version.spec.fuel,
+    let long = &state.jobs.config().long;
+    let (fuel, memory_mb) = match req.route {
+        Route::Dedicated => (
+            version.spec.fuel.max(long.fuel),
+            version
+                .spec
+                .memory_mb
+                .max(long.memory_mb)
+                .min(state.runner.engine_config().max_memory_mb),
+        ),
+        _ => (version.spec.fuel, version.spec.memory_mb),
     };
     let order = WorkOrder {
         job: id,
@@ -222,7 +230,7 @@ pub async fn start(
         abi: version.spec.abi,
         timeout_ms: rec.timeout_ms,
         fuel,
-        memory_mb: version.spec.memory_mb,
+        memory_mb,
         stdout_bytes: d.max_stdout_bytes,
         stderr_bytes: d.max_log_bytes,
         response_bytes: d.max_response_bytes,
