@@ -198,6 +198,14 @@ fn queued_and_running_jobs_can_be_cancelled_and_a_running_guest_stops() {
     );
     let running = running["id"].as_str().unwrap();
     wait_status(&s, &key, running, "running");
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{running}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-wafer-job-status"], "running");
+    assert!(r.headers().contains_key("retry-after"));
+    let p = assert_problem(r, 409, "job-not-finished");
+    assert_eq!(p["job_status"], "running");
     // One job at a time in this lane: the next one waits.
     let queued = submit(&s, &key, json!({"function": "echo", "input": 1}));
     let queued = queued["id"].as_str().unwrap();
