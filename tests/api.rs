@@ -464,3 +464,45 @@ fn the_server_agrees_with_its_document_on_edge_cases() {
         .unwrap();
     assert_problem(r, 400, "invalid-json");
 }
+
+#[test]
+fn a_version_keeps_its_cache_policy_in_canonical_form_and_bad_ones_are_refused() {
+    let s = TestServer::start();
+    s.deploy(
+        "lookup",
+        "echo",
+        json!({"cache": {"ttl_ms": 60000, "methods": ["post", "GET"], "vary": ["Accept-Language", "accept"]}}),
+    );
+    let v: Value = s
+        .admin(Method::GET, "/v1/functions/lookup/versions")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let cache = &v["versions"][0]["cache"];
+    assert_eq!(
+        cache,
+        &json!({"ttl_ms": 60000, "methods": ["POST"], "vary": ["accept", "accept-language"], "credentials": false}),
+        "{v}"
+    );
+    let digest = v["versions"][0]["module"].clone();
+    for bad in [
+        json!({"methods": ["POST"]}),
+        json!({"ttl_ms": 0}),
+        json!({"methods": ["DELETE"], "ttl_ms": 5}),
+        json!({"vary": ["not a header"]}),
+    ] {
+        let r = s
+            .admin(Method::PUT, "/v1/functions/lookup")
+            .json(&json!({"module": digest, "cache": bad}))
+            .send()
+            .unwrap();
+        assert_problem(r, 400, "invalid-config");
+    }
+    let r = s
+        .admin(Method::PUT, "/v1/functions/lookup")
+        .json(&json!({"module": digest, "cache": {"size": 1}}))
+        .send()
+        .unwrap();
+    assert_problem(r, 400, "invalid-json");
+}

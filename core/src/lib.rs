@@ -23,8 +23,8 @@ pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
 pub use queue::{Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, QueueError, QueuedJob};
 pub use records::{
-    Abi, FunctionRecord, JobClass, KeyRecord, ModuleRecord, Quotas, Scope, VersionRecord,
-    VersionSpec,
+    Abi, CacheSpec, FunctionRecord, JobClass, KeyRecord, ModuleRecord, Quotas, Scope,
+    VersionRecord, VersionSpec,
 };
 pub use redis_queue::RedisJobQueue;
 

@@ -506,6 +506,7 @@ mod tests {
             env: BTreeMap::new(),
             public: false,
             class: None,
+            cache: None,
         }
     }
 

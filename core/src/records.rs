@@ -65,6 +65,102 @@ pub struct VersionSpec {
     /// estimate; `short` keeps them off the long lane. None: decided by the estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<JobClass>,
+    /// How the response cache may keep this version's answers (None: by their
+    /// `Cache-Control` alone, for GET and HEAD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// A version's response-cache policy, as its owner declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// How long an answer may be kept when the function sets no `max-age`, ms; required for
+    /// POST, whose answers carry no freshness of their own.
+    #[serde(default, deserialize_with = "integral")]
+    pub ttl_ms: Option<u64>,
+    /// Methods besides GET and HEAD whose answers may be kept: `POST` for pure functions
+    /// (the same body always gives the same answer).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers (lowercase names) whose values select different answers.
+    #[serde(default)]
+    pub vary: Vec<String>,
+    /// Whether requests carrying credentials (`Authorization`, `Cookie`) may be answered
+    /// from, and fill, the cache.
+    #[serde(default)]
+    pub credentials: bool,
+}
+
+/// An optional non-negative integer that JSON may spell with a fraction of zero (`5.0`), as
+/// JSON Schema's `integer` allows.
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, got {n}"))),
+    }
+}
+
+impl CacheSpec {
+    /// The most `vary` headers a version may name.
+    pub const MAX_VARY: usize = 16;
+    /// The longest `ttl_ms`: a day.
+    pub const MAX_TTL_MS: u64 = 86_400_000;
+
+    /// Checks the policy and puts it in canonical form (header names lowercase, sorted and
+    /// unique; methods uppercase), so equal policies compare and hash equal.
+    pub fn normalized(mut self) -> Result<Self, String> {
+        if let Some(t) = self.ttl_ms
+            && (t == 0 || t > Self::MAX_TTL_MS)
+        {
+            return Err(format!(
+                "cache.ttl_ms must be between 1 and {}",
+                Self::MAX_TTL_MS
+            ));
+        }
+        for m in &mut self.methods {
+            m.make_ascii_uppercase();
+        }
+        self.methods.retain(|m| m != "GET" && m != "HEAD");
+        self.methods.sort();
+        self.methods.dedup();
+        if let Some(m) = self.methods.iter().find(|m| *m != "POST") {
+            return Err(format!(
+                "cache.methods may name POST (GET and HEAD are always cacheable), not {m:?}"
+            ));
+        }
+        if !self.methods.is_empty() && self.ttl_ms.is_none() {
+            return Err("caching POST needs cache.ttl_ms".into());
+        }
+        if self.vary.len() > Self::MAX_VARY {
+            return Err(format!(
+                "cache.vary names at most {} headers",
+                Self::MAX_VARY
+            ));
+        }
+        for h in &mut self.vary {
+            h.make_ascii_lowercase();
+            let token = !h.is_empty()
+                && h.len() <= 64
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+            if !token {
+                return Err(format!("cache.vary: {h:?} is not a header name"));
+            }
+        }
+        self.vary.sort();
+        self.vary.dedup();
+        Ok(self)
+    }
 }
 
 /// How long a function's runs are, as its owner declares.
@@ -168,5 +264,51 @@ impl Default for Quotas {
             functions: 1000,
             versions_per_function: 1000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ttl: Option<u64>, methods: &[&str], vary: &[&str]) -> CacheSpec {
+        CacheSpec {
+            ttl_ms: ttl,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            vary: vary.iter().map(|v| v.to_string()).collect(),
+            credentials: false,
+        }
+    }
+
+    #[test]
+    fn cache_policies_are_checked_and_canonical() {
+        let n = spec(
+            Some(1000),
+            &["post", "GET", "POST"],
+            &["Accept-Language", "accept"],
+        )
+        .normalized()
+        .unwrap();
+        assert_eq!(n.methods, vec!["POST"]);
+        assert_eq!(n.vary, vec!["accept", "accept-language"]);
+        assert!(
+            spec(None, &["POST"], &[]).normalized().is_err(),
+            "POST needs a ttl"
+        );
+        assert!(spec(Some(1), &["PUT"], &[]).normalized().is_err());
+        assert!(spec(Some(0), &[], &[]).normalized().is_err());
+        assert!(
+            spec(Some(CacheSpec::MAX_TTL_MS + 1), &[], &[])
+                .normalized()
+                .is_err()
+        );
+        assert!(spec(None, &[], &["bad header"]).normalized().is_err());
+        let many: Vec<String> = (0..17).map(|i| format!("x-{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(spec(None, &[], &many).normalized().is_err());
+        assert!(spec(None, &["get", "head"], &[]).normalized().is_ok());
+        let parsed: CacheSpec = serde_json::from_str(r#"{"ttl_ms": 5.0}"#).unwrap();
+        assert_eq!(parsed.ttl_ms, Some(5));
+        assert!(serde_json::from_str::<CacheSpec>(r#"{"ttl_ms": 5.5}"#).is_err());
     }
 }

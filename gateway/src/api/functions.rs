@@ -38,6 +38,8 @@ struct NewVersion {
     public: bool,
     #[serde(default)]
     class: Option<wafer_core::JobClass>,
+    #[serde(default)]
+    cache: Option<wafer_core::CacheSpec>,
 }
 
 fn invalid_config(detail: impl Into<String>) -> ApiError {
@@ -65,6 +67,7 @@ pub fn version_json(v: &VersionRecord) -> Value {
         "env_keys": v.spec.env.keys().collect::<Vec<_>>(),
         "public": v.spec.public,
         "class": v.spec.class,
+        "cache": v.spec.cache,
         "created": v.created,
     })
 }
@@ -127,6 +130,11 @@ pub async fn put(
             d.max_fuel
         )));
     }
+    let cache = req
+        .cache
+        .map(wafer_core::CacheSpec::normalized)
+        .transpose()
+        .map_err(invalid_config)?;
     if req.env.len() > MAX_ENV {
         return Err(invalid_config(format!(
             "at most {MAX_ENV} environment variables"
@@ -186,6 +194,7 @@ pub async fn put(
         env: req.env,
         public: req.public,
         class: req.class,
+        cache,
     };
     let rec = state
         .meta
