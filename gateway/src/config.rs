@@ -62,6 +62,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Where the job queue lives.
     pub queue: QueueConfig,
+    /// The response cache.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// The job queue's backend.
@@ -343,6 +345,7 @@ impl Default for Config {
             hot_modules: 1024,
             jobs: JobsConfig::default(),
             queue: QueueConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod dedicated;
 pub mod execute;

@@ -38,6 +38,15 @@ pub struct Metrics {
     jobs_submitted: Counter,
     jobs_finished: Family<StatusLabels, Counter>,
     runners: Family<KindLabels, Gauge>,
+    cache_lookups: Family<ResultLabels, Counter>,
+    cache_stored_bytes: Counter,
+}
+
+/// Labels of the cache counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `hit`, `miss` or `bypass`.
+    pub result: String,
 }
 
 /// Labels of the runner gauge.
@@ -129,6 +138,18 @@ impl Default for Metrics {
                 })
                 .set(0);
         }
+        let cache_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by result (hit, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        let cache_stored_bytes = Counter::default();
+        registry.register(
+            "cache_stored_bytes",
+            "Bytes of answers stored in the response cache",
+            cache_stored_bytes.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -141,6 +162,8 @@ impl Default for Metrics {
             jobs_submitted,
             jobs_finished,
             runners,
+            cache_lookups,
+            cache_stored_bytes,
         }
     }
 }
@@ -187,6 +210,20 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .set(n);
+    }
+
+    /// Counts a response-cache lookup.
+    pub fn cache_event(&self, result: &str) {
+        self.cache_lookups
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts bytes stored in the response cache.
+    pub fn cache_stored(&self, bytes: u64) {
+        self.cache_stored_bytes.inc_by(bytes);
     }
 
     /// Counts an invocation as running until the guard is dropped.

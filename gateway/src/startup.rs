@@ -110,6 +110,10 @@ impl Gateway {
         let state = Arc::new(AppState {
             jobs,
             fleet: Default::default(),
+            cache: config
+                .cache
+                .enabled
+                .then(|| crate::cache::ResponseCache::new(config.cache.clone(), metrics.clone())),
             admission: admission::Admission::new(
                 config.max_inflight,
                 config.max_inflight_per_tenant,

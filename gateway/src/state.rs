@@ -29,4 +29,6 @@ pub struct AppState {
     pub jobs: crate::jobs::Jobs,
     /// Runner processes alive.
     pub fleet: crate::supervisor::Fleet,
+    /// The response cache (None when disabled).
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }

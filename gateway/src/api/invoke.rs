@@ -1,6 +1,7 @@
 //! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
 
 use crate::auth;
+use crate::cache::{CacheRequest, Lookup, ResponseCache, X_CACHE};
 use crate::execute::{self, Call};
 use crate::problem::ApiError;
 use crate::resolve::Resolved;
@@ -163,6 +164,86 @@ pub async fn invoke(
         )
         .await;
     }
+    let Some(cache) = state.cache.clone() else {
+        return run_call(
+            &state,
+            function,
+            version,
+            &name,
+            parts,
+            fn_path,
+            body,
+            sees_logs,
+            estimate_key,
+        )
+        .await;
+    };
+    let key = ResponseCache::key_of(
+        function,
+        version,
+        &CacheRequest {
+            method: &parts.method,
+            path: &fn_path,
+            headers: &parts.headers,
+            body: &body,
+            sees_logs,
+            caller: caller.as_ref().map(|k| &k.tenant),
+        },
+    );
+    match cache.lookup(key, version, &parts.method).await {
+        Lookup::Hit(resp) => Ok(resp),
+        Lookup::Bypass => {
+            let mut resp = run_call(
+                &state,
+                function,
+                version,
+                &name,
+                parts,
+                fn_path,
+                body,
+                sees_logs,
+                estimate_key,
+            )
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+            resp.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static("bypass"));
+            Ok(resp)
+        }
+        Lookup::Lead(leader) => {
+            let resp = run_call(
+                &state,
+                function,
+                version,
+                &name,
+                parts,
+                fn_path,
+                body,
+                sees_logs,
+                estimate_key,
+            )
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+            Ok(leader.finish(resp).await)
+        }
+    }
+}
+
+/// Runs the function on the call (the caller is authorised and the body read) and builds
+/// the response.
+#[allow(clippy::too_many_arguments)]
+async fn run_call(
+    state: &Arc<AppState>,
+    function: &wafer_core::FunctionRecord,
+    version: &wafer_core::VersionRecord,
+    name: &FunctionName,
+    parts: axum::http::request::Parts,
+    fn_path: String,
+    body: bytes::Bytes,
+    sees_logs: bool,
+    estimate_key: crate::routing::VersionKey,
+) -> Result<Response, ApiError> {
+    let state = state.clone();
     let _admitted = state
         .admission
         .admit(&function.tenant, version.spec.memory_mb)?;

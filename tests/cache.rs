@@ -1,0 +1,161 @@
+//! The response cache in the gateway: hits, misses and bypasses by rule, isolation between
+//! tenants and versions, and one execution for many concurrent identical misses.
+
+use reqwest::Method;
+use serde_json::json;
+use wafer_e2e::TestServer;
+
+/// How many times `function` ran successfully, from `/metrics`.
+fn runs(s: &TestServer, function: &str) -> u64 {
+    let needle = format!("wafer_invocations_total{{function=\"{function}\",outcome=\"ok\"}} ");
+    s.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+fn x_cache(r: &reqwest::blocking::Response) -> String {
+    r.headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn repeated_gets_are_answered_from_the_cache_and_new_versions_never_see_old_answers() {
+    let s = TestServer::start();
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000}}),
+    );
+    let get = |q: &str| {
+        s.anon(Method::GET, &format!("/fn/hello?name={q}"))
+            .send()
+            .unwrap()
+    };
+    let r = get("a");
+    assert_eq!(x_cache(&r), "miss");
+    assert_eq!(r.text().unwrap(), "Hello, a!\n");
+    let r = get("a");
+    assert_eq!(x_cache(&r), "hit");
+    assert!(r.headers().contains_key("age"));
+    assert_eq!(r.headers()["x-wafer-version"], "1");
+    assert_eq!(r.text().unwrap(), "Hello, a!\n");
+    assert_eq!(runs(&s, "hello"), 1, "the hit did not run the function");
+    assert_eq!(
+        x_cache(&get("b")),
+        "miss",
+        "another query is another answer"
+    );
+    // A new version: the old answers are never served.
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000}, "env": {"V": "2"}}),
+    );
+    let r = get("a");
+    assert_eq!(x_cache(&r), "miss");
+    assert_eq!(r.headers()["x-wafer-version"], "2");
+    // Rules that bypass: POST without a pure declaration, no-store, credentials of its own.
+    let r = s
+        .anon(Method::POST, "/fn/hello?name=a")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(x_cache(&r), "bypass");
+    let r = s
+        .anon(Method::GET, "/fn/hello?name=a")
+        .header("cache-control", "no-store")
+        .send()
+        .unwrap();
+    assert_eq!(x_cache(&r), "bypass");
+    let r = s
+        .anon(Method::GET, "/fn/hello?name=a")
+        .header("cookie", "session=1")
+        .send()
+        .unwrap();
+    assert_eq!(x_cache(&r), "bypass");
+}
+
+#[test]
+fn tenants_never_share_an_entry_and_errors_are_never_kept() {
+    let s = TestServer::start();
+    let a = s.tenant_key("alpha");
+    let b = s.tenant_key("beta");
+    s.deploy_as(
+        &a,
+        "shared",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000}}),
+    );
+    let call = |k: &str| {
+        s.with_key(k, Method::GET, "/fn/shared?name=x")
+            .send()
+            .unwrap()
+    };
+    assert_eq!(x_cache(&call(&a)), "miss");
+    assert_eq!(x_cache(&call(&a)), "hit");
+    assert_eq!(
+        x_cache(&call(&b)),
+        "miss",
+        "beta does not get alpha's entry"
+    );
+    assert_eq!(x_cache(&call(&b)), "hit");
+    // Failures run every time.
+    s.deploy_as(
+        &a,
+        "broken",
+        "fail",
+        json!({"cache": {"ttl_ms": 60000, "methods": ["POST"]}}),
+    );
+    for _ in 0..2 {
+        let r = s
+            .with_key(&a, Method::POST, "/fn/broken")
+            .body("x")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        assert_eq!(x_cache(&r), "miss");
+    }
+}
+
+#[test]
+fn concurrent_identical_misses_run_the_function_once() {
+    let s = TestServer::start();
+    s.deploy(
+        "slow",
+        "nap",
+        json!({"public": true, "cache": {"ttl_ms": 60000, "methods": ["POST"]}}),
+    );
+    let url = format!("{}/fn/slow", s.url);
+    let answers: Vec<(u16, String, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    let r = reqwest::blocking::Client::new()
+                        .post(&url)
+                        .body("400")
+                        .send()
+                        .unwrap();
+                    let how = x_cache(&r);
+                    (r.status().as_u16(), how, r.text().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        answers
+            .iter()
+            .all(|(st, _, body)| *st == 200 && body == "awake\n"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|(_, how, _)| how == "miss").count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(runs(&s, "slow"), 1, "fifty callers, one execution");
+}
