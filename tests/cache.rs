@@ -159,3 +159,31 @@ fn concurrent_identical_misses_run_the_function_once() {
     );
     assert_eq!(runs(&s, "slow"), 1, "fifty callers, one execution");
 }
+
+#[test]
+fn only_the_owner_purges_a_function_s_answers() {
+    let s = TestServer::start();
+    let owner = s.tenant_key("alpha");
+    let other = s.tenant_key("beta");
+    s.deploy_as(
+        &owner,
+        "greet",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000}}),
+    );
+    let get = || s.anon(Method::GET, "/fn/greet?name=p").send().unwrap();
+    assert_eq!(x_cache(&get()), "miss");
+    assert_eq!(x_cache(&get()), "hit");
+    // Only the owner may purge; another tenant gets the same 404 as for a missing function.
+    let r = s
+        .with_key(&other, Method::DELETE, "/v1/functions/greet/cache")
+        .send()
+        .unwrap();
+    wafer_e2e::assert_problem(r, 404, "function-not-found");
+    assert_eq!(x_cache(&get()), "hit");
+    let o = s.cli_with(&["cache", "purge", "greet"], &[("WAFER_API_KEY", &owner)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(x_cache(&get()), "miss", "purged");
+    assert_eq!(x_cache(&get()), "hit");
+    assert_eq!(runs(&s, "greet"), 2);
+}

@@ -61,6 +61,9 @@ enum Command {
     Worker(commands::worker::Args),
     /// Show runner processes alive and jobs per lane (scope metrics).
     Status(commands::manage::StatusArgs),
+    /// The response cache: purge a function's kept answers.
+    #[command(subcommand)]
+    Cache(commands::manage::CacheCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(commands::manage::KeysCommand),
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
                 commands::worker::run(a).await
             }
             Command::Status(a) => commands::manage::status(&client()?, a).await,
+            Command::Cache(c) => commands::manage::cache(&client()?, c).await,
             Command::Compile { .. } => unreachable!("handled above"),
         }
     });

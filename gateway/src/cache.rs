@@ -72,12 +72,42 @@ impl Stored {
         u32::try_from(self.body.len() + h + 64).unwrap_or(u32::MAX)
     }
 
-    /// The answer, marked with how it was found and its age.
-    pub fn response(&self, how: &'static str) -> Response {
-        let mut resp = Response::new(Body::from(self.body.clone()));
-        *resp.status_mut() = self.status;
+    /// The answer, marked with how it was found and its age; 304 without a body when the
+    /// request's `If-None-Match` names the answer's `ETag`.
+    pub fn response(&self, how: &'static str, request: Option<&HeaderMap>) -> Response {
+        let etag = self
+            .headers
+            .iter()
+            .find(|(k, _)| *k == header::ETAG)
+            .map(|(_, v)| v.as_bytes());
+        let not_modified = etag.is_some_and(|etag| {
+            request.is_some_and(|h| {
+                h.get_all(header::IF_NONE_MATCH)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|t| {
+                        let t = t.trim();
+                        t == "*"
+                            || t.trim_start_matches("W/").as_bytes()
+                                == etag.strip_prefix(b"W/").unwrap_or(etag)
+                    })
+            })
+        });
+        let mut resp = if not_modified {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r
+        } else {
+            let mut r = Response::new(Body::from(self.body.clone()));
+            *r.status_mut() = self.status;
+            r
+        };
         let h = resp.headers_mut();
         for (k, v) in &self.headers {
+            if not_modified && (*k == header::CONTENT_TYPE || *k == header::CONTENT_LENGTH) {
+                continue;
+            }
             h.append(k.clone(), v.clone());
         }
         h.insert(X_CACHE, HeaderValue::from_static(how));
@@ -147,6 +177,9 @@ pub struct Leader {
 pub struct ResponseCache {
     config: CacheConfig,
     entries: moka::sync::Cache<Key, Arc<Stored>>,
+    /// Per function (name, incarnation): a generation that is part of every key, so a
+    /// purge makes all its entries unreachable at once (they then expire).
+    generations: moka::sync::Cache<(String, u64), u64>,
     flights: Mutex<HashMap<Key, watch::Receiver<Option<Arc<Stored>>>>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -197,13 +230,22 @@ impl ResponseCache {
         Arc::new(Self {
             config,
             entries,
+            generations: moka::sync::Cache::new(100_000),
             flights: Mutex::new(HashMap::new()),
             metrics,
         })
     }
 
+    /// Makes every kept answer of `function` unreachable (owner's purge).
+    pub fn purge(&self, function: &FunctionRecord) {
+        let id = (function.name.to_string(), function.incarnation);
+        let next = self.generations.get(&id).unwrap_or(0) + 1;
+        self.generations.insert(id, next);
+    }
+
     /// The key of a request, or None when it may not use the cache.
     pub fn key_of(
+        &self,
         function: &FunctionRecord,
         version: &VersionRecord,
         req: &CacheRequest<'_>,
@@ -238,6 +280,11 @@ impl ResponseCache {
             h.update(b);
         };
         part(function.tenant.as_str().as_bytes());
+        let generation = self
+            .generations
+            .get(&(function.name.to_string(), function.incarnation))
+            .unwrap_or(0);
+        part(&generation.to_le_bytes());
         // Callers of different tenants never share an entry, even for a public function.
         part(caller.map_or(&b"-"[..], |t| t.as_str().as_bytes()));
         part(function.name.as_str().as_bytes());
@@ -276,6 +323,7 @@ impl ResponseCache {
         key: Option<Key>,
         version: &VersionRecord,
         method: &Method,
+        request: &HeaderMap,
     ) -> Lookup {
         let Some(key) = key else {
             self.metrics.cache_event("bypass");
@@ -284,7 +332,7 @@ impl ResponseCache {
         loop {
             if let Some(hit) = self.entries.get(&key) {
                 self.metrics.cache_event("hit");
-                return Lookup::Hit(hit.response("hit"));
+                return Lookup::Hit(hit.response("hit", Some(request)));
             }
             let waiting = {
                 let mut flights = self.flights.lock().expect("flights");
@@ -311,7 +359,7 @@ impl ResponseCache {
                     && let Some(stored) = answer.as_ref()
                 {
                     self.metrics.cache_event("hit");
-                    return Lookup::Hit(stored.response("hit"));
+                    return Lookup::Hit(stored.response("hit", Some(request)));
                 }
             }
         }
@@ -374,7 +422,7 @@ impl Leader {
             .lock()
             .expect("flights")
             .remove(&self.key);
-        let mut resp = stored.response("miss");
+        let mut resp = stored.response("miss", None);
         // The original status and headers of this caller's answer, with the marker.
         *resp.status_mut() = parts.status;
         resp

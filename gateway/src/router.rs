@@ -33,6 +33,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/functions/{name}/versions", get(functions::versions))
         .route("/v1/functions/{name}/logs", get(functions::logs))
         .route(
+            "/v1/functions/{name}/cache",
+            axum::routing::delete(functions::purge_cache),
+        )
+        .route(
             "/v1/functions/{name}/aliases/{alias}",
             put(functions::set_alias),
         )

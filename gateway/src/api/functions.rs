@@ -308,6 +308,22 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /v1/functions/{name}/cache`: forgets every kept answer of the function (owner,
+/// scope deploy); 204.
+pub async fn purge_cache(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let name = FunctionName::new(name)?;
+    let caller = auth::require(&state, &headers, Scope::Deploy).await?;
+    let f = owned(&state, &caller, &name).await?;
+    if let Some(cache) = &state.cache {
+        cache.purge(&f);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
 
 use crate::auth;
-use crate::cache::{CacheRequest, Lookup, ResponseCache, X_CACHE};
+use crate::cache::{CacheRequest, Lookup, X_CACHE};
 use crate::execute::{self, Call};
 use crate::problem::ApiError;
 use crate::resolve::Resolved;
@@ -178,7 +178,7 @@ pub async fn invoke(
         )
         .await;
     };
-    let key = ResponseCache::key_of(
+    let key = cache.key_of(
         function,
         version,
         &CacheRequest {
@@ -190,7 +190,10 @@ pub async fn invoke(
             caller: caller.as_ref().map(|k| &k.tenant),
         },
     );
-    match cache.lookup(key, version, &parts.method).await {
+    match cache
+        .lookup(key, version, &parts.method, &parts.headers)
+        .await
+    {
         Lookup::Hit(resp) => Ok(resp),
         Lookup::Bypass => {
             let mut resp = run_call(
