@@ -187,3 +187,40 @@ fn only_the_owner_purges_a_function_s_answers() {
     assert_eq!(x_cache(&get()), "hit");
     assert_eq!(runs(&s, "greet"), 2);
 }
+
+#[test]
+fn answers_are_kept_for_their_max_age_and_etags_answer_304() {
+    let s = TestServer::start();
+    // No cache policy: the function's own Cache-Control decides.
+    s.deploy("hello", "hello", json!({"public": true}));
+    let r = s.anon(Method::GET, "/fn/hello?name=x").send().unwrap();
+    assert_eq!(x_cache(&r), "miss");
+    let r = s.anon(Method::GET, "/fn/hello?name=x").send().unwrap();
+    assert_eq!(x_cache(&r), "miss", "no max-age, no policy: not kept");
+    let get = |inm: Option<&str>| {
+        let mut rb = s.anon(Method::GET, "/fn/hello?name=abc&max_age=60");
+        if let Some(t) = inm {
+            rb = rb.header("if-none-match", t);
+        }
+        rb.send().unwrap()
+    };
+    assert_eq!(x_cache(&get(None)), "miss");
+    let r = get(None);
+    assert_eq!(x_cache(&r), "hit");
+    assert_eq!(r.headers()["etag"], "\"3\"");
+    let r = get(Some("\"3\""));
+    assert_eq!(r.status(), 304);
+    assert_eq!(x_cache(&r), "hit");
+    assert!(r.bytes().unwrap().is_empty());
+    let r = get(Some("\"other\""));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "Hello, abc!\n");
+    // max-age=0: never kept.
+    for _ in 0..2 {
+        let r = s
+            .anon(Method::GET, "/fn/hello?name=z&max_age=0")
+            .send()
+            .unwrap();
+        assert_eq!(x_cache(&r), "miss");
+    }
+}

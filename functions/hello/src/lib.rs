@@ -1,4 +1,6 @@
-//! `hello`: an HTTP component that greets `?name=` (default `world`) in plain text.
+//! `hello`: an HTTP component that greets `?name=` (default `world`) in plain text. With
+//! `?max_age=N` the answer may be cached for N seconds and carries an `ETag`, for tests of
+//! the response cache.
 
 use wafer_sdk::http::{Request, Response};
 
@@ -6,7 +8,16 @@ fn handle(req: Request) -> Response {
     let name = req
         .query_param("name")
         .unwrap_or_else(|| "world".to_owned());
-    Response::text(200, format!("Hello, {name}!\n"))
+    let resp = Response::text(200, format!("Hello, {name}!\n"));
+    match req
+        .query_param("max_age")
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        Some(secs) => resp
+            .with_header("cache-control", format!("public, max-age={secs}"))
+            .with_header("etag", format!("\"{}\"", name.len())),
+        None => resp,
+    }
 }
 
 wafer_sdk::http_function!(handle);
