@@ -224,3 +224,37 @@ fn answers_are_kept_for_their_max_age_and_etags_answer_304() {
         assert_eq!(x_cache(&r), "miss");
     }
 }
+
+#[test]
+fn the_cache_is_bounded_by_bytes_and_counts_what_it_evicts() {
+    // Room for a few small answers only.
+    let s = TestServer::start_with_config("[cache]\nmax_bytes = 2000\n");
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000}}),
+    );
+    for i in 0..40 {
+        let r = s
+            .anon(Method::GET, &format!("/fn/hello?name={i}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // Evictions are applied by the cache's housekeeping; lookups drive it.
+        let _ = s.anon(Method::GET, "/fn/hello?name=0").send().unwrap();
+        let m = s.metrics();
+        if m.lines().any(|l| {
+            l.starts_with("wafer_cache_evictions_total{cause=\"size\"}") && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no eviction counted:\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -222,10 +222,21 @@ fn freshness(headers: &[(HeaderName, HeaderValue)]) -> Result<Option<Duration>, 
 impl ResponseCache {
     /// A cache with `config`, counting into `metrics`.
     pub fn new(config: CacheConfig, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+        let evictions = metrics.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_: &Key, v: &Arc<Stored>| v.weight())
             .expire_after(PerEntryTtl)
+            .eviction_listener(move |_, _, cause| {
+                use moka::notification::RemovalCause;
+                let cause = match cause {
+                    RemovalCause::Size => "size",
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Explicit => "purged",
+                    RemovalCause::Replaced => return,
+                };
+                evictions.cache_eviction(cause);
+            })
             .build();
         Arc::new(Self {
             config,

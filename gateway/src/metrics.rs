@@ -40,6 +40,14 @@ pub struct Metrics {
     runners: Family<KindLabels, Gauge>,
     cache_lookups: Family<ResultLabels, Counter>,
     cache_stored_bytes: Counter,
+    cache_evictions: Family<CauseLabels, Counter>,
+}
+
+/// Labels of the cache eviction counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// `size` (room for newer answers) or `expired`.
+    pub cause: String,
 }
 
 /// Labels of the cache counter.
@@ -150,6 +158,12 @@ impl Default for Metrics {
             "Bytes of answers stored in the response cache",
             cache_stored_bytes.clone(),
         );
+        let cache_evictions = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "cache_evictions",
+            "Answers removed from the response cache, by cause (size, expired)",
+            cache_evictions.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -164,6 +178,7 @@ impl Default for Metrics {
             runners,
             cache_lookups,
             cache_stored_bytes,
+            cache_evictions,
         }
     }
 }
@@ -217,6 +232,15 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an answer removed from the response cache.
+    pub fn cache_eviction(&self, cause: &str) {
+        self.cache_evictions
+            .get_or_create(&CauseLabels {
+                cause: cause.to_owned(),
             })
             .inc();
     }
