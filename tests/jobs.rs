@@ -6,7 +6,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
-use wafer_e2e::jobs::{get_job, status, submit, wait_status, wait_workers, worker_pids};
+use wafer_e2e::jobs::{
+    get_job, kill_a_worker_mid_job, status, submit, wait_status, wait_workers, worker_pids,
+};
 use wafer_e2e::{TestServer, assert_problem};
 
 #[test]
@@ -661,31 +663,9 @@ fn workers_start_when_jobs_wait_and_go_away_when_idle() {
 #[test]
 fn a_worker_killed_mid_job_loses_nothing_and_the_job_has_one_result() {
     let s = TestServer::start_with_config(WORKERS);
-    let key = s.tenant_key("acme");
-    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
-    let job = submit(
-        &s,
-        &key,
-        json!({"function": "nap", "input": 1500, "timeout_ms": 60000}),
-    );
-    let id = job["id"].as_str().unwrap();
-    wait_status(&s, &key, id, "running");
-    let pids = worker_pids(&s);
-    assert_eq!(pids.len(), 1);
-    // SAFETY: kill(2) of our server's child.
-    unsafe {
-        libc::kill(pids[0], libc::SIGKILL);
-    }
-    let done = get_job(&s, &key, id, "30s");
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["attempts"], 2, "{done}");
+    let (done, killed) = kill_a_worker_mid_job(&s);
     assert_eq!(done["route"], "worker");
-    let r = s
-        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
-        .send()
-        .unwrap();
-    assert_eq!(r.text().unwrap(), "awake\n");
-    assert_ne!(worker_pids(&s), pids, "another worker ran it");
+    assert!(!worker_pids(&s).contains(&killed), "another worker ran it");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use wafer_e2e::jobs::{get_job, status, submit, wait_status, wait_workers, worker_pids};
+use wafer_e2e::jobs::{get_job, kill_a_worker_mid_job, status, submit, wait_status, wait_workers};
 use wafer_e2e::{RedisServer, TestServer, redis_command};
 
 /// A server whose queue is `redis`, with `extra` lines in its `[jobs]` table.
@@ -148,29 +148,8 @@ fn a_worker_killed_mid_job_is_taken_over_through_redis() {
         &redis,
         "workers = 1\nworker_concurrency = 1\nworker_idle_ms = 400\nlease_ms = 1000",
     );
-    let key = s.tenant_key("acme");
-    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
-    let job = submit(
-        &s,
-        &key,
-        json!({"function": "nap", "input": 1500, "timeout_ms": 60000}),
-    );
-    let id = job["id"].as_str().unwrap();
-    wait_status(&s, &key, id, "running");
-    let pids = worker_pids(&s);
-    assert_eq!(pids.len(), 1);
-    // SAFETY: kill(2) of our server's child.
-    unsafe {
-        libc::kill(pids[0], libc::SIGKILL);
-    }
-    let done = get_job(&s, &key, id, "30s");
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["attempts"], 2, "{done}");
-    let r = s
-        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
-        .send()
-        .unwrap();
-    assert_eq!(r.text().unwrap(), "awake\n");
+    let (done, _) = kill_a_worker_mid_job(&s);
+    assert_eq!(done["route"], "worker");
 }
 
 #[test]

@@ -471,6 +471,18 @@ fn ends_at(ttl: Duration) -> u64 {
     now_ms().saturating_add(ttl.as_millis() as u64)
 }
 
+/// What every end of a job records: when it ended, when it is removed, and a pending
+/// webhook delivery when it has a webhook.
+fn mark_ended(rec: &mut JobRecord, ttl: Duration) {
+    rec.finished_ms = Some(now_ms());
+    rec.expires_ms = Some(ends_at(ttl));
+    rec.webhook_state = rec.webhook.as_ref().map(|_| WebhookState {
+        status: "pending".into(),
+        attempts: 0,
+        last_error: None,
+    });
+}
+
 #[async_trait::async_trait]
 impl JobStore for EmbeddedJobStore {
     async fn create(&self, rec: JobRecord, input: Bytes) -> Result<Created, JobError> {
@@ -550,18 +562,11 @@ impl JobStore for EmbeddedJobStore {
         let key = id.clone();
         let changed = self
             .update(id, move |rec, txn| {
-                let now = now_ms();
                 rec.status = end.status;
                 rec.error = end.error;
                 rec.result = end.result;
                 rec.stderr = end.stderr;
-                rec.finished_ms = Some(now);
-                rec.expires_ms = Some(ends_at(ttl));
-                rec.webhook_state = rec.webhook.as_ref().map(|_| WebhookState {
-                    status: "pending".into(),
-                    attempts: 0,
-                    last_error: None,
-                });
+                mark_ended(rec, ttl);
                 if !output.is_empty() {
                     txn.open_table(OUTPUTS)
                         .map_err(storage)?
@@ -581,13 +586,7 @@ impl JobStore for EmbeddedJobStore {
     ) -> Result<Option<(JobRecord, bool)>, JobError> {
         self.update(id, move |rec, _| {
             rec.status = JobStatus::Cancelled;
-            rec.finished_ms = Some(now_ms());
-            rec.expires_ms = Some(ends_at(ttl));
-            rec.webhook_state = rec.webhook.as_ref().map(|_| WebhookState {
-                status: "pending".into(),
-                attempts: 0,
-                last_error: None,
-            });
+            mark_ended(rec, ttl);
             rec.error = Some(serde_json::json!({
                 "type": "https://wafer.dev/problems/job-cancelled",
                 "title": "Job cancelled",

@@ -88,3 +88,33 @@ pub fn worker_pids(s: &TestServer) -> Vec<i32> {
     }
     pids
 }
+
+/// Runs a 1.5 s nap job on the server's one worker, SIGKILLs that worker mid-job and waits
+/// for the job to end elsewhere; asserts it succeeded on its second delivery with the one
+/// result `awake`. Returns the ended job and the killed worker's pid.
+pub fn kill_a_worker_mid_job(s: &TestServer) -> (Value, i32) {
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", serde_json::json!({"timeout_ms": 60000}));
+    let job = submit(
+        s,
+        &key,
+        serde_json::json!({"function": "nap", "input": 1500, "timeout_ms": 60000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    wait_status(s, &key, id, "running");
+    let pids = worker_pids(s);
+    assert_eq!(pids.len(), 1);
+    // SAFETY: kill(2) of our server's child.
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let done = get_job(s, &key, id, "30s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "awake\n");
+    (done, pids[0])
+}

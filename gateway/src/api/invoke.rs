@@ -164,71 +164,56 @@ pub async fn invoke(
         )
         .await;
     }
-    let Some(cache) = state.cache.clone() else {
-        return run_call(
-            &state,
-            function,
-            version,
-            &name,
-            parts,
-            fn_path,
-            body,
-            sees_logs,
-            estimate_key,
-        )
-        .await;
-    };
-    let key = cache.key_of(
-        function,
-        version,
-        &CacheRequest {
-            method: &parts.method,
-            path: &fn_path,
-            headers: &parts.headers,
-            body: &body,
-            sees_logs,
-            caller: caller.as_ref().map(|k| &k.tenant),
-        },
-    );
-    match cache
-        .lookup(key, version, &parts.method, &parts.headers)
-        .await
-    {
-        Lookup::Hit(resp) => Ok(resp),
-        Lookup::Bypass => {
-            let mut resp = run_call(
-                &state,
+    // None: no cache; Some(None): the cache is bypassed; Some(Some(leader)): a miss this
+    // call fills for everyone waiting on it.
+    let lead = match state.cache.clone() {
+        None => None,
+        Some(cache) => {
+            let key = cache.key_of(
                 function,
                 version,
-                &name,
-                parts,
-                fn_path,
-                body,
-                sees_logs,
-                estimate_key,
-            )
-            .await
-            .unwrap_or_else(IntoResponse::into_response);
+                &CacheRequest {
+                    method: &parts.method,
+                    path: &fn_path,
+                    headers: &parts.headers,
+                    body: &body,
+                    sees_logs,
+                    caller: caller.as_ref().map(|k| &k.tenant),
+                },
+            );
+            match cache
+                .lookup(key, version, &parts.method, &parts.headers)
+                .await
+            {
+                Lookup::Hit(resp) => return Ok(resp),
+                Lookup::Bypass => Some(None),
+                Lookup::Lead(leader) => Some(Some(leader)),
+            }
+        }
+    };
+    let result = run_call(
+        &state,
+        function,
+        version,
+        &name,
+        parts,
+        fn_path,
+        body,
+        sees_logs,
+        estimate_key,
+    )
+    .await;
+    match lead {
+        None => result,
+        Some(None) => {
+            let mut resp = result.unwrap_or_else(IntoResponse::into_response);
             resp.headers_mut()
                 .insert(X_CACHE, HeaderValue::from_static("bypass"));
             Ok(resp)
         }
-        Lookup::Lead(leader) => {
-            let resp = run_call(
-                &state,
-                function,
-                version,
-                &name,
-                parts,
-                fn_path,
-                body,
-                sees_logs,
-                estimate_key,
-            )
-            .await
-            .unwrap_or_else(IntoResponse::into_response);
-            Ok(leader.finish(resp).await)
-        }
+        Some(Some(leader)) => Ok(leader
+            .finish(result.unwrap_or_else(IntoResponse::into_response))
+            .await),
     }
 }
 
