@@ -3,23 +3,8 @@
 
 use reqwest::Method;
 use serde_json::json;
-use wafer_e2e::TestServer;
-
-/// How many times `function` ran successfully, from `/metrics`.
-fn runs(s: &TestServer, function: &str) -> u64 {
-    let needle = format!("wafer_invocations_total{{function=\"{function}\",outcome=\"ok\"}} ");
-    s.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
-
-fn x_cache(r: &reqwest::blocking::Response) -> String {
-    r.headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
+use std::time::{Duration, Instant};
+use wafer_e2e::{TestServer, runs, x_cache};
 
 #[test]
 fn repeated_gets_are_answered_from_the_cache_and_new_versions_never_see_old_answers() {
@@ -241,7 +226,7 @@ fn the_cache_is_bounded_by_bytes_and_counts_what_it_evicts() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // Evictions are applied by the cache's housekeeping; lookups drive it.
         let _ = s.anon(Method::GET, "/fn/hello?name=0").send().unwrap();
@@ -251,10 +236,117 @@ fn the_cache_is_bounded_by_bytes_and_counts_what_it_evicts() {
         }) {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no eviction counted:\n{m}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "no eviction counted:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Calls `get` until its answer's `x-cache` is not `hit`, for at most `within`; returns the
+/// answer and how long that took.
+fn until_not_hit(
+    get: impl Fn() -> reqwest::blocking::Response,
+    within: Duration,
+) -> (reqwest::blocking::Response, Duration) {
+    let start = Instant::now();
+    loop {
+        let r = get();
+        if x_cache(&r) != "hit" {
+            return (r, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "still a hit after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_entry_expires_after_its_ttl() {
+    let s = TestServer::start();
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 500}}),
+    );
+    let get = || s.anon(Method::GET, "/fn/hello?name=t").send().unwrap();
+    let stored = Instant::now();
+    assert_eq!(x_cache(&get()), "miss");
+    assert_eq!(x_cache(&get()), "hit");
+    let (r, _) = until_not_hit(get, Duration::from_secs(10));
+    assert_eq!(
+        x_cache(&r),
+        "miss",
+        "expired, not stale: no stale-while-revalidate"
+    );
+    assert!(
+        stored.elapsed() >= Duration::from_millis(500),
+        "expired after {:?}, before its ttl",
+        stored.elapsed()
+    );
+    assert_eq!(runs(&s, "hello"), 2);
+}
+
+#[test]
+fn a_stale_answer_is_served_while_one_caller_revalidates_it() {
+    let s = TestServer::start();
+    s.deploy("hello", "hello", json!({"public": true}));
+    let get = || {
+        s.anon(Method::GET, "/fn/hello?name=s&max_age=2&swr=60")
+            .send()
+            .unwrap()
+    };
+    assert_eq!(x_cache(&get()), "miss");
+    assert_eq!(x_cache(&get()), "hit");
+    let (r, _) = until_not_hit(get, Duration::from_secs(10));
+    assert_eq!(x_cache(&r), "stale");
+    assert!(r.headers()["age"].to_str().unwrap().parse::<u64>().unwrap() >= 2);
+    assert_eq!(r.text().unwrap(), "Hello, s!\n");
+    // The revalidation runs in the background, once, and its answer is fresh.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = get();
+        match x_cache(&r).as_str() {
+            "hit" => break r,
+            "stale" => {}
+            other => panic!("{other}: the stale answer must be served until revalidated"),
+        }
+        assert!(Instant::now() < deadline, "never revalidated");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(r.headers()["age"].to_str().unwrap().parse::<u64>().unwrap() < 2);
+    assert_eq!(
+        runs(&s, "hello"),
+        2,
+        "one revalidation for the stale answers"
+    );
+}
+
+#[test]
+fn vary_headers_select_separate_answers() {
+    let s = TestServer::start();
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000, "vary": ["Accept-Language"]}}),
+    );
+    let get = |lang: Option<&str>| {
+        let mut rb = s.anon(Method::GET, "/fn/hello?name=v");
+        if let Some(l) = lang {
+            rb = rb.header("accept-language", l);
+        }
+        x_cache(&rb.send().unwrap())
+    };
+    assert_eq!(get(Some("fr")), "miss");
+    assert_eq!(get(Some("fr")), "hit");
+    assert_eq!(get(Some("en")), "miss", "another language, another answer");
+    assert_eq!(get(None), "miss");
+    assert_eq!(get(None), "hit");
+    assert_eq!(get(Some("en")), "hit");
+    // A header the version does not name changes nothing.
+    let r = s
+        .anon(Method::GET, "/fn/hello?name=v")
+        .header("accept-language", "fr")
+        .header("x-unrelated", "1")
+        .send()
+        .unwrap();
+    assert_eq!(x_cache(&r), "hit");
+    assert_eq!(runs(&s, "hello"), 3);
 }

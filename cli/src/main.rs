@@ -61,9 +61,9 @@ enum Command {
     Worker(commands::worker::Args),
     /// Show runner processes alive and jobs per lane (scope metrics).
     Status(commands::manage::StatusArgs),
-    /// The response cache: purge a function's kept answers.
-    #[command(subcommand)]
-    Cache(commands::manage::CacheCommand),
+    /// The response cache: run it as a sidecar in front of a gateway, or purge a function's
+    /// kept answers.
+    Cache(commands::cache::Args),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(commands::manage::KeysCommand),
@@ -119,7 +119,13 @@ fn main() -> ExitCode {
                 commands::worker::run(a).await
             }
             Command::Status(a) => commands::manage::status(&client()?, a).await,
-            Command::Cache(c) => commands::manage::cache(&client()?, c).await,
+            Command::Cache(a) => match &a.command {
+                Some(c) => commands::cache::purge(&client()?, c).await,
+                None => {
+                    commands::serve::init_logging();
+                    commands::cache::run(a).await
+                }
+            },
             Command::Compile { .. } => unreachable!("handled above"),
         }
     });

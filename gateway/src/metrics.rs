@@ -41,6 +41,7 @@ pub struct Metrics {
     cache_lookups: Family<ResultLabels, Counter>,
     cache_stored_bytes: Counter,
     cache_evictions: Family<CauseLabels, Counter>,
+    cache_shared: Family<ResultLabels, Counter>,
 }
 
 /// Labels of the cache eviction counter.
@@ -53,7 +54,8 @@ pub struct CauseLabels {
 /// Labels of the cache counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `hit`, `miss` or `bypass`.
+    /// `hit`, `miss`, `stale` or `bypass` (lookups); for the shared level also `error`,
+    /// `invalid`, `oversized`, `stored` and `store_error`.
     pub result: String,
 }
 
@@ -149,7 +151,7 @@ impl Default for Metrics {
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Response cache lookups by result (hit, miss, bypass)",
+            "Response cache lookups by result (hit, miss, stale, bypass)",
             cache_lookups.clone(),
         );
         let cache_stored_bytes = Counter::default();
@@ -163,6 +165,13 @@ impl Default for Metrics {
             "cache_evictions",
             "Answers removed from the response cache, by cause (size, expired)",
             cache_evictions.clone(),
+        );
+        let cache_shared = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cache_shared",
+            "Shared (Redis) cache operations by result (hit, miss, error, invalid, oversized, \
+             stored, store_error)",
+            cache_shared.clone(),
         );
         Self {
             registry,
@@ -179,6 +188,7 @@ impl Default for Metrics {
             cache_lookups,
             cache_stored_bytes,
             cache_evictions,
+            cache_shared,
         }
     }
 }
@@ -241,6 +251,15 @@ impl Metrics {
         self.cache_evictions
             .get_or_create(&CauseLabels {
                 cause: cause.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an operation of the shared cache level by its result.
+    pub fn cache_shared(&self, result: &str) {
+        self.cache_shared
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .inc();
     }

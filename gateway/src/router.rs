@@ -2,6 +2,7 @@
 //! decoration.
 
 use crate::api;
+use crate::cache::CacheLayer;
 use crate::problem::{self, ApiError};
 use crate::state::AppState;
 use axum::Router;
@@ -16,7 +17,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Every route, with request ids, tracing and problem decoration as layers.
 pub fn router(state: Arc<AppState>) -> Router {
-    use api::{functions, health, internal, invoke, jobs, keys, modules};
+    use api::{functions, health, internal, jobs, keys, modules};
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -86,9 +87,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/internal/v1/modules/{digest}", get(internal::module))
         .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
-        .route("/fn/{target}", any(invoke::invoke))
-        .route("/fn/{target}/", any(invoke::invoke))
-        .route("/fn/{target}/{*path}", any(invoke::invoke))
+        .route("/v1/cache/scope/{target}", get(functions::cache_scope))
+        .merge(invocations(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -100,6 +100,22 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The invoke routes, behind the response cache unless it is turned off.
+fn invocations(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    use api::invoke;
+    let routes = Router::new()
+        .route("/fn/{target}", any(invoke::invoke))
+        .route("/fn/{target}/", any(invoke::invoke))
+        .route("/fn/{target}/{*path}", any(invoke::invoke));
+    if !state.config.cache.enabled {
+        return routes;
+    }
+    routes.route_layer(CacheLayer::new(
+        state.cache.clone(),
+        invoke::InvokeScopes::new(state),
+    ))
 }
 
 async fn not_found() -> ApiError {

@@ -110,10 +110,8 @@ impl Gateway {
         let state = Arc::new(AppState {
             jobs,
             fleet: Default::default(),
-            cache: config
-                .cache
-                .enabled
-                .then(|| crate::cache::ResponseCache::new(config.cache.clone(), metrics.clone())),
+            cache: crate::cache::ResponseCache::from_config(config.cache.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("the shared response cache: {e}"))?,
             admission: admission::Admission::new(
                 config.max_inflight,
                 config.max_inflight_per_tenant,

@@ -29,6 +29,7 @@ pub struct AppState {
     pub jobs: crate::jobs::Jobs,
     /// Runner processes alive.
     pub fleet: crate::supervisor::Fleet,
-    /// The response cache (None when disabled).
-    pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// The response cache; in front of invocation when `cache.enabled`, and always the
+    /// source of scopes and purges (a sidecar may cache in front of a gateway that does not).
+    pub cache: Arc<crate::cache::ResponseCache>,
 }

@@ -517,6 +517,18 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Stops it with SIGSTOP: connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) };
+    }
+
+    /// Lets it go on after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+    }
+
     /// Starts it again after [`RedisServer::kill`].
     pub fn restart(&mut self) {
         self.child = Self::spawn(self.dir.path(), self.port);
@@ -542,4 +554,132 @@ pub fn redis_command(port: u16, args: &[&str]) -> Option<String> {
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Sends one command with binary arguments to the Redis on `port`; returns the first line of
+/// its answer.
+pub fn redis_command_bytes(port: u16, args: &[&[u8]]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    Some(line)
+}
+
+/// The keys matching `pattern` in the Redis on `port`.
+pub fn redis_keys(port: u16, pattern: &str) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("redis");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let req = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+    w.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let n: usize = line
+        .trim()
+        .strip_prefix('*')
+        .expect("array")
+        .parse()
+        .unwrap();
+    (0..n)
+        .map(|_| {
+            let mut len = String::new();
+            r.read_line(&mut len).unwrap();
+            let mut key = String::new();
+            r.read_line(&mut key).unwrap();
+            key.trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// `wafer cache` as a sidecar in front of a gateway, on a free port; killed on drop.
+pub struct CacheSidecar {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Base URL, e.g. `http://127.0.0.1:40124`.
+    pub url: String,
+}
+
+impl CacheSidecar {
+    /// Starts one in front of `upstream` with extra flags and a config file of `config`
+    /// (empty for defaults).
+    pub fn start(upstream: &str, config: &str, flags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("cache.log")).expect("log");
+        let mut cmd = Command::new(wafer_bin());
+        cmd.args(["cache", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(flags)
+            .env("WAFER_LOG", "info,wafer_gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if !config.is_empty() {
+            let path = dir.path().join("wafer.toml");
+            std::fs::write(&path, config).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.spawn().expect("spawn wafer cache");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("sidecar output");
+        let Some(url) = first
+            .strip_prefix("wafer cache listening on ")
+            .and_then(|r| r.split(',').next())
+        else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.path().join("cache.log")).unwrap_or_default();
+            panic!("wafer cache did not start: {first:?}; log:\n{log}");
+        };
+        Self {
+            url: url.trim().to_owned(),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Its own metrics.
+    pub fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/_cache/metrics", self.url))
+            .and_then(|r| r.text())
+            .expect("sidecar metrics")
+    }
+}
+
+impl Drop for CacheSidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many times `function` ran successfully on `s`, from its `/metrics`.
+pub fn runs(s: &TestServer, function: &str) -> u64 {
+    metric(
+        &s.metrics(),
+        &format!("wafer_invocations_total{{function=\"{function}\",outcome=\"ok\"}}"),
+    )
+}
+
+/// The value of the sample `name{labels}` in a metrics text (0 when absent).
+pub fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0, |n| n.trim().parse().expect("a number"))
+}
+
+/// The `x-cache` header of an answer ("" when absent).
+pub fn x_cache(r: &Response) -> String {
+    r.headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }

@@ -291,26 +291,3 @@ pub async fn status(client: &Client, a: &StatusArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// `wafer cache …`.
-#[derive(clap::Subcommand)]
-pub enum CacheCommand {
-    /// Forget every kept answer of a function (its owner, scope deploy).
-    Purge {
-        /// Function name.
-        name: String,
-    },
-}
-
-/// Runs a `wafer cache` command.
-pub async fn cache(client: &Client, c: &CacheCommand) -> anyhow::Result<()> {
-    match c {
-        CacheCommand::Purge { name } => {
-            client
-                .send(client.request(Method::DELETE, &format!("/v1/functions/{name}/cache")))
-                .await?;
-            eprintln!("purged the cached answers of {name}");
-            Ok(())
-        }
-    }
-}

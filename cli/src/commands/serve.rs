@@ -21,8 +21,11 @@ pub struct Args {
     compile_in_process: bool,
 }
 
-fn load_config(args: &Args, data_dir: &Path) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
+/// The configuration in the file at `path` (the defaults without one), with the URLs the
+/// environment may hold instead (`WAFER_QUEUE_URL`, `WAFER_CACHE_URL`: they may hold a
+/// password).
+pub fn read_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let mut config: Config = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading config file {}", p.display()))?;
@@ -30,12 +33,19 @@ fn load_config(args: &Args, data_dir: &Path) -> anyhow::Result<Config> {
         }
         None => Config::default(),
     };
-    if let Some(l) = args.listen {
-        config.listen = l;
-    }
-    // The Redis URL may hold a password: it can come from the environment instead of a file.
     if let Ok(url) = std::env::var("WAFER_QUEUE_URL") {
         config.queue.url = url;
+    }
+    if let Ok(url) = std::env::var("WAFER_CACHE_URL") {
+        config.cache.shared.url = url;
+    }
+    Ok(config)
+}
+
+fn load_config(args: &Args, data_dir: &Path) -> anyhow::Result<Config> {
+    let mut config = read_config(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        config.listen = l;
     }
     config.data_dir = data_dir.to_path_buf();
     Ok(config)
@@ -111,7 +121,8 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Returns at Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

@@ -1,6 +1,6 @@
 //! `hello`: an HTTP component that greets `?name=` (default `world`) in plain text. With
-//! `?max_age=N` the answer may be cached for N seconds and carries an `ETag`, for tests of
-//! the response cache.
+//! `?max_age=N` the answer may be cached for N seconds (and with `&swr=M` served stale for M
+//! more while it is revalidated) and carries an `ETag`, for tests of the response cache.
 
 use wafer_sdk::http::{Request, Response};
 
@@ -14,7 +14,13 @@ fn handle(req: Request) -> Response {
         .and_then(|s| s.parse::<u32>().ok())
     {
         Some(secs) => resp
-            .with_header("cache-control", format!("public, max-age={secs}"))
+            .with_header(
+                "cache-control",
+                match req.query_param("swr") {
+                    Some(swr) => format!("public, max-age={secs}, stale-while-revalidate={swr}"),
+                    None => format!("public, max-age={secs}"),
+                },
+            )
             .with_header("etag", format!("\"{}\"", name.len())),
         None => resp,
     }

@@ -304,12 +304,17 @@ pub async fn delete(
     state.meta.delete_function(&caller.tenant, &name).await?;
     state.resolver.invalidate(&name);
     state.logs.forget(name.as_str(), f.incarnation);
+    // A function made again under the name never meets the old one's answers.
+    if let Err(e) = state.cache.purge(&caller.tenant, name.as_str()).await {
+        tracing::warn!(function = %name, error = %e, "cached answers of a deleted function not purged in the shared cache");
+    }
     tracing::info!(function = %name, "function deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /v1/functions/{name}/cache`: forgets every kept answer of the function (owner,
-/// scope deploy); 204.
+/// scope deploy), in this gateway at once and in the shared cache; 204, or 503 when the
+/// shared cache could not be told (this gateway's answers are purged all the same).
 pub async fn purge_cache(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -317,11 +322,39 @@ pub async fn purge_cache(
 ) -> Result<StatusCode, ApiError> {
     let name = FunctionName::new(name)?;
     let caller = auth::require(&state, &headers, Scope::Deploy).await?;
-    let f = owned(&state, &caller, &name).await?;
-    if let Some(cache) = &state.cache {
-        cache.purge(&f);
-    }
+    owned(&state, &caller, &name).await?;
+    state
+        .cache
+        .purge(&caller.tenant, name.as_str())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cache-unavailable",
+                "Shared cache unavailable",
+                format!("this gateway's answers are purged, the shared cache's are not: {e}"),
+            )
+        })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/cache/scope/{target}`: the cache scope of a call of `target` by this caller,
+/// for a cache sidecar in front of the gateway. Authorised exactly as the call would be
+/// (so it fails as the call would); `cacheable: false` when the call would become a job.
+pub async fn cache_scope(
+    State(state): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (scope, _) = super::invoke::scope_of(&state, &headers, &target).await?;
+    Ok(Json(match scope {
+        None => json!({"cacheable": false}),
+        Some(s) => json!({
+            "cacheable": true,
+            "scope": hex::encode(s.digest),
+            "policy": s.policy,
+        }),
+    }))
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
 
 use crate::auth;
-use crate::cache::{CacheRequest, Lookup, X_CACHE};
 use crate::execute::{self, Call};
 use crate::problem::ApiError;
 use crate::resolve::Resolved;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
@@ -81,10 +81,71 @@ async fn authorize_invocation(
     Ok(resolved)
 }
 
+/// The caller and target of an invocation once authorised. The cache layer leaves it in
+/// the request's extensions, so the handler does not authorise the same request twice.
+#[derive(Clone)]
+pub struct Authorized {
+    caller: Option<KeyRecord>,
+    resolved: Resolved,
+    name: FunctionName,
+}
+
+impl Authorized {
+    /// Whether the caller may see what the function printed (its owner, with Read).
+    fn sees_logs(&self) -> bool {
+        self.caller
+            .as_ref()
+            .is_some_and(|k| k.tenant == self.resolved.0.tenant && k.allows(Scope::Read))
+    }
+}
+
+/// Finds the caller of a request for `target` (`name[@version|@alias]`, as it appears in the
+/// path, percent-encoded or not) and checks they may invoke it.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    target: &str,
+) -> Result<Authorized, ApiError> {
+    // Clients encode the segment (`hello%40stable` from `encodeURIComponent`).
+    let target = percent_encoding::percent_decode_str(target)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid-name", "the function name is not UTF-8"))?;
+    let (name, vref) = VersionRef::split(&target)?;
+    let caller = auth::invoker(state, headers).await?;
+    let resolved = authorize_invocation(state, caller.as_ref(), &name, &vref).await?;
+    Ok(Authorized {
+        caller,
+        resolved,
+        name,
+    })
+}
+
+/// Whether a call becomes a job instead of running now: the caller asked for it
+/// (`Prefer: respond-async`), or the owner calls a version whose runs outlast the inline
+/// budget without `Prefer: wait`.
+fn goes_async(state: &AppState, a: &Authorized, headers: &HeaderMap) -> Option<bool> {
+    if prefers(headers, "respond-async") {
+        return Some(true);
+    }
+    let (function, version) = (&a.resolved.0, &a.resolved.1);
+    let owner_calls = a
+        .caller
+        .as_ref()
+        .is_some_and(|k| k.tenant == function.tenant && k.allows(Scope::Invoke));
+    let long = owner_calls
+        && !prefers(headers, "wait")
+        && state
+            .jobs
+            .estimates
+            .p95(&crate::jobs::estimate_key(function, version.version))
+            .is_some_and(|(p95, _)| p95 > state.jobs.config().inline_budget_ms);
+    long.then_some(false)
+}
+
 /// Runs a function and returns its response.
 pub async fn invoke(
     State(state): State<Arc<AppState>>,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
     if !INVOKE_METHODS.contains(req.method()) {
         // TRACE would echo the caller's headers back through the function, CONNECT is a
@@ -103,18 +164,12 @@ pub async fn invoke(
         return Ok(resp);
     }
     let (target, fn_path) = split_path(req.uri());
-    // Clients encode the segment (`hello%40stable` from `encodeURIComponent`).
-    let target = percent_encoding::percent_decode_str(target)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid-name", "the function name is not UTF-8"))?;
-    let (name, vref) = VersionRef::split(&target)?;
-    let caller = auth::invoker(&state, req.headers()).await?;
-    let resolved = authorize_invocation(&state, caller.as_ref(), &name, &vref).await?;
-    let (function, version) = (&resolved.0, &resolved.1);
-    // Only the owner, with the read scope, sees what the function printed.
-    let sees_logs = caller
-        .as_ref()
-        .is_some_and(|k| k.tenant == function.tenant && k.allows(Scope::Read));
+    let target = target.to_owned();
+    let a = match req.extensions_mut().remove::<Authorized>() {
+        Some(a) => a,
+        None => authorize(&state, req.headers(), &target).await?,
+    };
+    let sees_logs = a.sees_logs();
 
     // The body arrives before any slot is taken: a slow client holds a connection, never
     // an invocation slot or memory budget.
@@ -127,93 +182,89 @@ pub async fn invoke(
         "request-too-large",
     )
     .await?;
-    if prefers(&parts.headers, "respond-async") {
+    if let Some(asked) = goes_async(&state, &a, &parts.headers) {
         return submit_async(
             &state,
-            caller.as_ref(),
-            &resolved,
+            a.caller.as_ref(),
+            &a.resolved,
             parts,
             fn_path,
             body,
-            true,
+            asked,
         )
         .await;
     }
-    // Runs known to outlast the inline budget become a job of an owner who can read it,
-    // unless the caller prefers to wait.
+    let (function, version) = (&a.resolved.0, &a.resolved.1);
     let estimate_key = crate::jobs::estimate_key(function, version.version);
-    let owner_calls = caller
-        .as_ref()
-        .is_some_and(|k| k.tenant == function.tenant && k.allows(Scope::Invoke));
-    if owner_calls
-        && !prefers(&parts.headers, "wait")
-        && state
-            .jobs
-            .estimates
-            .p95(&estimate_key)
-            .is_some_and(|(p95, _)| p95 > state.jobs.config().inline_budget_ms)
-    {
-        return submit_async(
-            &state,
-            caller.as_ref(),
-            &resolved,
-            parts,
-            fn_path,
-            body,
-            false,
-        )
-        .await;
-    }
-    // None: no cache; Some(None): the cache is bypassed; Some(Some(leader)): a miss this
-    // call fills for everyone waiting on it.
-    let lead = match state.cache.clone() {
-        None => None,
-        Some(cache) => {
-            let key = cache.key_of(
-                function,
-                version,
-                &CacheRequest {
-                    method: &parts.method,
-                    path: &fn_path,
-                    headers: &parts.headers,
-                    body: &body,
-                    sees_logs,
-                    caller: caller.as_ref().map(|k| &k.tenant),
-                },
-            );
-            match cache
-                .lookup(key, version, &parts.method, &parts.headers)
-                .await
-            {
-                Lookup::Hit(resp) => return Ok(resp),
-                Lookup::Bypass => Some(None),
-                Lookup::Lead(leader) => Some(Some(leader)),
-            }
-        }
-    };
-    let result = run_call(
+    run_call(
         &state,
         function,
         version,
-        &name,
+        &a.name,
         parts,
         fn_path,
         body,
         sees_logs,
         estimate_key,
     )
-    .await;
-    match lead {
-        None => result,
-        Some(None) => {
-            let mut resp = result.unwrap_or_else(IntoResponse::into_response);
-            resp.headers_mut()
-                .insert(X_CACHE, HeaderValue::from_static("bypass"));
-            Ok(resp)
-        }
-        Some(Some(leader)) => Ok(leader
-            .finish(result.unwrap_or_else(IntoResponse::into_response))
-            .await),
+    .await
+}
+
+/// Scopes for the cache layer in front of the invoke handler: the same authorisation as
+/// the handler's, done once (the handler finds it in the request).
+pub struct InvokeScopes {
+    state: Arc<AppState>,
+}
+
+impl InvokeScopes {
+    /// Scopes found on `state`.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// The scope of a call of `target` with `headers`, authorised as an invocation would be;
+/// None when the call would become a job.
+pub async fn scope_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    target: &str,
+) -> Result<(Option<crate::cache::Scope>, Authorized), ApiError> {
+    let a = authorize(state, headers, target).await?;
+    if goes_async(state, &a, headers).is_some() {
+        return Ok((None, a));
+    }
+    let scope = state
+        .cache
+        .scope(
+            &a.resolved.0,
+            &a.resolved.1,
+            a.caller.as_ref().map(|k| &k.tenant),
+            a.sees_logs(),
+        )
+        .await;
+    Ok((Some(scope), a))
+}
+
+#[async_trait::async_trait]
+impl crate::cache::ScopeSource for InvokeScopes {
+    async fn scope(&self, parts: &mut Parts) -> Option<crate::cache::Scope> {
+        let (target, _) = split_path(&parts.uri);
+        let (scope, a) = scope_of(&self.state, &parts.headers, target).await.ok()?;
+        parts.extensions.insert(a);
+        scope
+    }
+
+    async fn read_body(&self, parts: &Parts, body: Body) -> Result<bytes::Bytes, Response> {
+        super::read_limited(
+            &self.state,
+            &parts.headers,
+            body,
+            self.state.config.max_request_bytes,
+            "request-too-large",
+        )
+        .await
+        .map_err(IntoResponse::into_response)
     }
 }
 
