@@ -350,3 +350,107 @@ fn vary_headers_select_separate_answers() {
     assert_eq!(x_cache(&r), "hit");
     assert_eq!(runs(&s, "hello"), 3);
 }
+
+#[test]
+fn answers_and_requests_the_rules_refuse_are_never_kept() {
+    let s = TestServer::start_with_config("[cache]\nmax_entry_bytes = 1000\n");
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000}}),
+    );
+    let twice = |method: Method, q: &str, auth: Option<&str>| -> Vec<String> {
+        (0..2)
+            .map(|_| {
+                let mut rb = s.anon(method.clone(), &format!("/fn/hello?name=r&{q}"));
+                if let Some(a) = auth {
+                    rb = rb.header("authorization", a);
+                }
+                let r = rb.send().unwrap();
+                assert!(r.status().is_success(), "{q}: {}", r.status());
+                x_cache(&r)
+            })
+            .collect()
+    };
+    // Answers not for a shared cache, with a cookie, or over the size cap: run every time.
+    for q in [
+        "cache_control=private%2C%20max-age%3D60",
+        "cache_control=no-cache",
+        "cache_control=no-store",
+        "set_cookie=1",
+        "pad=2000",
+    ] {
+        assert_eq!(twice(Method::GET, q, None), ["miss", "miss"], "{q}");
+    }
+    assert_eq!(
+        twice(Method::GET, "pad=500", None),
+        ["miss", "hit"],
+        "within the cap"
+    );
+    assert_eq!(
+        twice(Method::HEAD, "", None),
+        ["miss", "hit"],
+        "HEAD is kept"
+    );
+    assert_eq!(twice(Method::PUT, "", None), ["bypass", "bypass"]);
+    // A request with credentials of its own bypasses the cache, unless the version opts in;
+    // then each credential has answers of its own.
+    assert_eq!(
+        twice(Method::GET, "c=1", Some("Basic eDp5")),
+        ["bypass", "bypass"]
+    );
+    s.deploy(
+        "hello",
+        "hello",
+        json!({"public": true, "cache": {"ttl_ms": 60000, "credentials": true}}),
+    );
+    assert_eq!(
+        twice(Method::GET, "c=1", Some("Basic eDp5")),
+        ["miss", "hit"]
+    );
+    assert_eq!(
+        twice(Method::GET, "c=1", Some("Basic b3RoZXI=")),
+        ["miss", "hit"]
+    );
+}
+
+#[test]
+fn concurrent_identical_calls_of_a_failing_function_run_it_once() {
+    let s = TestServer::start();
+    // Every run times out after a second: a failure that takes its time.
+    s.deploy(
+        "sleepy",
+        "nap",
+        json!({"public": true, "timeout_ms": 1000, "cache": {"ttl_ms": 60000, "methods": ["POST"]}}),
+    );
+    let url = format!("{}/fn/sleepy", s.url);
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    let r = reqwest::blocking::Client::new()
+                        .post(&url)
+                        .body("5000")
+                        .send()
+                        .unwrap();
+                    (r.status().as_u16(), x_cache(&r))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|(st, _)| *st == 504), "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(_, how)| how == "miss").count(),
+        1,
+        "{answers:?}"
+    );
+    let runs: u64 = s
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("wafer_invocations_total{function=\"sleepy\","))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(runs, 1, "twenty callers, one failing run");
+}

@@ -71,6 +71,7 @@ fn two_gateways_share_the_redis_level_and_a_purge_reaches_both() {
         .unwrap();
     assert_eq!(x_cache(&r), "miss");
     // A purge on a reaches b's own entries within the generation's time to live.
+    eventually("beta's answer reaches Redis", || entries(&redis).len() == 2);
     let r = a
         .with_key(&ka, Method::DELETE, "/v1/functions/hello/cache")
         .send()
@@ -79,7 +80,7 @@ fn two_gateways_share_the_redis_level_and_a_purge_reaches_both() {
     let took = eventually("b sees the purge", || x_cache(&get(&b, "l2")) == "miss");
     assert!(took < Duration::from_secs(3), "purge took {took:?}");
     eventually("b's new answer reaches Redis", || {
-        entries(&redis).len() == 2
+        entries(&redis).len() == 3
     });
     assert_eq!(
         x_cache(&get(&a, "l2")),

@@ -1,6 +1,8 @@
-//! `hello`: an HTTP component that greets `?name=` (default `world`) in plain text. With
-//! `?max_age=N` the answer may be cached for N seconds (and with `&swr=M` served stale for M
-//! more while it is revalidated) and carries an `ETag`, for tests of the response cache.
+//! `hello`: an HTTP component that greets `?name=` (default `world`) in plain text. For tests
+//! of the response cache: with `?max_age=N` the answer may be cached for N seconds (and with
+//! `&swr=M` served stale for M more while it is revalidated) and carries an `ETag`;
+//! `?cache_control=V` sets `Cache-Control: V` as given, `?set_cookie=1` adds a `Set-Cookie`,
+//! and `?pad=N` makes the body N bytes longer.
 
 use wafer_sdk::http::{Request, Response};
 
@@ -8,12 +10,17 @@ fn handle(req: Request) -> Response {
     let name = req
         .query_param("name")
         .unwrap_or_else(|| "world".to_owned());
-    let resp = Response::text(200, format!("Hello, {name}!\n"));
-    match req
+    let pad = req
+        .query_param("pad")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(16 << 20);
+    let mut resp = Response::text(200, format!("Hello, {name}!\n{}", ".".repeat(pad)));
+    if let Some(secs) = req
         .query_param("max_age")
         .and_then(|s| s.parse::<u32>().ok())
     {
-        Some(secs) => resp
+        resp = resp
             .with_header(
                 "cache-control",
                 match req.query_param("swr") {
@@ -21,9 +28,15 @@ fn handle(req: Request) -> Response {
                     None => format!("public, max-age={secs}"),
                 },
             )
-            .with_header("etag", format!("\"{}\"", name.len())),
-        None => resp,
+            .with_header("etag", format!("\"{}\"", name.len()));
     }
+    if let Some(cc) = req.query_param("cache_control") {
+        resp = resp.with_header("cache-control", cc);
+    }
+    if req.query_param("set_cookie").is_some() {
+        resp = resp.with_header("set-cookie", "session=1");
+    }
+    resp
 }
 
 wafer_sdk::http_function!(handle);
