@@ -10,46 +10,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration="${BENCH_DURATION:-10s}"
-conns="${BENCH_CONNECTIONS:-32}"
-threads="${BENCH_THREADS:-2}"
-command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
-
-bash functions/build.sh >/dev/null
-cargo build --release -q -p wafer
-cargo build --release -q -p wafer-gateway --example hyper_floor
 source scripts/lib.sh
-wafer="$(target_dir)/release/wafer"
-floor="$(target_dir)/release/examples/hyper_floor"
-hello=functions/dist/hello.wasm
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
-ms_of() { # wrk latency like 1.23ms / 456.00us / 1.20s -> ms
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
+bench_prepare
 
 declare -A rps p50 p99
-run_wrk() { # name url expected-x-cache
-    local out="$work/$1.wrk"
+# cached_wrk NAME URL X-CACHE: run_wrk, once URL is seen to answer with that x-cache.
+cached_wrk() {
     local seen
     seen=$(curl -fsS -o /dev/null -D - "$2" | awk -F': ' 'tolower($1) == "x-cache" {print $2}' | tr -d '\r')
     if [ "$seen" != "$3" ]; then echo "$1: x-cache is '$seen', expected '$3'" >&2; exit 1; fi
-    wrk -t"$threads" -c"$conns" -d"$duration" --latency "$2" >"$out" 2>&1
-    if grep -q "Non-2xx" "$out"; then echo "$1: non-2xx answers during the run" >&2; cat "$out" >&2; exit 1; fi
-    rps[$1]=$(awk '/^Requests\/sec/ {print $2}' "$out")
-    p50[$1]=$(ms_of "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99[$1]=$(ms_of "$(awk '$1 == "99%" {print $2}' "$out")")
+    run_wrk "$1" "$2"
 }
 
 echo "== hyper floor"
 "$floor" 127.0.0.1:18190 >/dev/null & pids+=($!)
 wait_http http://127.0.0.1:18190/
-run_wrk floor http://127.0.0.1:18190/ ""
+run_wrk floor http://127.0.0.1:18190/
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 echo "== wafer serve"
@@ -66,14 +42,14 @@ deploy() { # name spec-fields
 deploy cached ',"cache":{"ttl_ms":86400000}'
 deploy uncached ''
 curl -fsS -o /dev/null 'http://127.0.0.1:18191/fn/cached?name=bench'
-run_wrk hit 'http://127.0.0.1:18191/fn/cached?name=bench' hit
-run_wrk miss 'http://127.0.0.1:18191/fn/uncached?name=bench' miss
+cached_wrk hit 'http://127.0.0.1:18191/fn/cached?name=bench' hit
+cached_wrk miss 'http://127.0.0.1:18191/fn/uncached?name=bench' miss
 
 echo "== wafer cache (sidecar) in front of wafer serve"
 "$wafer" cache --listen 127.0.0.1:18192 --upstream http://127.0.0.1:18191 >"$work/cache.out" 2>"$work/cache.log" & pids+=($!)
 wait_http http://127.0.0.1:18192/_cache/metrics
 curl -fsS -o /dev/null 'http://127.0.0.1:18192/fn/cached?name=sidecar'
-run_wrk sidecar 'http://127.0.0.1:18192/fn/cached?name=sidecar' hit
+cached_wrk sidecar 'http://127.0.0.1:18192/fn/cached?name=sidecar' hit
 
 echo
 echo "wrk -t$threads -c$conns -d$duration on $(nproc) cores; hello is the function"

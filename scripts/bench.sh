@@ -9,40 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration="${BENCH_DURATION:-10s}"
-conns="${BENCH_CONNECTIONS:-32}"
-threads="${BENCH_THREADS:-2}"
-command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
-
-bash functions/build.sh >/dev/null
-cargo build --release -q -p wafer
-cargo build --release -q -p wafer-gateway --example hyper_floor
 source scripts/lib.sh
-wafer="$(target_dir)/release/wafer"
-floor="$(target_dir)/release/examples/hyper_floor"
-hello=functions/dist/hello.wasm
+bench_prepare
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 now_ms() { date +%s%3N; }
-ms_of() { # wrk latency like 1.23ms / 456.00us / 1.20s -> ms
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
 
 declare -A rps p50 p99
-run_wrk() { # name url
-    local out
-    wrk -t"$threads" -c"$conns" -d"$duration" --latency "$2" >"$work/$1.wrk" 2>&1
-    out="$work/$1.wrk"
-    if grep -q "Non-2xx" "$out"; then echo "$1: non-2xx answers during the run" >&2; cat "$out" >&2; exit 1; fi
-    rps[$1]=$(awk '/^Requests\/sec/ {print $2}' "$out")
-    p50[$1]=$(ms_of "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99[$1]=$(ms_of "$(awk '$1 == "99%" {print $2}' "$out")")
-}
 
 echo "== hyper floor"
 "$floor" 127.0.0.1:18090 >/dev/null & pids+=($!)

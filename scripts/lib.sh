@@ -51,3 +51,47 @@ ensure_redis() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
     command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed" >&2; exit 1; }
 }
+
+# Benchmark set-up: wrk's settings from BENCH_DURATION (10s), BENCH_CONNECTIONS (32) and
+# BENCH_THREADS (2); the functions and release binaries built ($wafer, the $floor hyper server,
+# $hello); a scratch directory $work, and the processes in $pids killed on exit.
+bench_prepare() {
+    duration="${BENCH_DURATION:-10s}"
+    conns="${BENCH_CONNECTIONS:-32}"
+    threads="${BENCH_THREADS:-2}"
+    command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
+    bash functions/build.sh >/dev/null
+    cargo build --release -q -p wafer
+    cargo build --release -q -p wafer-gateway --example hyper_floor
+    wafer="$(target_dir)/release/wafer"
+    floor="$(target_dir)/release/examples/hyper_floor"
+    hello=functions/dist/hello.wasm
+    work=$(mktemp -d)
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+
+# Waits until URL answers 2xx (10 s at most).
+wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+
+# A wrk latency (1.23ms, 456.00us, 1.20s) in ms.
+ms_of() {
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+# run_wrk NAME URL: drives URL with wrk ($threads threads, $conns connections, $duration) and
+# puts requests/s, p50 and p99 (ms) in the caller's arrays rps, p50 and p99 under NAME; the
+# output stays in $work/NAME.wrk. Non-2xx answers fail the run.
+run_wrk() {
+    local out="$work/$1.wrk"
+    wrk -t"$threads" -c"$conns" -d"$duration" --latency "$2" >"$out" 2>&1
+    if grep -q "Non-2xx" "$out"; then echo "$1: non-2xx answers during the run" >&2; cat "$out" >&2; exit 1; fi
+    rps[$1]=$(awk '/^Requests\/sec/ {print $2}' "$out")
+    p50[$1]=$(ms_of "$(awk '$1 == "50%" {print $2}' "$out")")
+    p99[$1]=$(ms_of "$(awk '$1 == "99%" {print $2}' "$out")")
+}

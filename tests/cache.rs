@@ -105,23 +105,15 @@ fn tenants_never_share_an_entry_and_errors_are_never_kept() {
     }
 }
 
-#[test]
-fn concurrent_identical_misses_run_the_function_once() {
-    let s = TestServer::start();
-    s.deploy(
-        "slow",
-        "nap",
-        json!({"public": true, "cache": {"ttl_ms": 60000, "methods": ["POST"]}}),
-    );
-    let url = format!("{}/fn/slow", s.url);
-    let answers: Vec<(u16, String, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..50)
+/// `n` identical POSTs of `body` to `url` at once: each answer's status, `x-cache` and body.
+fn concurrently(n: usize, url: &str, body: &'static str) -> Vec<(u16, String, String)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
             .map(|_| {
-                let url = url.clone();
                 scope.spawn(move || {
                     let r = reqwest::blocking::Client::new()
-                        .post(&url)
-                        .body("400")
+                        .post(url)
+                        .body(body)
                         .send()
                         .unwrap();
                     let how = x_cache(&r);
@@ -130,7 +122,18 @@ fn concurrent_identical_misses_run_the_function_once() {
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    })
+}
+
+#[test]
+fn concurrent_identical_misses_run_the_function_once() {
+    let s = TestServer::start();
+    s.deploy(
+        "slow",
+        "nap",
+        json!({"public": true, "cache": {"ttl_ms": 60000, "methods": ["POST"]}}),
+    );
+    let answers = concurrently(50, &format!("{}/fn/slow", s.url), "400");
     assert!(
         answers
             .iter()
@@ -423,26 +426,10 @@ fn concurrent_identical_calls_of_a_failing_function_run_it_once() {
         "nap",
         json!({"public": true, "timeout_ms": 1000, "cache": {"ttl_ms": 60000, "methods": ["POST"]}}),
     );
-    let url = format!("{}/fn/sleepy", s.url);
-    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..20)
-            .map(|_| {
-                let url = url.clone();
-                scope.spawn(move || {
-                    let r = reqwest::blocking::Client::new()
-                        .post(&url)
-                        .body("5000")
-                        .send()
-                        .unwrap();
-                    (r.status().as_u16(), x_cache(&r))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert!(answers.iter().all(|(st, _)| *st == 504), "{answers:?}");
+    let answers = concurrently(20, &format!("{}/fn/sleepy", s.url), "5000");
+    assert!(answers.iter().all(|(st, _, _)| *st == 504), "{answers:?}");
     assert_eq!(
-        answers.iter().filter(|(_, how)| how == "miss").count(),
+        answers.iter().filter(|(_, how, _)| how == "miss").count(),
         1,
         "{answers:?}"
     );
