@@ -242,6 +242,8 @@ fn the_cache_is_bounded_by_bytes_and_counts_what_it_evicts() {
         assert!(Instant::now() < deadline, "no eviction counted:\n{m}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let held = wafer_e2e::metric(&s.metrics(), "wafer_cache_bytes");
+    assert!(held > 0 && held <= 2000, "holds {held} bytes of 2000");
 }
 
 /// Calls `get` until its answer's `x-cache` is not `hit`, for at most `within`; returns the

@@ -39,9 +39,12 @@ pub struct Metrics {
     jobs_finished: Family<StatusLabels, Counter>,
     runners: Family<KindLabels, Gauge>,
     cache_lookups: Family<ResultLabels, Counter>,
+    /// The lookup counters by result, made once: counting a hit allocates nothing.
+    cache_lookup_counters: [(&'static str, Counter); 4],
     cache_stored_bytes: Counter,
     cache_evictions: Family<CauseLabels, Counter>,
     cache_shared: Family<ResultLabels, Counter>,
+    cache_bytes: Gauge,
 }
 
 /// Labels of the cache eviction counter.
@@ -154,6 +157,12 @@ impl Default for Metrics {
             "Response cache lookups by result (hit, miss, stale, bypass)",
             cache_lookups.clone(),
         );
+        let cache_lookup_counters = ["hit", "miss", "stale", "bypass"].map(|r| {
+            let c = cache_lookups
+                .get_or_create(&ResultLabels { result: r.into() })
+                .clone();
+            (r, c)
+        });
         let cache_stored_bytes = Counter::default();
         registry.register(
             "cache_stored_bytes",
@@ -173,6 +182,12 @@ impl Default for Metrics {
              stored, store_error)",
             cache_shared.clone(),
         );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes the in-process response cache holds",
+            cache_bytes.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -186,9 +201,11 @@ impl Default for Metrics {
             jobs_finished,
             runners,
             cache_lookups,
+            cache_lookup_counters,
             cache_stored_bytes,
             cache_evictions,
             cache_shared,
+            cache_bytes,
         }
     }
 }
@@ -239,6 +256,14 @@ impl Metrics {
 
     /// Counts a response-cache lookup.
     pub fn cache_event(&self, result: &str) {
+        if let Some((_, c)) = self
+            .cache_lookup_counters
+            .iter()
+            .find(|(r, _)| *r == result)
+        {
+            c.inc();
+            return;
+        }
         self.cache_lookups
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
@@ -262,6 +287,12 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the bytes the in-process response cache holds.
+    pub fn set_cache_bytes(&self, bytes: u64) {
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts bytes stored in the response cache.

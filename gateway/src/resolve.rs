@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use wafer_core::{FunctionName, FunctionRecord, MetaError, MetaStore, VersionRecord, VersionRef};
 
-/// A resolved target.
-pub type Resolved = Arc<(FunctionRecord, VersionRecord)>;
+/// A resolved target: the function, the version, and the digest of the version's spec (for
+/// the response cache's keys, computed once per resolution instead of once per call).
+pub type Resolved = Arc<(FunctionRecord, VersionRecord, crate::cache::Key)>;
 
 /// The resolution cache.
 pub struct Resolver {
@@ -41,7 +42,8 @@ impl Resolver {
         let Some(found) = meta.resolve(name, vref).await? else {
             return Ok(None);
         };
-        let found = Arc::new(found);
+        let spec = crate::cache::spec_digest(&found.1);
+        let found = Arc::new((found.0, found.1, spec));
         self.cache.insert(key, found.clone());
         Ok(Some(found))
     }

@@ -38,6 +38,7 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     crate::auth::require(&state, &headers, Scope::Metrics).await?;
+    state.cache.report();
     Ok((
         [(
             header::CONTENT_TYPE,

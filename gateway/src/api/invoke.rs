@@ -237,8 +237,7 @@ pub async fn scope_of(
     let scope = state
         .cache
         .scope(
-            &a.resolved.0,
-            &a.resolved.1,
+            (&a.resolved.0, &a.resolved.1, &a.resolved.2),
             a.caller.as_ref().map(|k| &k.tenant),
             a.sees_logs(),
         )
@@ -256,6 +255,10 @@ impl crate::cache::ScopeSource for InvokeScopes {
     }
 
     async fn read_body(&self, parts: &Parts, body: Body) -> Result<bytes::Bytes, Response> {
+        // Most cacheable calls have no body: no timer, no collecting.
+        if http_body::Body::is_end_stream(&body) {
+            return Ok(bytes::Bytes::new());
+        }
         super::read_limited(
             &self.state,
             &parts.headers,

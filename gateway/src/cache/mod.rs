@@ -117,6 +117,17 @@ fn function_id(tenant: &TenantId, name: &str) -> Key {
     p.finish()
 }
 
+/// The digest of a version's whole spec (module digest, limits, env, policy).
+pub fn spec_digest(version: &VersionRecord) -> Key {
+    Sha256::digest(serde_json::to_vec(&version.spec).unwrap_or_default()).into()
+}
+
+/// SHA-256 of nothing: the body digest of most cacheable calls.
+const EMPTY_BODY: Key = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 impl Scope {
     /// Whether a request may use the cache at all (before its body is read).
     pub fn admits(&self, method: &Method, headers: &HeaderMap) -> bool {
@@ -140,8 +151,12 @@ impl Scope {
         let mut p = Parts::new();
         p.part(&self.digest)
             .part(method.as_str().as_bytes())
-            .part(path.as_bytes())
-            .part(&Sha256::digest(body));
+            .part(path.as_bytes());
+        if body.is_empty() {
+            p.part(&EMPTY_BODY);
+        } else {
+            p.part(&Sha256::digest(body));
+        }
         if let Some(policy) = &self.policy {
             for name in &policy.vary {
                 p.part(name.as_bytes());
@@ -298,11 +313,11 @@ impl ResponseCache {
         g
     }
 
-    /// The scope of a call of `version` of `function` by `caller`.
+    /// The scope of a call of `version` of `function` (whose spec has the digest `spec`) by
+    /// `caller`.
     pub async fn scope(
         &self,
-        function: &FunctionRecord,
-        version: &VersionRecord,
+        (function, version, spec): (&FunctionRecord, &VersionRecord, &Key),
         caller: Option<&TenantId>,
         sees_logs: bool,
     ) -> Scope {
@@ -319,7 +334,7 @@ impl ResponseCache {
             .part(&[u8::from(sees_logs)])
             .part(&generation.to_le_bytes())
             .part(&version.version.to_le_bytes())
-            .part(&serde_json::to_vec(&version.spec).unwrap_or_default());
+            .part(spec);
         Scope {
             digest: p.finish(),
             policy: version.spec.cache.clone(),
@@ -338,6 +353,12 @@ impl ResponseCache {
             self.generations.insert(id, (g.max(next), Instant::now()));
         }
         Ok(())
+    }
+
+    /// Brings the metrics that are read off the cache (bytes held) up to date.
+    pub fn report(&self) {
+        self.entries.run_pending_tasks();
+        self.metrics.set_cache_bytes(self.entries.weighted_size());
     }
 
     /// Counts a call that may not use the cache.
@@ -540,6 +561,11 @@ impl Drop for Leader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_empty_body_digest_is_sha256_of_nothing() {
+        assert_eq!(EMPTY_BODY, <[u8; 32]>::from(Sha256::digest(b"")));
+    }
 
     #[test]
     fn only_a_wafer_key_is_not_a_credential() {

@@ -227,6 +227,7 @@ pub fn router(config: SidecarConfig, metrics: Arc<Metrics>) -> Result<Router, Sh
         base: config.upstream.trim_end_matches('/').into(),
     };
     let cache = ResponseCache::from_config(config.cache.clone(), metrics.clone())?;
+    let reported = cache.clone();
     let scopes = RemoteScopes {
         upstream: upstream.clone(),
         scopes: moka::sync::Cache::builder()
@@ -251,8 +252,9 @@ pub fn router(config: SidecarConfig, metrics: Arc<Metrics>) -> Result<Router, Sh
         .route(
             "/_cache/metrics",
             axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
+                reported.report();
+                let text = metrics.render();
+                async move { text }
             }),
         )
         .fallback_service(forward))
