@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark (not a test) of the response cache: a bare hyper server as the floor, then
-# `wafer serve` answering functions/hello from its cache (hit), running it for every request
+# `wafer serve`'s own /healthz (its HTTP stack without the cache), `wafer serve` answering
+# functions/hello from its cache (hit), running it for every request
 # (miss: looked up, run, not kept), and a hit through `wafer cache` as a sidecar in front of
 # the gateway; all in one run, driven by wrk at the same concurrency. Prints requests/s, p50
-# and p99, the share of the floor's throughput and the p50 a hit adds to the floor.
+# and p99, the share of the floor's throughput and the p50 a hit adds to the floor, both at
+# the load's concurrency and on one connection (service time without queueing).
 #
 #   scripts/bench-cache.sh                      # 10 s per target, 2 wrk threads, 32 connections
 #   BENCH_DURATION=30s BENCH_CONNECTIONS=64 scripts/bench-cache.sh
@@ -26,7 +28,6 @@ echo "== hyper floor"
 "$floor" 127.0.0.1:18190 >/dev/null & pids+=($!)
 wait_http http://127.0.0.1:18190/
 run_wrk floor http://127.0.0.1:18190/
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 echo "== wafer serve"
 data="$work/data"
@@ -42,6 +43,7 @@ deploy() { # name spec-fields
 deploy cached ',"cache":{"ttl_ms":86400000}'
 deploy uncached ''
 curl -fsS -o /dev/null 'http://127.0.0.1:18191/fn/cached?name=bench'
+run_wrk stack http://127.0.0.1:18191/healthz
 cached_wrk hit 'http://127.0.0.1:18191/fn/cached?name=bench' hit
 cached_wrk miss 'http://127.0.0.1:18191/fn/uncached?name=bench' miss
 
@@ -50,6 +52,13 @@ echo "== wafer cache (sidecar) in front of wafer serve"
 wait_http http://127.0.0.1:18192/_cache/metrics
 curl -fsS -o /dev/null 'http://127.0.0.1:18192/fn/cached?name=sidecar'
 cached_wrk sidecar 'http://127.0.0.1:18192/fn/cached?name=sidecar' hit
+
+echo "== one connection: the latency a hit adds, without queueing"
+saved=("$threads" "$conns")
+threads=1 conns=1
+run_wrk floor1 http://127.0.0.1:18190/
+cached_wrk hit1 'http://127.0.0.1:18191/fn/cached?name=bench' hit
+threads=${saved[0]} conns=${saved[1]}
 
 echo
 echo "wrk -t$threads -c$conns -d$duration on $(nproc) cores; hello is the function"
@@ -60,8 +69,13 @@ row() {
         "$(awk -v a="${p50[$2]}" -v b="${p50[floor]}" 'BEGIN{print 1000*(a-b)}')"
 }
 row "hyper floor" floor
+row "wafer /healthz (no cache)" stack
 row "wafer cache hit" hit
 row "wafer cache miss (runs)" miss
 row "sidecar hit" sidecar
+echo "one connection (wrk -t1 -c1):"
+printf '%-26s %12s %10s %10s\n' "hyper floor" "${rps[floor1]}" "${p50[floor1]}" "${p99[floor1]}"
+printf '%-26s %12s %10s %10s\n' "wafer cache hit" "${rps[hit1]}" "${p50[hit1]}" "${p99[hit1]}"
 awk -v a="${rps[hit]}" -v b="${rps[floor]}" 'BEGIN{printf "hit / floor throughput: %.1f%% (target >= 70%%)\n", 100*a/b}'
-awk -v a="${p50[hit]}" -v b="${p50[floor]}" 'BEGIN{printf "p50 a hit adds to the floor: %.0f µs (target <= 100 µs)\n", 1000*(a-b)}'
+awk -v a="${p50[hit1]}" -v b="${p50[floor1]}" 'BEGIN{printf "p50 a hit adds to the floor, one connection: %.0f µs (target <= 100 µs)\n", 1000*(a-b)}'
+awk -v a="${p50[hit]}" -v b="${p50[floor]}" 'BEGIN{printf "p50 a hit adds to the floor at %d connections (queueing included): %.0f µs\n", '"$conns"', 1000*(a-b)}'
