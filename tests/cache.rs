@@ -443,3 +443,40 @@ fn concurrent_identical_calls_of_a_failing_function_run_it_once() {
         .sum();
     assert_eq!(runs, 1, "twenty callers, one failing run");
 }
+
+#[test]
+fn moving_an_alias_or_rolling_back_never_serves_the_other_version_s_answers() {
+    let s = TestServer::start();
+    let spec = |v: &str| json!({"public": true, "cache": {"ttl_ms": 60000}, "env": {"V": v}});
+    s.deploy("hello", "hello", spec("1"));
+    s.deploy("hello", "hello", spec("2"));
+    let point = |alias: &str, version: u64| {
+        let r = s
+            .admin(Method::PUT, &format!("/v1/functions/hello/aliases/{alias}"))
+            .json(&json!({"version": version}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    let get = |target: &str| {
+        let r = s
+            .anon(Method::GET, &format!("/fn/{target}?name=a"))
+            .send()
+            .unwrap();
+        (
+            x_cache(&r),
+            r.headers()["x-wafer-version"].to_str().unwrap().to_owned(),
+        )
+    };
+    point("stable", 1);
+    assert_eq!(get("hello@stable"), ("miss".into(), "1".into()));
+    assert_eq!(get("hello@stable"), ("hit".into(), "1".into()));
+    point("stable", 2);
+    assert_eq!(get("hello@stable"), ("miss".into(), "2".into()));
+    assert_eq!(get("hello"), ("miss".into(), "2".into()));
+    assert_eq!(get("hello"), ("hit".into(), "2".into()));
+    // A rollback moves `latest` back: version 1's answers, never version 2's.
+    point("latest", 1);
+    assert_eq!(get("hello"), ("miss".into(), "1".into()));
+    assert_eq!(get("hello"), ("hit".into(), "1".into()));
+}

@@ -7,8 +7,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use wafer_e2e::{
-    CacheSidecar, RedisServer, TestServer, assert_problem, metric, redis_command_bytes, redis_keys,
-    runs, x_cache,
+    CacheSidecar, RedisServer, TestServer, assert_problem, metric, redis_command,
+    redis_command_bytes, redis_keys, runs, x_cache,
 };
 
 /// A config whose shared level is the Redis at `url`.
@@ -57,6 +57,10 @@ fn two_gateways_share_the_redis_level_and_a_purge_reaches_both() {
     b.deploy_as(&kb, "hello", "hello", SPEC());
     assert_eq!(x_cache(&get(&a, "l2")), "miss");
     eventually("the answer reaches Redis", || entries(&redis).len() == 1);
+    // Kept in Redis for the answer's lifetime, not for ever.
+    let ttl = redis_command(redis.port, &["PTTL", &entries(&redis)[0]]).unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "PTTL {ttl}");
     let r = get(&b, "l2");
     assert_eq!(x_cache(&r), "hit", "b answers with a's entry");
     assert_eq!(r.text().unwrap(), "Hello, l2!\n");

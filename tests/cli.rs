@@ -130,7 +130,8 @@ fn invoke_reads_data_from_a_file_and_stdin_and_sends_headers() {
 
 #[test]
 fn large_uploads_show_progress_on_a_terminal_only() {
-    let s = TestServer::start();
+    // The Python component compiles for about 23 s of CPU: room for that on a loaded machine.
+    let s = TestServer::start_with_config("compile_timeout_ms = 90000\n");
     let py = wafer_e2e::function("pyhello");
     // `script` runs the CLI on a pseudo-terminal, as a person at a terminal would.
     let o = std::process::Command::new("script")
