@@ -255,10 +255,6 @@ impl crate::cache::ScopeSource for InvokeScopes {
     }
 
     async fn read_body(&self, parts: &Parts, body: Body) -> Result<bytes::Bytes, Response> {
-        // Most cacheable calls have no body: no timer, no collecting.
-        if http_body::Body::is_end_stream(&body) {
-            return Ok(bytes::Bytes::new());
-        }
         super::read_limited(
             &self.state,
             &parts.headers,

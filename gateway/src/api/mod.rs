@@ -28,6 +28,22 @@ pub async fn read_limited(
     limit: usize,
     slug: &'static str,
 ) -> Result<Bytes, ApiError> {
+    let timeout = Duration::from_millis(state.config.body_timeout_ms);
+    read_limited_within(headers, body, limit, slug, timeout).await
+}
+
+/// [`read_limited`] with the body timeout given (for the cache sidecar, which has no
+/// `AppState`). A body that is known to be empty is answered at once, without a timer.
+pub async fn read_limited_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    slug: &'static str,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -45,7 +61,6 @@ pub async fn read_limited(
     {
         return Err(too_large());
     }
-    let timeout = Duration::from_millis(state.config.body_timeout_ms);
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
         .await
         .map_err(|_| {

@@ -20,7 +20,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,36 +180,15 @@ impl ScopeSource for RemoteScopes {
     }
 
     async fn read_body(&self, parts: &Parts, body: Body) -> Result<Bytes, Response> {
-        let limit = self.max_request_bytes;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request-too-large",
-                "Payload too large",
-                format!("the body exceeds the limit of {limit} bytes"),
-            )
-            .with("limit", limit)
-            .into_response()
-        };
-        if parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > limit as u64)
-        {
-            return Err(too_large());
-        }
-        match tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect()).await {
-            Err(_) => Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "Request body too slow",
-                "the request body did not arrive in time",
-            )
-            .into_response()),
-            Ok(Err(_)) => Err(too_large()),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-        }
+        crate::api::read_limited_within(
+            &parts.headers,
+            body,
+            self.max_request_bytes,
+            "request-too-large",
+            self.body_timeout,
+        )
+        .await
+        .map_err(IntoResponse::into_response)
     }
 }
 
