@@ -94,7 +94,8 @@ fn the_host_memory_budget_bounds_what_is_in_flight_and_spares_other_tenants() {
         assert_eq!(r.status(), 200);
         let results: Vec<(u16, bool)> = calls.into_iter().map(|c| c.join().unwrap()).collect();
         let timed_out = results.iter().filter(|r| r.0 == 504).count();
-        let refused = results.iter().filter(|r| *r == &(503, true)).count();
+        // Refused at the tenant's share of the budget: 429, and they may come back.
+        let refused = results.iter().filter(|r| *r == &(429, true)).count();
         assert_eq!((timed_out, refused), (3, 7), "{results:?}");
     });
 }

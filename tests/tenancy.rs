@@ -264,7 +264,7 @@ fn one_tenant_at_its_concurrency_limit_does_not_block_another() {
         assert!(s.wait_in_flight(1), "the first invocation never started");
         let r = s.with_key(&a, Method::POST, "/fn/slow").send().unwrap();
         assert_eq!(r.headers()["retry-after"], "1");
-        assert_problem(r, 503, "overloaded");
+        assert_problem(r, 429, "concurrency-limit");
         let r = s
             .with_key(&b, Method::POST, "/fn/quick")
             .body("b is fine")

@@ -1,9 +1,9 @@
 //! Admission of invocations: a slot in the global pool and one of the tenant's share, and the
 //! invocation's memory limit reserved from the host's memory budget and from the tenant's
 //! share of it (three quarters), so one tenant can never take all the memory either. All are
-//! taken at once, without waiting, after the request body has arrived; any one missing is a
-//! 503 with `Retry-After`, so overload is refused quickly instead of queueing or exhausting
-//! the host.
+//! taken at once, without waiting, after the request body has arrived, so overload is refused
+//! quickly instead of queueing or exhausting the host: a full host is a 503 `overloaded`, a
+//! tenant at its own share a 429 `concurrency-limit`, both with `Retry-After`.
 
 use crate::metrics::{InFlight, Metrics};
 use crate::problem::ApiError;
@@ -81,7 +81,7 @@ impl Admission {
             })
         });
         let tenant_slot = share.slots.clone().try_acquire_owned().map_err(|_| {
-            ApiError::overloaded(format!(
+            ApiError::concurrency_limit(format!(
                 "this tenant's functions already have {per_tenant} invocations in flight"
             ))
         })?;
@@ -92,7 +92,7 @@ impl Admission {
                 .and_then(|mb| pool.clone().try_acquire_many_owned(mb).ok())
         };
         let tenant_memory = reserve(&share.memory_mb, tenant_budget_mb).ok_or_else(|| {
-            ApiError::overloaded(format!(
+            ApiError::concurrency_limit(format!(
                 "this tenant's invocations in flight hold its share of the host's memory \
                  budget ({tenant_budget_mb} MiB)"
             ))
@@ -160,6 +160,10 @@ mod tests {
         let a = Admission::new(10, 10, 1000, Arc::default());
         let _x = a.admit(&tenant("a"), 500).unwrap();
         let refused = a.admit(&tenant("a"), 300).err().unwrap();
+        assert_eq!(
+            (refused.status.as_u16(), refused.slug),
+            (429, "concurrency-limit")
+        );
         assert_eq!(refused.extra["memory_budget_mb"], 750);
         let _y = a.admit(&tenant("a"), 250).unwrap();
         let _z = a.admit(&tenant("b"), 250).unwrap();
@@ -170,9 +174,14 @@ mod tests {
         let a = Admission::new(3, 2, 1000, Arc::default());
         let _x = a.admit(&tenant("a"), 1).unwrap();
         let _y = a.admit(&tenant("a"), 1).unwrap();
-        assert!(a.admit(&tenant("a"), 1).is_err());
+        let refused = a.admit(&tenant("a"), 1).err().unwrap();
+        assert_eq!(
+            (refused.status.as_u16(), refused.slug),
+            (429, "concurrency-limit")
+        );
         let _z = a.admit(&tenant("b"), 1).unwrap();
-        assert!(a.admit(&tenant("c"), 1).is_err(), "global slots are gone");
+        let refused = a.admit(&tenant("c"), 1).err().unwrap();
+        assert_eq!((refused.status.as_u16(), refused.slug), (503, "overloaded"));
     }
 
     #[test]
