@@ -39,6 +39,25 @@ ensure_schemathesis() {
     export SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# Creates the Python SDK's test environment (a venv kept in the target directory, its pinned
+# tools installed once), installs sdk/python into it as a wheel built by its own backend, and
+# exports SDK_PYTHON.
+ensure_python_sdk() {
+    local venv stamp pins
+    venv="$(target_dir)/sdkenv"
+    pins="httpx==0.28.1 anyio==4.16.0 wasmtime==50.0.1 tqdm==4.70.1 pytest==9.2.0 mypy==2.4.1 hatchling==1.33.0"
+    stamp="$venv/.pins"
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$pins" ]; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        # shellcheck disable=SC2086 # the pins are separate words
+        "$venv/bin/pip" install -q $pins
+        echo "$pins" >"$stamp"
+    fi
+    "$venv/bin/pip" install -q --force-reinstall --no-deps --no-build-isolation ./sdk/python
+    export SDK_PYTHON="$venv/bin/python"
+}
+
 # Installs redis-server (Debian package) when it is missing: the queue tests start their own.
 ensure_redis() {
     if command -v redis-server >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: builds the wasm functions, the wafer binary, then unit and end-to-end tests.
-# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server); reuses
+# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server, the Python
+# SDK's venv); reuses
 # $CARGO_TARGET_DIR when set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +31,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+
+echo "== Python SDK (sdk/python: mypy --strict, pytest against the built wafer)"
+ensure_python_sdk
+(cd sdk/python && "$SDK_PYTHON" -m mypy --strict src/wafer && "$SDK_PYTHON" -m pytest -q -p no:cacheprovider tests)

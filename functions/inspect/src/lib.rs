@@ -4,6 +4,8 @@
 //! `socket` (a TCP connection) and `http` (an outgoing request) report the refusal they get;
 //! `fields` grows one set of headers and `resources` holds host resources until stopped;
 //! `spin` loops forever and `hog` allocates without end, to test an HTTP component's limits.
+//! `?status=N` or a JSON body `{"status": N}` answers with status N (a function's own error
+//! answer) instead of 201.
 
 use std::hint::black_box;
 use wafer_sdk::http::{Request, Response};
@@ -93,7 +95,19 @@ fn handle(req: Request) -> Response {
         "body_len": req.body.len(),
         "tried": tried,
     });
-    Response::json(201, &body).with_header("x-inspected", "yes")
+    // `?status=N` (or a JSON body `{"status": N}`) answers with that status instead of 201:
+    // a function's own error answer.
+    let asked = serde_json::from_slice::<serde_json::Value>(&req.body)
+        .ok()
+        .and_then(|v| v["status"].as_u64())
+        .and_then(|s| u16::try_from(s).ok());
+    let status = req
+        .query_param("status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .or(asked)
+        .filter(|s| (200..600).contains(s))
+        .unwrap_or(201);
+    Response::json(status, &body).with_header("x-inspected", "yes")
 }
 
 wafer_sdk::http_function!(handle);

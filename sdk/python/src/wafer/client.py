@@ -1,0 +1,314 @@
+"""The synchronous client: :class:`Client`, with :class:`Job` and :class:`Function` handles."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from typing import Any, Mapping, TypeVar
+
+import httpx
+
+from . import _core as core
+from ._core import Call, Duration, Op, ProgressArg, RetryPolicy
+from .errors import ConnectionFailed
+from .models import FunctionInfo, JobInfo, JobList, Key, LogEntry, Module, Response, Version
+
+T = TypeVar("T")
+
+__all__ = ["Client", "Job", "Function"]
+
+
+class Client:
+    """A connection to a Wafer server.
+
+    ``url`` and ``api_key`` default to ``WAFER_URL`` (else ``http://127.0.0.1:8080``) and
+    ``WAFER_API_KEY``. ``retries`` bounds how often a call is tried again (see
+    :class:`wafer.RetryPolicy` for which calls and answers); ``timeout`` is httpx's, with a
+    read timeout long enough for a function's longest run. Use as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = httpx.Timeout(330.0, connect=10.0),
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_backoff: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url, headers = core.settings(url, api_key)
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=self._timeout, transport=transport)
+        self.retry = RetryPolicy(retries, backoff, max_backoff)
+        self.functions = Functions(self)
+        self.jobs = Jobs(self)
+        self.keys = Keys(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._http.close()
+
+    def _send(self, call: Call) -> httpx.Response:
+        attempt = 0
+        while True:
+            content = core.upload_chunks(call.content, call.upload_progress) if call.content is not None and call.upload_progress else call.content
+            try:
+                r = self._http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.json if call.content is None else None,
+                    content=content,
+                    headers=call.headers,
+                    timeout=core.timeout_for(self._timeout, call),
+                )
+            except httpx.TransportError as e:
+                delay = self.retry.after_error(call, attempt, e)
+                if delay is None:
+                    raise ConnectionFailed("Connection failed", detail=f"{call.method} {self.url}{call.path}: {e!r}") from e
+            else:
+                delay = self.retry.after_response(call, attempt, r)
+                if delay is None:
+                    return core.check(call, r)
+            attempt += 1
+            time.sleep(delay)
+
+    def _run(self, op: Op[T]) -> T:
+        try:
+            call = next(op)
+            while True:
+                call = op.send(self._send(call))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def upload(self, path_or_bytes: str | os.PathLike[str] | bytes, *, progress: ProgressArg = None) -> Module:
+        """Uploads a module (validated and compiled once by the server) without deploying it."""
+        data, label = core.read_module(path_or_bytes)
+        tell, close = core.upload_progress(progress, label)
+        try:
+            return self._run(core.upload_op(data, tell))
+        finally:
+            close()
+
+    def deploy(
+        self,
+        name: str,
+        path_or_bytes: str | os.PathLike[str] | bytes,
+        *,
+        timeout: Duration | None = None,
+        memory_mb: int | None = None,
+        fuel: int | None = None,
+        env: Mapping[str, str] | None = None,
+        public: bool | None = None,
+        kind: str | None = None,
+        cache: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
+    ) -> Version:
+        """Uploads the module and makes it a new version of ``name``, which ``latest`` moves
+        to. ``timeout`` is seconds (or a ``timedelta``); ``kind`` is the class, ``"short"`` or
+        ``"long"``; unset limits take the server's defaults. ``progress``: a callback told
+        ``(sent, total)`` bytes, or ``True`` for a tqdm bar."""
+        data, label = core.read_module(path_or_bytes)
+        tell, close = core.upload_progress(progress, label)
+        spec = core.deploy_spec(timeout, memory_mb, fuel, env, public, kind, cache)
+        try:
+            return self._run(core.deploy_op(name, data, spec, tell))
+        finally:
+            close()
+
+    def invoke(
+        self,
+        name: str,
+        data: bytes | str | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        path: str = "/",
+        method: str = "POST",
+    ) -> Response:
+        """Calls ``name`` (or ``name@version``/``name@alias``) and returns its answer, whatever
+        its status. Wafer's own problems (the function trapped, timed out, was not found...)
+        raise the matching :class:`wafer.WaferError`."""
+        return self._run(core.invoke_op(core.invoke_call(name, data, json, headers, path, method)))
+
+    def submit(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        timeout: Duration | None = None,
+        content_type: str | None = None,
+    ) -> Job:
+        """Queues a job running ``name`` on ``input`` (bytes and text as they are, anything
+        else as JSON). It is sent with an
+        Idempotency-Key (``idempotency_key``, else a generated one), so retrying it never
+        makes a second job."""
+        info = self._run(core.submit_op(name, input, idempotency_key, timeout, content_type))
+        return Job(self, info.id, info)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job."""
+        return Job(self, job_id)
+
+    def function(self, name: str) -> Function:
+        """A handle on a function, for ``execute`` and ``execute_async``."""
+        return Function(self, name)
+
+
+class Job:
+    """A submitted job. ``id`` names it; the methods ask the server each time."""
+
+    def __init__(self, client: Client, job_id: str, info: JobInfo | None = None) -> None:
+        self._client = client
+        self.id = job_id
+        self.last: JobInfo | None = info
+
+    def __repr__(self) -> str:
+        status = self.last.status if self.last else "?"
+        return f"Job(id={self.id!r}, status={status!r})"
+
+    def info(self) -> JobInfo:
+        """The job's record now."""
+        self.last = self._client._run(core.job_op(self.id))
+        return self.last
+
+    def status(self) -> str:
+        """The job's status now: ``queued``, ``running``, ``succeeded``, ``failed``,
+        ``cancelled`` or ``dead``."""
+        return self.info().status
+
+    def wait(self, timeout: Duration | None = None, *, progress: ProgressArg = None) -> Response:
+        """Waits until the job ends (at most ``timeout``: then :class:`wafer.WaitTimeout`) and
+        returns its result; a failed job raises the problem it ended with. ``progress``: a
+        callback told each :class:`JobInfo` read, or ``True`` for a tqdm bar."""
+        tell, close = core.wait_progress(progress, self.id)
+        try:
+            return self._client._run(core.wait_op(self.id, timeout, tell))
+        finally:
+            close()
+
+    def result(self) -> Response:
+        """What the function returned; :class:`wafer.JobNotFinished` while it runs."""
+        return self._client._run(core.result_op(self.id))
+
+    def cancel(self) -> JobInfo:
+        """Cancels the job (a running guest is interrupted); cancelling an ended job is a
+        :class:`wafer.Conflict`."""
+        self.last = self._client._run(core.cancel_op(self.id))
+        return self.last
+
+    def logs(self) -> str:
+        """What the job wrote to stderr."""
+        return self._client._run(core.job_logs_op(self.id))
+
+
+class Function:
+    """A function by name: run it like a task (``execute``) or as a job (``execute_async``)."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Function({self.name!r})"
+
+    def execute(self, input: Any = None, *, timeout: Duration | None = None, progress: ProgressArg = None) -> Any:
+        """Runs the function on ``input`` (bytes and text as they are, anything else as JSON)
+        and returns the decoded result, blocking until
+        it is there: when Wafer runs the call as a job (the function is long), waits for
+        the job. A function's own error answer raises :class:`wafer.FunctionError`."""
+        tell, close = core.wait_progress(progress, self.name)
+        try:
+            return self._client._run(core.execute_op(self.name, input, timeout, tell))
+        finally:
+            close()
+
+    def execute_async(self, input: Any = None, *, idempotency_key: str | None = None, timeout: Duration | None = None) -> Job:
+        """Submits the function on ``input`` as a job and returns the :class:`Job` at once."""
+        return self._client.submit(self.name, input, idempotency_key=idempotency_key, timeout=timeout)
+
+    def invoke(self, data: bytes | str | None = None, **kw: Any) -> Response:
+        """:meth:`Client.invoke` of this function."""
+        return self._client.invoke(self.name, data, **kw)
+
+    def info(self) -> FunctionInfo:
+        """The function's record."""
+        return self._client.functions.get(self.name)
+
+
+class Functions:
+    """``client.functions``: read and manage deployed functions."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[FunctionInfo]:
+        """The tenant's functions."""
+        return self._client._run(core.functions_list_op())
+
+    def get(self, name: str) -> FunctionInfo:
+        return self._client._run(core.function_get_op(name))
+
+    def versions(self, name: str) -> builtins.list[Version]:
+        return self._client._run(core.versions_op(name))
+
+    def rollback(self, name: str, version: int, *, alias: str = "latest") -> FunctionInfo:
+        """Points ``alias`` (``latest`` by default: a rollback) at ``version``."""
+        return self._client._run(core.rollback_op(name, version, alias))
+
+    def delete(self, name: str) -> None:
+        """Deletes the function with all its versions."""
+        self._client._run(core.delete_op(name))
+
+    def logs(self, name: str) -> builtins.list[LogEntry]:
+        """The last invocations, each with the tail of what it wrote to stderr."""
+        return self._client._run(core.logs_op(name))
+
+
+class Jobs:
+    """``client.jobs``: list jobs, or get a handle on one."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(
+        self,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobList:
+        """One page of the tenant's jobs, newest first (``next_cursor`` for the next)."""
+        return self._client._run(core.jobs_list_op(function, status, limit, cursor))
+
+    def get(self, job_id: str) -> Job:
+        return Job(self._client, job_id, self._client._run(core.job_op(job_id)))
+
+
+class Keys:
+    """``client.keys``: API keys (an admin key's calls)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, tenant: str, scopes: builtins.list[str] | None = None) -> Key:
+        """A new key for ``tenant``; its ``secret`` is shown only in this answer."""
+        return self._client._run(core.key_create_op(tenant, scopes or ["deploy", "invoke", "read"]))
+
+    def list(self) -> builtins.list[Key]:
+        return self._client._run(core.keys_list_op())
+
+    def revoke(self, key_id: str) -> None:
+        self._client._run(core.key_revoke_op(key_id))
