@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -83,6 +85,29 @@ class Server:
     def client(self, **kw: object) -> wafer.Client:
         kw.setdefault("api_key", self.admin_key)
         return wafer.Client(self.url, **kw)  # type: ignore[arg-type]
+
+    def in_flight(self, n: int) -> None:
+        """Waits until the server reports `n` invocations in flight (10 s at most)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = httpx.get(f"{self.url}/metrics", headers={"authorization": f"Bearer {self.admin_key}"}).text
+            if f"wafer_invocations_in_flight {n}\n" in m:
+                return
+            time.sleep(0.01)
+        pytest.fail(f"never {n} invocations in flight")
+
+    @contextmanager
+    def holding(self, ms: int) -> Iterator[None]:
+        """A call of `nap` (deployed already) sleeping `ms` holds one invocation slot of the
+        admin's tenant for the block."""
+        with self.client(retries=0) as c:
+            holder = threading.Thread(target=c.invoke, args=("nap", str(ms)))
+            holder.start()
+            try:
+                self.in_flight(1)
+                yield
+            finally:
+                holder.join()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -94,3 +94,11 @@ async def test_async_retries_an_overloaded_server(make_server: type[Server]) -> 
             await anyio.sleep(0.3)
             r = await c.invoke("nap", "1", method="GET")
         assert r.text == "awake\n"
+
+
+async def test_url_and_key_come_from_the_environment(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAFER_URL", server.url)
+    monkeypatch.setenv("WAFER_API_KEY", server.admin_key)
+    async with wafer.AsyncClient() as c:
+        assert c.url == server.url
+        assert "echo" in [f.name for f in await c.functions.list()]

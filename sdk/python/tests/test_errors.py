@@ -3,8 +3,6 @@ problem's fields."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 import wafer
@@ -76,50 +74,19 @@ def test_function_trapped_and_timeout(client: wafer.Client) -> None:
     assert e.value.slug == "nonzero-exit"
 
 
-def _hold(c: wafer.Client, ms: int, started: threading.Event) -> None:
-    started.set()
-    c.invoke("nap", str(ms))
-
-
 def test_rate_limited_and_service_unavailable_carry_retry_after(make_server: type[Server]) -> None:
     s = make_server("max_inflight = 4\nmax_inflight_per_tenant = 1\n").start()
     with s.client(retries=0) as c:
         c.deploy("nap", function("nap"), timeout=10)
-        c.invoke("nap", "1")
-        started = threading.Event()
-        holder = threading.Thread(target=_hold, args=(c, 1500, started))
-        holder.start()
-        _wait_in_flight(s, 1)
-        with pytest.raises(wafer.RateLimited) as e:
+        with s.holding(1500), pytest.raises(wafer.RateLimited) as e:
             c.invoke("nap", "1")
         assert (e.value.status, e.value.slug, e.value.retry_after) == (429, "concurrency-limit", 1.0)
-        holder.join()
     g = make_server("max_inflight = 1\n").start()
     with g.client(retries=0) as c:
         c.deploy("nap", function("nap"), timeout=10)
-        started = threading.Event()
-        holder = threading.Thread(target=_hold, args=(c, 1500, started))
-        holder.start()
-        _wait_in_flight(g, 1)
-        with pytest.raises(wafer.ServiceUnavailable) as u:
+        with g.holding(1500), pytest.raises(wafer.ServiceUnavailable) as u:
             c.invoke("nap", "1")
         assert (u.value.status, u.value.slug, u.value.retry_after) == (503, "overloaded", 1.0)
-        holder.join()
-
-
-def _wait_in_flight(s: Server, n: int) -> None:
-    """Until the server reports `n` invocations in flight (10 s at most)."""
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        m = httpx.get(f"{s.url}/metrics", headers={"authorization": f"Bearer {s.admin_key}"}).text
-        if f"wafer_invocations_in_flight {n}\n" in m:
-            return
-        time.sleep(0.01)
-    pytest.fail(f"never {n} invocations in flight")
 
 
 def test_connection_failed_when_nothing_listens() -> None:
@@ -134,3 +101,25 @@ def test_every_error_type_is_a_wafer_error() -> None:
         obj = getattr(wafer, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, wafer.WaferError), name
+
+
+def test_problems_map_by_slug_then_status_and_keep_every_member() -> None:
+    from wafer.errors import error_from_problem
+
+    cases = {
+        (400, "invalid-name"): wafer.ValidationError,
+        (408, "body-timeout"): wafer.RequestTimeout,
+        (409, "job-not-finished"): wafer.JobNotFinished,
+        (409, "job-cancelled"): wafer.JobCancelled,
+        (409, "other-conflict"): wafer.Conflict,
+        (500, "internal"): wafer.ServerError,
+        (507, "unknown"): wafer.ServerError,
+        (418, "teapot"): wafer.WaferError,
+    }
+    for (status, slug), cls in cases.items():
+        e = error_from_problem(status, {"type": f"https://wafer.dev/problems/{slug}", "title": "T", "status": status, "limit": 7})
+        assert type(e) is cls, (status, slug)
+        assert (e.status, e.slug, e.title, e.extra) == (status, slug, "T", {"limit": 7})
+    # Not a problem document at all: still typed by status, with the header's Retry-After.
+    e = error_from_problem(503, None, retry_after=2.0)
+    assert isinstance(e, wafer.ServiceUnavailable) and e.retry_after == 2.0 and e.title == "HTTP 503"

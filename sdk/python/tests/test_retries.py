@@ -2,64 +2,53 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
+import httpx
 import pytest
 
 import wafer
+from wafer._core import IDEMPOTENT, REFUSALS, Call
 from conftest import Server, function
-from test_errors import _hold, _wait_in_flight
 
 
 def test_an_overloaded_server_is_retried_after_its_retry_after(make_server: type[Server]) -> None:
     s = make_server("max_inflight = 1\n").start()
     with s.client() as c:
         c.deploy("nap", function("nap"), timeout=10)
-        holder = threading.Thread(target=_hold, args=(c, 1500, threading.Event()))
-        holder.start()
-        _wait_in_flight(s, 1)
-        t = time.monotonic()
-        # GET is idempotent: 503 overloaded, Retry-After: 1, then again until the slot frees.
-        r = c.invoke("nap", method="GET", headers={"x": "1"}, data="1")
-        waited = time.monotonic() - t
-        holder.join()
+        with s.holding(1500):
+            t = time.monotonic()
+            # GET is idempotent: 503 overloaded, Retry-After: 1, then again until the slot frees.
+            r = c.invoke("nap", method="GET", data="1")
+            waited = time.monotonic() - t
         assert r.text == "awake\n"
         assert waited >= 0.9, f"retried after {waited:.2f} s, before the Retry-After of 1 s"
         # Without retries the same call fails at once.
-        holder = threading.Thread(target=_hold, args=(c, 1500, threading.Event()))
-        holder.start()
-        _wait_in_flight(s, 1)
-        with s.client(retries=0) as once, pytest.raises(wafer.ServiceUnavailable):
+        with s.holding(1500), s.client(retries=0) as once, pytest.raises(wafer.ServiceUnavailable):
             once.invoke("nap", data="1", method="GET")
-        holder.join()
 
 
 def test_a_tenant_at_its_limit_is_retried_even_for_a_post(make_server: type[Server]) -> None:
     s = make_server("max_inflight = 4\nmax_inflight_per_tenant = 1\n").start()
     with s.client() as c:
         c.deploy("nap", function("nap"), timeout=10)
-        holder = threading.Thread(target=_hold, args=(c, 1200, threading.Event()))
-        holder.start()
-        _wait_in_flight(s, 1)
-        # A POST is not idempotent, but a 429 concurrency-limit means it never ran.
-        assert c.invoke("nap", "1").text == "awake\n"
-        holder.join()
+        with s.holding(1200):
+            # A POST is not idempotent, but a 429 concurrency-limit means it never ran.
+            assert c.invoke("nap", "1").text == "awake\n"
 
 
 def test_retries_give_up_after_their_number(make_server: type[Server]) -> None:
     s = make_server("max_inflight = 1\n").start()
     with s.client(retries=1, max_backoff=0.2) as c:
         c.deploy("nap", function("nap"), timeout=10)
-        holder = threading.Thread(target=_hold, args=(c, 2500, threading.Event()))
-        holder.start()
-        _wait_in_flight(s, 1)
-        t = time.monotonic()
-        with pytest.raises(wafer.ServiceUnavailable):
-            c.invoke("nap", "1", method="GET")
-        # One retry, its wait cut to max_backoff.
-        assert time.monotonic() - t < 2.0
-        holder.join()
+        with s.holding(2500):
+            t = time.monotonic()
+            with pytest.raises(wafer.ServiceUnavailable):
+                c.invoke("nap", "1", method="GET")
+            # One retry, its wait cut to max_backoff.
+            assert time.monotonic() - t < 2.0
 
 
 def test_a_server_that_comes_up_late_is_reached_and_submit_is_not_doubled(make_server: type[Server]) -> None:
@@ -86,10 +75,6 @@ def test_a_server_that_comes_up_late_is_reached_and_submit_is_not_doubled(make_s
 
 def test_connection_errors_are_not_retried_for_calls_that_may_have_run() -> None:
     policy = wafer.RetryPolicy(retries=3)
-    import httpx
-
-    from wafer._core import IDEMPOTENT, REFUSALS, Call
-
     post = Call("POST", "/fn/x", retry=REFUSALS)
     get = Call("GET", "/v1/functions", retry=IDEMPOTENT)
     read_error = httpx.ReadError("reset")
@@ -106,8 +91,6 @@ class LosingProxy:
     lost on the way back."""
 
     def __init__(self, upstream_port: int, lose: int) -> None:
-        import socket
-
         self.upstream_port = upstream_port
         self.lose = lose
         self.listener = socket.socket()
@@ -125,9 +108,7 @@ class LosingProxy:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _serve(self, conn: "socket.socket") -> None:  # type: ignore[name-defined]  # noqa: F821
-        import socket
-
+    def _serve(self, conn: socket.socket) -> None:
         up = socket.create_connection(("127.0.0.1", self.upstream_port))
         losing = self.lose > 0
         if losing:

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, Mapping, TypeVar, Union
+from typing import Any, Callable, Generator, Generic, Iterator, Mapping, TypeVar, Union
 from urllib.parse import quote
 
 import httpx
@@ -26,6 +26,7 @@ from .errors import PROBLEM_BASE, FunctionError, WaitTimeout, WaferError, error_
 from .models import FunctionInfo, JobInfo, JobList, Key, LogEntry, Module, Response, Version
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 #: An operation: yields calls, receives their answers, returns its result.
 Op = Generator["Call", httpx.Response, T]
@@ -185,6 +186,39 @@ def settings(url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]
     if key:
         headers["authorization"] = f"Bearer {key}"
     return base, headers
+
+
+class Namespace(Generic[C]):
+    """A group of a client's calls (``client.functions``, ``client.jobs``, ``client.keys``)."""
+
+    def __init__(self, client: C) -> None:
+        self._client = client
+
+
+class JobHandle(Generic[C]):
+    """What :class:`wafer.Job` and :class:`wafer.AsyncJob` share: the client, the id and the
+    record last read (``last``)."""
+
+    def __init__(self, client: C, job_id: str, info: JobInfo | None = None) -> None:
+        self._client = client
+        self.id = job_id
+        self.last: JobInfo | None = info
+
+    def __repr__(self) -> str:
+        status = self.last.status if self.last else "?"
+        return f"{type(self).__name__}(id={self.id!r}, status={status!r})"
+
+
+class FunctionHandle(Generic[C]):
+    """What :class:`wafer.Function` and :class:`wafer.AsyncFunction` share: the client and
+    the function's name."""
+
+    def __init__(self, client: C, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
 
 
 # ---- progress helpers ------------------------------------------------------------------

@@ -172,17 +172,8 @@ async def _chunks(data: bytes, progress: core.UploadProgress | None) -> AsyncIte
         yield chunk
 
 
-class AsyncJob:
+class AsyncJob(core.JobHandle["AsyncClient"]):
     """A submitted job. ``id`` names it; the methods ask the server each time."""
-
-    def __init__(self, client: AsyncClient, job_id: str, info: JobInfo | None = None) -> None:
-        self._client = client
-        self.id = job_id
-        self.last: JobInfo | None = info
-
-    def __repr__(self) -> str:
-        status = self.last.status if self.last else "?"
-        return f"AsyncJob(id={self.id!r}, status={status!r})"
 
     async def info(self) -> JobInfo:
         """The job's record now."""
@@ -219,15 +210,8 @@ class AsyncJob:
         return await self._client._run(core.job_logs_op(self.id))
 
 
-class AsyncFunction:
+class AsyncFunction(core.FunctionHandle["AsyncClient"]):
     """A function by name: run it like a task (``execute``) or as a job (``execute_async``)."""
-
-    def __init__(self, client: AsyncClient, name: str) -> None:
-        self._client = client
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"AsyncFunction({self.name!r})"
 
     async def execute(self, input: Any = None, *, timeout: Duration | None = None, progress: ProgressArg = None) -> Any:
         """Runs the function on ``input`` (bytes and text as they are, anything else as JSON)
@@ -253,11 +237,8 @@ class AsyncFunction:
         return await self._client.functions.get(self.name)
 
 
-class AsyncFunctions:
+class AsyncFunctions(core.Namespace["AsyncClient"]):
     """``client.functions``: read and manage deployed functions."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
 
     async def list(self) -> builtins.list[FunctionInfo]:
         """The tenant's functions."""
@@ -282,11 +263,8 @@ class AsyncFunctions:
         return await self._client._run(core.logs_op(name))
 
 
-class AsyncJobs:
+class AsyncJobs(core.Namespace["AsyncClient"]):
     """``client.jobs``: list jobs, or get a handle on one."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
 
     async def list(
         self,
@@ -303,11 +281,8 @@ class AsyncJobs:
         return AsyncJob(self._client, job_id, await self._client._run(core.job_op(job_id)))
 
 
-class AsyncKeys:
+class AsyncKeys(core.Namespace["AsyncClient"]):
     """``client.keys``: API keys (an admin key's calls)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
 
     async def create(self, tenant: str, scopes: builtins.list[str] | None = None) -> Key:
         """A new key for ``tenant``; its ``secret`` is shown only in this answer."""

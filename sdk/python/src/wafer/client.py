@@ -166,17 +166,8 @@ class Client:
         return Function(self, name)
 
 
-class Job:
+class Job(core.JobHandle["Client"]):
     """A submitted job. ``id`` names it; the methods ask the server each time."""
-
-    def __init__(self, client: Client, job_id: str, info: JobInfo | None = None) -> None:
-        self._client = client
-        self.id = job_id
-        self.last: JobInfo | None = info
-
-    def __repr__(self) -> str:
-        status = self.last.status if self.last else "?"
-        return f"Job(id={self.id!r}, status={status!r})"
 
     def info(self) -> JobInfo:
         """The job's record now."""
@@ -213,15 +204,8 @@ class Job:
         return self._client._run(core.job_logs_op(self.id))
 
 
-class Function:
+class Function(core.FunctionHandle["Client"]):
     """A function by name: run it like a task (``execute``) or as a job (``execute_async``)."""
-
-    def __init__(self, client: Client, name: str) -> None:
-        self._client = client
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Function({self.name!r})"
 
     def execute(self, input: Any = None, *, timeout: Duration | None = None, progress: ProgressArg = None) -> Any:
         """Runs the function on ``input`` (bytes and text as they are, anything else as JSON)
@@ -247,11 +231,8 @@ class Function:
         return self._client.functions.get(self.name)
 
 
-class Functions:
+class Functions(core.Namespace["Client"]):
     """``client.functions``: read and manage deployed functions."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
 
     def list(self) -> builtins.list[FunctionInfo]:
         """The tenant's functions."""
@@ -276,11 +257,8 @@ class Functions:
         return self._client._run(core.logs_op(name))
 
 
-class Jobs:
+class Jobs(core.Namespace["Client"]):
     """``client.jobs``: list jobs, or get a handle on one."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
 
     def list(
         self,
@@ -297,11 +275,8 @@ class Jobs:
         return Job(self._client, job_id, self._client._run(core.job_op(job_id)))
 
 
-class Keys:
+class Keys(core.Namespace["Client"]):
     """``client.keys``: API keys (an admin key's calls)."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
 
     def create(self, tenant: str, scopes: builtins.list[str] | None = None) -> Key:
         """A new key for ``tenant``; its ``secret`` is shown only in this answer."""
