@@ -58,6 +58,19 @@ ensure_python_sdk() {
     export SDK_PYTHON="$venv/bin/python"
 }
 
+# Installs qemu-system-x86 (Debian package) when missing: the vm tests boot microVMs with it.
+ensure_qemu() {
+    if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+        return
+    fi
+    echo "installing qemu-system-x86"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || { echo "qemu-system-x86 could not be installed" >&2; exit 1; }
+}
+
 # Installs redis-server (Debian package) when it is missing: the queue tests start their own.
 ensure_redis() {
     if command -v redis-server >/dev/null 2>&1; then

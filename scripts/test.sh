@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: builds the wasm functions, the wafer binary, then unit and end-to-end tests.
-# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server, the Python
-# SDK's venv); reuses
+# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server, qemu, the
+# Python SDK's venv; the vm tests fetch Debian's kernel package); reuses
 # $CARGO_TARGET_DIR when set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ source scripts/lib.sh
 ensure_wasm_targets
 ensure_componentize_py
 ensure_redis
+ensure_qemu
 
 echo "== building functions (wasm)"
 bash functions/build.sh

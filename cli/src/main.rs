@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod guest_agent;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -80,6 +81,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if guest_agent::is_guest_init() {
+        guest_agent::main();
+    }
     let cli = Cli::parse();
     if let Command::Compile {
         input,

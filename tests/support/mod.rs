@@ -2,6 +2,7 @@
 //! temporary data directory, talk to it over HTTP and through the CLI, kill it on drop.
 
 pub mod jobs;
+pub mod vm;
 pub mod wasm;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
