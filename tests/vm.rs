@@ -2,9 +2,10 @@
 //! under TCG with the `wafer` binary under test as `/init`, and the guest agent answers on its
 //! virtio-serial port. (Routing jobs to such VMs is the provisioner's next step.)
 
-use serde_json::json;
+use serde_json::{Value, json};
+use sha2::Digest as _;
 use std::time::Duration;
-use wafer_e2e::vm::{Vm, image};
+use wafer_e2e::vm::{Agent, Vm, image};
 
 /// Under TCG on 2 loaded cores a boot takes seconds; this bounds it generously.
 const BOOT: Duration = Duration::from_secs(60);
@@ -66,5 +67,94 @@ fn a_guest_that_never_boots_is_seen_as_such_and_its_vm_is_gone_after() {
                 .map(|s| s.contains(") Z "))
                 .unwrap_or(true),
         "qemu {pid} outlived its test"
+    );
+}
+
+/// A run request for a job of the test function `name` with `input`, as the host side sends.
+fn run_request(name: &str, input: &[u8], timeout_ms: u64) -> Value {
+    use base64::Engine as _;
+    let module = std::fs::read(wafer_e2e::function(name)).unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&module)));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!({
+        "op": "run",
+        "order": {
+            "job": "job_0123456789abcdef0123456789abcdef",
+            "function": name,
+            "version": 1,
+            "module": digest,
+            "abi": "command",
+            "timeout_ms": timeout_ms,
+            "fuel": 10_000_000_000u64,
+            "memory_mb": 64,
+            "stdout_bytes": 1 << 20,
+            "stderr_bytes": 4096,
+            "response_bytes": 1 << 20,
+            "env": [],
+            "request": {"method": "POST", "path": "/", "headers": []},
+        },
+        "module_base64": b64.encode(&module),
+        "input_base64": b64.encode(input),
+    })
+}
+
+fn ready_agent(vm: &Vm) -> Agent {
+    let mut agent = vm.connect(Duration::from_secs(10));
+    let ready = agent
+        .read(BOOT)
+        .unwrap_or_else(|| panic!("the agent never said ready; console:\n{}", vm.console()));
+    assert_eq!(ready["agent"], "ready", "{ready}");
+    agent
+}
+
+#[test]
+fn a_job_runs_inside_the_guest_under_the_same_limits() {
+    use base64::Engine as _;
+    let img = image();
+    let mut vm = Vm::boot(&img.kernel, &img.initramfs);
+    let mut agent = ready_agent(&vm);
+    agent.send(&run_request(
+        "stress",
+        br#"{"force":1000,"section":10}"#,
+        30_000,
+    ));
+    let end = agent.read(Duration::from_secs(120)).expect("the job's end");
+    assert_eq!(end["op"], "end", "{end}");
+    assert_eq!(end["end"]["status"], "succeeded", "{end}");
+    let output = base64::engine::general_purpose::STANDARD
+        .decode(end["output_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(output, br#"{"stress":100.0}"#);
+    println!(
+        "stress in the guest: compiled in {} ms, ran in {} ms",
+        end["compile_ms"], end["run_ms"]
+    );
+    // An endless loop ends at its deadline inside the guest too, with the server's problem.
+    agent.send(&run_request("spin", b"", 1000));
+    let end = agent
+        .read(Duration::from_secs(120))
+        .expect("the spin's end");
+    assert_eq!(end["end"]["status"], "failed", "{end}");
+    assert_eq!(
+        end["end"]["error"]["type"], "https://wafer.dev/problems/timeout",
+        "{end}"
+    );
+    // A module that is not the one the order names is refused, and the agent carries on.
+    let mut wrong = run_request("echo", b"", 1000);
+    wrong["order"]["module"] = json!(format!("sha256:{}", "0".repeat(64)));
+    agent.send(&wrong);
+    let refused = agent.read(Duration::from_secs(60)).expect("an answer");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("the order names"),
+        "{refused}"
+    );
+    agent.send(&json!({"op": "poweroff"}));
+    assert!(
+        vm.wait(Duration::from_secs(30))
+            .expect("qemu exits")
+            .success()
     );
 }

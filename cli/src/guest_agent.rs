@@ -4,23 +4,49 @@
 //! lines on it with the host side of the provisioner, which alone talks to the queue. The
 //! guest has no network device.
 //!
-//! Protocol so far: the agent first writes `{"agent":"ready","kernel":…,"boot_ms":…}` (the
-//! kernel release and the time since the kernel started), then answers each request line:
-//! `{"op":"ping"}` → `{"op":"pong","uptime_ms":…}`; `{"op":"poweroff"}` ends the VM. Running a
-//! job inside the guest is the next step of the provisioner.
+//! Protocol: the agent first writes `{"agent":"ready","kernel":…,"boot_ms":…}` (the kernel
+//! release and the time since the kernel started), then answers each request line:
+//! - `{"op":"run","order":<WorkOrder>,"module_base64":…,"input_base64":…,"engine":<EngineConfig>?}`
+//!   → `{"op":"end","end":<JobEnd>,"output_base64":…,"compile_ms":…,"run_ms":…}`: the job run
+//!   with the same runner, limits and outcome mapping as `wafer worker`; the guest compiles the
+//!   module itself, since its CPU (qemu's) need not have the host's features;
+//! - `{"op":"ping"}` → `{"op":"pong","uptime_ms":…}`;
+//! - `{"op":"poweroff"}` ends the VM.
+//!
+//! Bringing jobs from the queue to a VM (the host side) is the provisioner's next step.
 
 use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wafer_core::{ArtifactStore, FsArtifactStore, WorkOrder};
+use wafer_runner::{CompileMode, EngineConfig, Runner, RunnerConfig};
 
 /// The name the host gives the agent's virtio-serial port (`virtserialport,name=wafer.0`).
 pub const PORT_NAME: &str = "wafer.0";
 /// The modules to load, in order, one file name per line (written by `scripts/vm-image.py`).
 const MODULE_ORDER: &str = "/lib/modules/wafer.order";
+/// Where the guest keeps modules and compiled code (the initramfs is a RAM file system).
+const ARTIFACTS: &str = "/var/wafer/artifacts";
+
+/// A job to run, as the host sends it.
+#[derive(Deserialize)]
+struct RunRequest {
+    order: WorkOrder,
+    module_base64: String,
+    #[serde(default)]
+    input_base64: String,
+    /// The server's engine settings (memory ceiling, stack...); the defaults otherwise.
+    #[serde(default)]
+    engine: Option<EngineConfig>,
+}
 
 /// Whether this process is the guest's init: PID 1 started as `/init`.
 pub fn is_guest_init() -> bool {
@@ -60,11 +86,19 @@ fn run() -> Result<()> {
         .with_context(|| format!("opening {}", port.display()))?;
     let ready = json!({"agent": "ready", "kernel": kernel_release(), "boot_ms": uptime_ms()});
     writeln!(out, "{ready}")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut runner: Option<Runner> = None;
     let reader = BufReader::new(out.try_clone()?);
     for line in reader.lines() {
         let line = line?;
         let answer = match serde_json::from_str::<Value>(&line) {
             Ok(req) => match req["op"].as_str() {
+                Some("run") => runtime
+                    .block_on(run_job(&mut runner, req))
+                    .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
                 Some("ping") => json!({"op": "pong", "uptime_ms": uptime_ms()}),
                 Some("poweroff") => return Ok(()),
                 other => json!({"error": format!("unknown op {other:?}")}),
@@ -74,6 +108,54 @@ fn run() -> Result<()> {
         writeln!(out, "{answer}")?;
     }
     Ok(())
+}
+
+/// Runs one job: its module stored and compiled here, then the order run as a worker would.
+async fn run_job(runner: &mut Option<Runner>, req: Value) -> Result<Value> {
+    let req: RunRequest = serde_json::from_value(req).context("a run request")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let module = b64
+        .decode(req.module_base64.as_bytes())
+        .context("module_base64")?;
+    let input = b64
+        .decode(req.input_base64.as_bytes())
+        .context("input_base64")?;
+    if runner.is_none() {
+        std::fs::create_dir_all(ARTIFACTS)?;
+        let store: Arc<dyn ArtifactStore> = Arc::new(FsArtifactStore::open(ARTIFACTS)?);
+        let config = RunnerConfig {
+            engine: req.engine.clone().unwrap_or_default(),
+            hot_entries: 16,
+            compile: CompileMode::InProcess,
+            scratch_dir: std::env::temp_dir(),
+        };
+        *runner = Some(Runner::new(config, store).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    }
+    let runner = runner.as_ref().expect("made above");
+    let compiling = Instant::now();
+    let compiled = runner
+        .compile(Bytes::from(module))
+        .await
+        .context("compiling the module")?;
+    if compiled.digest != req.order.module {
+        bail!(
+            "the module sent is {}, the order names {}",
+            compiled.digest,
+            req.order.module
+        );
+    }
+    let compile_ms = compiling.elapsed().as_millis() as u64;
+    let running = Instant::now();
+    let result = wafer_gateway::worker::execute_order(runner, &req.order, input).await;
+    let run_ms = running.elapsed().as_millis() as u64;
+    let (end, output) = wafer_gateway::jobs::end_of(result);
+    Ok(json!({
+        "op": "end",
+        "end": end,
+        "output_base64": b64.encode(&output),
+        "compile_ms": compile_ms,
+        "run_ms": run_ms,
+    }))
 }
 
 fn mount(source: &str, target: &str, fstype: &str) -> Result<()> {

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
-use wafer_core::{ArtifactKey, ArtifactStore, Claim, Claimed, FsArtifactStore, Lane, Route};
+use wafer_core::{
+    ArtifactKey, ArtifactStore, Claim, Claimed, FsArtifactStore, Lane, Route, WorkOrder,
+};
 use wafer_runner::{CompileMode, Invocation, Limits, Runner, RunnerConfig};
 
 /// How a worker is started.
@@ -401,6 +403,50 @@ async fn fetch_code(
     Ok(())
 }
 
+/// Runs a work order on `input` with `runner`, whose artifact store holds the order's module
+/// (or its compiled code). Shared by `wafer worker` and the VM's guest agent.
+pub async fn execute_order(
+    runner: &Runner,
+    order: &WorkOrder,
+    input: Vec<u8>,
+) -> Result<wafer_runner::Outcome, wafer_runner::InvokeError> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &order.request.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            headers.append(k, v);
+        }
+    }
+    let call = Call {
+        method: Method::from_bytes(order.request.method.as_bytes()).unwrap_or(Method::POST),
+        path: order.request.path.clone(),
+        headers,
+        body: Bytes::from(input),
+    };
+    let mut env = order.env.clone();
+    let limits = Limits {
+        timeout: Duration::from_millis(order.timeout_ms),
+        fuel: order.fuel,
+        memory_bytes: (order.memory_mb as usize) << 20,
+        table_elements: wafer_runner::limits::MAX_TABLE_ELEMENTS,
+        stdout_bytes: order.stdout_bytes,
+        stderr_bytes: order.stderr_bytes,
+        response_bytes: order.response_bytes,
+    };
+    let input = execute::input_of(order.abi, &mut env, call)?;
+    let (prepared, _) = runner.prepare(&order.module).await?;
+    runner
+        .invoke(
+            prepared,
+            Invocation {
+                limits,
+                args: vec![order.function.to_string()],
+                env,
+                input,
+            },
+        )
+        .await
+}
+
 #[derive(Clone, Copy)]
 struct Timing {
     lease: Duration,
@@ -436,45 +482,9 @@ async fn run_one(
     let input = base64::engine::general_purpose::STANDARD
         .decode(started.input_base64.as_bytes())
         .context("the job's input is not base64")?;
-    let mut headers = HeaderMap::new();
-    for (k, v) in &order.request.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-            headers.append(k, v);
-        }
-    }
-    let call = Call {
-        method: Method::from_bytes(order.request.method.as_bytes()).unwrap_or(Method::POST),
-        path: order.request.path.clone(),
-        headers,
-        body: Bytes::from(input),
-    };
-    let mut env = order.env.clone();
-    let limits = Limits {
-        timeout: Duration::from_millis(order.timeout_ms),
-        fuel: order.fuel,
-        memory_bytes: (order.memory_mb as usize) << 20,
-        table_elements: wafer_runner::limits::MAX_TABLE_ELEMENTS,
-        stdout_bytes: order.stdout_bytes,
-        stderr_bytes: order.stderr_bytes,
-        response_bytes: order.response_bytes,
-    };
     let span = tracing::info_span!("job", job = id, function = %order.function);
     fetch_code(server, runner, &order.module).await?;
-    let execution = async {
-        let input = execute::input_of(order.abi, &mut env, call)?;
-        let (prepared, _) = runner.prepare(&order.module).await?;
-        runner
-            .invoke(
-                prepared,
-                Invocation {
-                    limits,
-                    args: vec![order.function.to_string()],
-                    env,
-                    input,
-                },
-            )
-            .await
-    };
+    let execution = execute_order(runner, &order, input);
     let heartbeat = async {
         loop {
             tokio::time::sleep(timing.heartbeat).await;
