@@ -1,10 +1,13 @@
 //! The guest side of the `vm` provisioner, for real: Debian's kernel boots in a qemu microVM
 //! under TCG with the `wafer` binary under test as `/init`, and the guest agent answers on its
-//! virtio-serial port. (Routing jobs to such VMs is the provisioner's next step.)
+//! virtio-serial port; and long jobs submitted through the API run in such a VM when the long
+//! lane's provisioner is `vm`.
 
 use serde_json::{Value, json};
 use sha2::Digest as _;
 use std::time::Duration;
+use wafer_e2e::TestServer;
+use wafer_e2e::jobs::{get_job, submit};
 use wafer_e2e::vm::{Agent, Vm, image};
 
 /// Under TCG on 2 loaded cores a boot takes seconds; this bounds it generously.
@@ -157,4 +160,92 @@ fn a_job_runs_inside_the_guest_under_the_same_limits() {
             .expect("qemu exits")
             .success()
     );
+}
+
+/// No qemu process is left that was started from `dir` (the server's data directory).
+fn qemu_left(marker: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("qemu-system") && cmdline.contains(marker) {
+            left.push(cmdline);
+        }
+    }
+    left
+}
+
+#[test]
+fn a_long_job_routed_to_the_vm_provisioner_runs_in_a_vm_of_its_own() {
+    let img = image();
+    let s = TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n",
+        img.json.display()
+    ));
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "sim", "input": {"force": 1000, "section": 10}}),
+    );
+    assert_eq!(job["route"], "dedicated", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let done = get_job(&s, &key, id, "120s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The record proves where it ran: the guest's kernel and boot time.
+    let runner = &done["runner"];
+    assert_eq!(runner["kind"], "vm", "{done}");
+    assert_eq!(runner["kernel"], img.release.as_str(), "{done}");
+    assert!(runner["guest_boot_ms"].as_u64().unwrap() > 0, "{done}");
+    println!("job in a VM: {runner}");
+    let r = s
+        .with_key(&key, reqwest::Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), r#"{"stress":100.0}"#);
+    // Its VM is gone with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !qemu_left(img.initramfs.to_str().unwrap()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a qemu outlived its job"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_vm_whose_guest_never_boots_fails_its_job_with_the_reason() {
+    let img = image();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.cpio.gz");
+    std::fs::write(&broken, b"not an initramfs").unwrap();
+    let json_path = dir.path().join("image.json");
+    std::fs::write(
+        &json_path,
+        json!({"kernel": img.kernel, "initramfs": broken, "release": img.release}).to_string(),
+    )
+    .unwrap();
+    let s = TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\nboot_timeout_ms = 30000\n",
+        json_path.display()
+    ));
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "sim", "input": {"force": 1, "section": 1}}),
+    );
+    let done = get_job(&s, &key, job["id"].as_str().unwrap(), "90s");
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(
+        done["error"]["type"], "https://wafer.dev/problems/vm-failed",
+        "{done}"
+    );
+    let detail = done["error"]["detail"].as_str().unwrap();
+    assert!(detail.contains("before its agent was ready"), "{detail}");
+    assert!(detail.contains("Kernel panic"), "{detail}");
+    assert!(qemu_left(broken.to_str().unwrap()).is_empty());
 }

@@ -13,7 +13,7 @@
 //! - `{"op":"ping"}` → `{"op":"pong","uptime_ms":…}`;
 //! - `{"op":"poweroff"}` ends the VM.
 //!
-//! Bringing jobs from the queue to a VM (the host side) is the provisioner's next step.
+//! The host side (`wafer_gateway::vm`) boots the VM and speaks this protocol.
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;

@@ -176,6 +176,9 @@ pub struct JobRecord {
     pub result: Option<JobResult>,
     /// The tail of what it wrote to stderr.
     pub stderr: String,
+    /// What its runner said of itself (see [`JobEnd::runner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<serde_json::Value>,
     /// Unix milliseconds after which the record, input and output are removed.
     pub expires_ms: Option<u64>,
     /// How the webhook delivery of its end went, when it has a webhook and has ended.
@@ -248,6 +251,10 @@ pub struct JobEnd {
     pub result: Option<JobResult>,
     /// The tail of its stderr.
     pub stderr: String,
+    /// What the runner said of itself, when it is worth keeping: a VM's kernel release, boot
+    /// time and accelerator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<serde_json::Value>,
 }
 
 /// What [`JobStore::create`] did.
@@ -566,6 +573,7 @@ impl JobStore for EmbeddedJobStore {
                 rec.error = end.error;
                 rec.result = end.result;
                 rec.stderr = end.stderr;
+                rec.runner = end.runner;
                 mark_ended(rec, ttl);
                 if !output.is_empty() {
                     txn.open_table(OUTPUTS)
@@ -820,6 +828,7 @@ mod tests {
             error: None,
             result: None,
             stderr: String::new(),
+            runner: None,
             expires_ms: None,
             webhook_state: None,
         }
@@ -831,6 +840,7 @@ mod tests {
             error: None,
             result: None,
             stderr: String::new(),
+            runner: None,
         }
     }
 

@@ -163,8 +163,11 @@ pub struct LongLaneConfig {
     pub memory_mb: u64,
     /// Time a launched runner has to start its job before the job fails, ms.
     pub start_timeout_ms: u64,
-    /// `local` (a child process per job), `command` or `kubernetes`.
+    /// `local` (a child process per job), `vm` (a child process per job that runs the job
+    /// in a microVM of its own), `command` or `kubernetes`.
     pub provisioner: ProvisionerKind,
+    /// Settings of the `vm` provisioner.
+    pub vm: crate::vm::VmOptions,
     /// Settings of the `command` provisioner.
     pub command: CommandProvisionerConfig,
     /// Settings of the `kubernetes` provisioner.
@@ -177,6 +180,8 @@ pub struct LongLaneConfig {
 pub enum ProvisionerKind {
     /// A child `wafer worker` process per job.
     Local,
+    /// A child `wafer worker` process per job that boots a microVM for it.
+    Vm,
     /// Operator commands that launch and tear down a runner (a VM, a container…).
     Command,
     /// A Kubernetes batch/v1 Job per job, from a template.
@@ -249,6 +254,7 @@ impl Default for LongLaneConfig {
             memory_mb: 0,
             start_timeout_ms: 60_000,
             provisioner: ProvisionerKind::Local,
+            vm: crate::vm::VmOptions::default(),
             command: CommandProvisionerConfig::default(),
             kubernetes: KubernetesProvisionerConfig::default(),
         }

@@ -132,6 +132,7 @@ async fn give_up(state: &AppState, claim: &Claim, slug: &'static str, detail: St
         ),
         result: None,
         stderr: String::new(),
+        runner: None,
     };
     let _ = state
         .jobs
@@ -179,6 +180,16 @@ async fn run_dedicated(
         serde_json::to_string(&claim).expect("claims serialize"),
     ));
     env.push(("WAFER_SERVER_URL".into(), launch.server_url.clone()));
+    if cfg.provisioner == crate::config::ProvisionerKind::Vm {
+        let mut vm = cfg.vm.clone();
+        if vm.image.is_relative() {
+            vm.image = data.join(&vm.image);
+        }
+        env.push((
+            "WAFER_VM".into(),
+            serde_json::to_string(&vm).expect("vm options serialize"),
+        ));
+    }
     let req = LaunchRequest {
         job: id.clone(),
         command,

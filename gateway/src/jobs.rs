@@ -488,6 +488,7 @@ pub async fn submit(
         error: None,
         result: None,
         stderr: String::new(),
+        runner: None,
         expires_ms: None,
         webhook_state: None,
     };
@@ -593,6 +594,7 @@ pub fn view(r: &JobRecord) -> Value {
             "url": format!("/v1/jobs/{}/result", r.id.as_str()),
         })),
         "error": r.error,
+        "runner": r.runner,
         "expires_at_ms": r.expires_ms,
         "webhook": r.webhook_state.as_ref().map(crate::webhooks::view),
     })
@@ -664,6 +666,7 @@ pub async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
         ),
         result: None,
         stderr: String::new(),
+        runner: None,
     };
     if let Err(e) = state.jobs.finish(id, end, Bytes::new()).await {
         tracing::warn!(error = %e.detail, "recording a dead job failed");
@@ -734,6 +737,7 @@ fn failed(e: ApiError, stderr: String) -> (JobEnd, Bytes) {
             error: Some(e.body(None)),
             result: None,
             stderr,
+            runner: None,
         },
         Bytes::new(),
     )
@@ -874,6 +878,7 @@ pub fn end_of(result: Result<wafer_runner::Outcome, wafer_runner::InvokeError>) 
                     error: None,
                     result: Some(result),
                     stderr: log,
+                    runner: None,
                 },
                 body,
             )

@@ -25,6 +25,7 @@ pub mod server;
 pub mod startup;
 pub mod state;
 pub mod supervisor;
+pub mod vm;
 pub mod webhooks;
 pub mod worker;
 

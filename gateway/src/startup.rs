@@ -84,7 +84,10 @@ impl Gateway {
                 )?;
                 // With local runners (children, which die with this process) none survived
                 // its last run: their jobs can run again at once.
-                if config.jobs.long.provisioner == ProvisionerKind::Local {
+                if matches!(
+                    config.jobs.long.provisioner,
+                    ProvisionerKind::Local | ProvisionerKind::Vm
+                ) {
                     queue.release_leases().await?;
                 }
                 Arc::new(queue)
@@ -169,7 +172,10 @@ impl Gateway {
             );
         }
         let provisioner: Arc<dyn provision::Provisioner> = match long.provisioner {
-            ProvisionerKind::Local => Arc::new(provision::LocalProvisioner::default()),
+            // The VM is booted by the runner, a local child process: the same provisioner.
+            ProvisionerKind::Local | ProvisionerKind::Vm => {
+                Arc::new(provision::LocalProvisioner::default())
+            }
             ProvisionerKind::Command => {
                 if long.command.launch.is_empty() {
                     anyhow::bail!(

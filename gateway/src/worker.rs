@@ -55,6 +55,8 @@ pub struct WorkerOptions {
     pub redis_url: Option<Secret>,
     /// A job claimed for this runner by the server (a dedicated runner): run it and exit.
     pub claim: Option<Claim>,
+    /// Run the claimed job in a microVM of its own (the `vm` provisioner).
+    pub vm: Option<crate::vm::VmOptions>,
 }
 
 /// The server's internal API, as a runner calls it.
@@ -289,6 +291,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             claim,
             timing,
             Route::Dedicated,
+            opts.vm.as_ref(),
         )
         .await?;
         return Ok(());
@@ -349,6 +352,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                         &claim,
                         timing,
                         Route::Worker,
+                        None,
                     )
                     .await;
                     if let Err(e) = ran {
@@ -461,6 +465,7 @@ async fn run_one(
     claim: &Claim,
     timing: Timing,
     route: Route,
+    vm: Option<&crate::vm::VmOptions>,
 ) -> anyhow::Result<()> {
     let id = claim.job.id.as_str();
     let started: Started = server
@@ -483,8 +488,25 @@ async fn run_one(
         .decode(started.input_base64.as_bytes())
         .context("the job's input is not base64")?;
     let span = tracing::info_span!("job", job = id, function = %order.function);
-    fetch_code(server, runner, &order.module).await?;
-    let execution = execute_order(runner, &order, input);
+    let execution = async {
+        let Some(vm) = vm else {
+            fetch_code(server, runner, &order.module).await?;
+            let result = execute_order(runner, &order, input).await;
+            return anyhow::Ok(crate::jobs::end_of(result));
+        };
+        // In a VM: the guest compiles the module itself, from the module's bytes.
+        let module = server
+            .get_bytes(&format!("/internal/v1/modules/{}", order.module.as_str()))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the server has no module {}", order.module))?;
+        let engine = runner.engine_config();
+        Ok(
+            match crate::vm::run(vm, &order, module, &input, engine).await {
+                Ok(run) => (run.end, run.output),
+                Err(e) => (crate::vm::failed(&e), Bytes::new()),
+            },
+        )
+    };
     let heartbeat = async {
         loop {
             tokio::time::sleep(timing.heartbeat).await;
@@ -503,7 +525,7 @@ async fn run_one(
             return Ok(());
         }
     };
-    let (end, output) = crate::jobs::end_of(result);
+    let (end, output) = result?;
     tracing::debug!(
         job = id,
         status = end.status.as_str(),

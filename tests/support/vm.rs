@@ -19,6 +19,8 @@ pub struct Image {
     pub initramfs: PathBuf,
     /// The kernel release the guest should report.
     pub release: String,
+    /// The `image.json` naming them (what `[jobs.long.vm] image` takes).
+    pub json: PathBuf,
 }
 
 /// The guest image for the `wafer` binary under test, built (or found cached) in the target
@@ -44,6 +46,7 @@ pub fn image() -> Image {
         kernel: v["kernel"].as_str().expect("kernel").into(),
         initramfs: v["initramfs"].as_str().expect("initramfs").into(),
         release: v["release"].as_str().expect("release").into(),
+        json: out.join("image.json"),
     }
 }
 

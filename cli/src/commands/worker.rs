@@ -37,6 +37,10 @@ pub struct Args {
     /// server): run it, then exit.
     #[arg(long, env = "WAFER_CLAIM", hide_env_values = true)]
     claim: Option<String>,
+    /// Run the claimed job in a microVM of its own: the `vm` provisioner's options as JSON
+    /// (the server sets this).
+    #[arg(long, env = "WAFER_VM")]
+    vm: Option<String>,
 }
 
 fn parse_lane(s: &str) -> Result<Lane, String> {
@@ -52,6 +56,13 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let vm = match &a.vm {
+        Some(v) => Some(
+            serde_json::from_str(v)
+                .map_err(|e| anyhow::anyhow!("WAFER_VM is not VM options: {e}"))?,
+        ),
+        None => None,
+    };
     wafer_gateway::worker::run(wafer_gateway::worker::WorkerOptions {
         server: a.server.clone(),
         token: wafer_gateway::auth::Secret::new(a.token.clone()),
@@ -64,6 +75,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         compile_program: std::env::current_exe().ok(),
         redis_url: a.queue_url.clone().map(wafer_gateway::auth::Secret::new),
         claim,
+        vm,
     })
     .await
 }
