@@ -21,6 +21,28 @@ pub struct Call {
     pub body: Bytes,
 }
 
+impl Call {
+    /// A job's stored request head replayed with `body`: headers that no longer parse are
+    /// dropped, an unknown method is a POST.
+    pub fn replay(request: &wafer_core::RequestHead, body: Bytes) -> Self {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &request.headers {
+            if let (Ok(k), Ok(v)) = (
+                axum::http::HeaderName::try_from(k),
+                axum::http::HeaderValue::try_from(v),
+            ) {
+                headers.append(k, v);
+            }
+        }
+        Call {
+            method: Method::from_bytes(request.method.as_bytes()).unwrap_or(Method::POST),
+            path: request.path.clone(),
+            headers,
+            body,
+        }
+    }
+}
+
 /// The limits of one invocation of `v`, with its own timeout when given.
 pub fn limits_of(state: &AppState, v: &VersionRecord, timeout: Option<Duration>) -> Limits {
     let d = &state.config.functions;

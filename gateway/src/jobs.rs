@@ -775,18 +775,7 @@ async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
         Ok(None) => Bytes::new(),
         Err(e) => return failed(ApiError::internal(e), String::new()),
     };
-    let mut headers = HeaderMap::new();
-    for (k, v) in &rec.request.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-            headers.append(k, v);
-        }
-    }
-    let call = Call {
-        method: Method::from_bytes(rec.request.method.as_bytes()).unwrap_or(Method::POST),
-        path: rec.request.path.clone(),
-        headers,
-        body: input,
-    };
+    let call = Call::replay(&rec.request, input);
     // Jobs wait for a slot instead of being refused: a busy server delays them.
     let _admitted = loop {
         match state

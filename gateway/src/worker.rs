@@ -14,7 +14,6 @@ use crate::api::internal::{
 use crate::auth::Secret;
 use crate::execute::{self, Call};
 use anyhow::Context;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
@@ -414,18 +413,7 @@ pub async fn execute_order(
     order: &WorkOrder,
     input: Vec<u8>,
 ) -> Result<wafer_runner::Outcome, wafer_runner::InvokeError> {
-    let mut headers = HeaderMap::new();
-    for (k, v) in &order.request.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-            headers.append(k, v);
-        }
-    }
-    let call = Call {
-        method: Method::from_bytes(order.request.method.as_bytes()).unwrap_or(Method::POST),
-        path: order.request.path.clone(),
-        headers,
-        body: Bytes::from(input),
-    };
+    let call = Call::replay(&order.request, Bytes::from(input));
     let mut env = order.env.clone();
     let limits = Limits {
         timeout: Duration::from_millis(order.timeout_ms),
