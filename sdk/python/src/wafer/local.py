@@ -315,8 +315,7 @@ class _Run:
             except wt.Trap as e:
                 self.error = self._trap(e, store, memory)
             except wt.WasmtimeError as e:
-                failure = self._failure(str(e), store)
-                self.error = None if failure is _NO_ERROR else failure
+                self.error = self._failure(str(e), store)
             except WaferError as e:
                 self.error = e
             finally:
@@ -352,11 +351,8 @@ class _Run:
         if func is None:
             raise _problem(ValidationError, 422, "unsupported-abi", "Unsupported ABI", f"{run_name} has no run function")
         result = func(store)
-        func.post_return(store) if hasattr(func, "post_return") else None
         # wasi:cli/run returns result<_, _>: an error is an exit code of 1.
-        if result is not None and getattr(result, "tag", None) == "err":
-            raise self._exit(1)
-        if isinstance(result, wt.component.Variant) and result.tag == "err":  # pragma: no cover
+        if getattr(result, "tag", None) == "err":
             raise self._exit(1)
 
     def _exit(self, code: int) -> WaferError:
@@ -426,12 +422,13 @@ class _Run:
         # A component's memory is not visible from here: the guest's word is all there is.
         return memory is None or size + int(failed.group(1)) > limit
 
-    def _failure(self, message: str, store: Any) -> WaferError:
-        """A component's failure, which wasmtime's package reports as text only."""
+    def _failure(self, message: str, store: Any) -> WaferError | None:
+        """A component's failure, which wasmtime's package reports as text only (``None``:
+        it exited 0)."""
         exited = _EXIT_STATUS.search(message)
         if exited:
             code = int(exited.group(1))
-            return self._exit(code) if code else _NO_ERROR
+            return self._exit(code) if code else None
         cause = _cause(message)
         if cause is not None:
             slug = next((s for text, s in _TRAP_MESSAGES if text in cause), "trap")
@@ -454,8 +451,6 @@ _TRAP_MESSAGES = (
     ("invalid conversion to integer", "arithmetic"),
 )
 _EXIT_STATUS = re.compile(r"[Ee]xited with i32 exit status (\d+)")
-#: A component that exited 0: not an error.
-_NO_ERROR = WaferError("exited 0")
 
 
 def _cause(message: str) -> str | None:
