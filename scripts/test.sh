@@ -27,11 +27,19 @@ echo "== guest SDK unit tests"
 cargo test --manifest-path sdk/rust/Cargo.toml --features http
 
 echo "== tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --workspace --no-fail-fast || status=$?
 else
-    cargo test --workspace --no-fail-fast
+    cargo test --workspace --no-fail-fast || status=$?
 fi
+# Every VM the tests start (servers' and the tests' own) is named wafer-…: none may outlive them.
+if pgrep -a -f '^qemu-system-x86_64 -name wafer-'; then
+    echo "these qemu processes outlived the tests" >&2
+    pkill -9 -f '^qemu-system-x86_64 -name wafer-' || true
+    status=1
+fi
+[ "$status" -eq 0 ] || exit "$status"
 
 echo "== Python SDK (sdk/python: mypy --strict, pytest against the built wafer)"
 ensure_python_sdk

@@ -175,13 +175,45 @@ fn qemu_left(marker: &str) -> Vec<String> {
     left
 }
 
+/// Waits until a qemu named for `marker` runs, or panics after `within`.
+fn wait_for_qemu(marker: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while qemu_left(marker).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no qemu was started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until no qemu named for `marker` runs, or panics after `within`.
+fn wait_no_qemu(marker: &str, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while !qemu_left(marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a qemu outlived {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A server whose long lane runs in VMs named `name`, emulated (no probe), with `extra`
+/// lines in `[jobs.long.vm]`.
+fn vm_server(name: &str, extra: &str) -> TestServer {
+    TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\naccel = \"tcg\"\n\
+         name = \"{name}\"\n{extra}",
+        image().json.display()
+    ))
+}
+
 #[test]
 fn a_long_job_routed_to_the_vm_provisioner_runs_in_a_vm_of_its_own() {
     let img = image();
-    let s = TestServer::start_with_config(&format!(
-        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n",
-        img.json.display()
-    ));
+    // The provisioner comes from the environment; acceleration is probed (`auto`).
+    let s = TestServer::start_with(
+        &format!("[jobs.long.vm]\nimage = \"{}\"\n", img.json.display()),
+        &[("WAFER_LONG_PROVISIONER", "vm")],
+    );
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
     let job = submit(
@@ -204,13 +236,156 @@ fn a_long_job_routed_to_the_vm_provisioner_runs_in_a_vm_of_its_own() {
         .send()
         .unwrap();
     assert_eq!(r.text().unwrap(), r#"{"stress":100.0}"#);
+    // The acceleration the probe chose is in the metrics and on the job; here KVM makes
+    // no progress (or is missing), so it is TCG.
+    let metrics = s.metrics();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("wafer_vm_accel{"))
+        .unwrap_or_else(|| panic!("no wafer_vm_accel in\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    let accel = runner["accel"].as_str().unwrap();
+    assert!(
+        line.contains(&format!("accel=\"{accel}\"")),
+        "{line} vs {runner}"
+    );
+    if std::path::Path::new("/dev/kvm").exists() {
+        assert!(
+            line.contains("probe=\"no-progress\"") || line.contains("probe=\"ok\""),
+            "{line}"
+        );
+    }
+    assert!(s.log().contains("VM acceleration chosen"), "{}", s.log());
     // Its VM is gone with it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !qemu_left(img.initramfs.to_str().unwrap()).is_empty() {
+    wait_no_qemu(
+        img.initramfs.to_str().unwrap(),
+        Duration::from_secs(20),
+        "its job",
+    );
+}
+
+#[test]
+fn cancelling_a_vm_job_or_passing_its_deadline_ends_its_vm() {
+    let name = "wafer-test-cancel";
+    let s = vm_server(name, "");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
+    // A job asleep in its guest for a minute, cancelled once its VM runs.
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "batch", "input": 60_000, "timeout_ms": 120_000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    wait_for_qemu(name, Duration::from_secs(30));
+    wafer_e2e::jobs::wait_status(&s, &key, id, "running");
+    let r = s
+        .with_key(&key, reqwest::Method::DELETE, &format!("/v1/jobs/{id}"))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    wait_no_qemu(name, Duration::from_secs(15), "its cancelled job");
+    assert_eq!(get_job(&s, &key, id, "1s")["status"], "cancelled");
+    // A sleep past the job's deadline ends there, inside the guest, and the VM with it.
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "batch", "input": 60_000, "timeout_ms": 2_000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    let done = get_job(&s, &key, id, "120s");
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(
+        done["error"]["type"], "https://wafer.dev/problems/timeout",
+        "{done}"
+    );
+    assert_eq!(done["runner"]["kind"], "vm", "{done}");
+    wait_no_qemu(name, Duration::from_secs(15), "its job's deadline");
+}
+
+#[test]
+fn a_kill_9_of_the_server_mid_job_leaves_no_vm_and_the_job_runs_again() {
+    let name = "wafer-test-kill";
+    let mut s = vm_server(name, "");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "batch", "input": 6_000, "timeout_ms": 60_000}),
+    );
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for_qemu(name, Duration::from_secs(30));
+    wafer_e2e::jobs::wait_status(&s, &key, &id, "running");
+    s.kill();
+    // The runner dies with the server and its VM with the runner.
+    wait_no_qemu(name, Duration::from_secs(10), "a killed server");
+    s.kill_and_restart();
+    let done = get_job(&s, &key, &id, "120s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["runner"]["kind"], "vm", "{done}");
+    wait_no_qemu(name, Duration::from_secs(20), "its job");
+}
+
+#[test]
+fn a_server_kills_the_vms_an_earlier_run_left_and_says_how_it_chose_tcg() {
+    let name = "wafer-test-sweep";
+    // A VM of this server's name from "an earlier run": paused (-S), it does nothing.
+    let mut stray = std::process::Command::new("qemu-system-x86_64")
+        .args(["-name", &format!("{name}:job_stray"), "-M", "microvm"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu starts");
+    // Another name is not this server's: left alone.
+    let mut other = std::process::Command::new("qemu-system-x86_64")
+        .args(["-name", "wafer-test-other:job_x", "-M", "microvm"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu starts");
+    wait_for_qemu(name, Duration::from_secs(10));
+    let s = TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n\
+         name = \"{name}\"\nkvm_device = \"/nonexistent/kvm\"\n",
+        image().json.display()
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = stray.try_wait().unwrap() {
+            break status;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "a qemu outlived its job"
+            "the stray VM was left running"
         );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "another server's VM was killed"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(
+        s.log().contains("killed VMs left by an earlier run"),
+        "{}",
+        s.log()
+    );
+    // No KVM device: emulation, and the metrics say why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s
+        .metrics()
+        .contains("wafer_vm_accel{accel=\"tcg\",probe=\"no-device\"} 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", s.metrics());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -228,7 +403,7 @@ fn a_vm_whose_guest_never_boots_fails_its_job_with_the_reason() {
     )
     .unwrap();
     let s = TestServer::start_with_config(&format!(
-        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\nboot_timeout_ms = 30000\n",
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\nboot_timeout_ms = 30000\naccel = \"tcg\"\n",
         json_path.display()
     ));
     let key = s.tenant_key("acme");
@@ -248,4 +423,57 @@ fn a_vm_whose_guest_never_boots_fails_its_job_with_the_reason() {
     assert!(detail.contains("before its agent was ready"), "{detail}");
     assert!(detail.contains("Kernel panic"), "{detail}");
     assert!(qemu_left(broken.to_str().unwrap()).is_empty());
+    drop(s);
+    // Configured to fall back: the job runs outside a VM, and its record says so and why.
+    let s = TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n\
+         boot_timeout_ms = 30000\naccel = \"tcg\"\nfallback = \"local\"\n",
+        json_path.display()
+    ));
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "sim", "input": {"force": 1000, "section": 10}}),
+    );
+    let done = get_job(&s, &key, job["id"].as_str().unwrap(), "90s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["runner"]["kind"], "local", "{done}");
+    assert_eq!(done["runner"]["fallback_from"], "vm", "{done}");
+    let reason = done["runner"]["reason"].as_str().unwrap();
+    assert!(reason.contains("Kernel panic"), "{reason}");
+    assert!(qemu_left(broken.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn a_bad_provisioner_in_the_environment_or_a_bad_vm_name_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |config: Option<&str>, env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(wafer_e2e::wafer_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdin(std::process::Stdio::null());
+        if let Some(c) = config {
+            let path = dir.path().join("wafer.toml");
+            std::fs::write(&path, c).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "it served");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(None, &[("WAFER_LONG_PROVISIONER", "vmm")]);
+    assert!(
+        err.contains(
+            "WAFER_LONG_PROVISIONER is \"vmm\": it must be local, vm, command or kubernetes"
+        ),
+        "{err}"
+    );
+    let err = serve(
+        Some("[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nname = \"a,b\"\n"),
+        &[],
+    );
+    assert!(err.contains("jobs.long.vm.name \"a,b\" must be"), "{err}");
 }

@@ -23,7 +23,15 @@ use wafer_core::{Claim, Claimed, JobEnd, JobStatus, Lane, Route, TenantId};
 type Parked = Arc<Mutex<Vec<Claim>>>;
 
 /// Runs the long lane for as long as the process runs.
-pub async fn dispatch(state: Arc<AppState>, launch: Launch, provisioner: Arc<dyn Provisioner>) {
+///
+/// `vm` is set for the `vm` provisioner: the options its runners get (acceleration chosen).
+pub async fn dispatch(
+    state: Arc<AppState>,
+    launch: Launch,
+    provisioner: Arc<dyn Provisioner>,
+    vm: Option<crate::vm::VmOptions>,
+) {
+    let vm = Arc::new(vm);
     let cfg = state.jobs.config().long.clone();
     let slots = Arc::new(Semaphore::new(cfg.max_runners.max(1)));
     let per_tenant: Arc<std::sync::Mutex<HashMap<TenantId, usize>>> = Default::default();
@@ -84,15 +92,23 @@ pub async fn dispatch(state: Arc<AppState>, launch: Launch, provisioner: Arc<dyn
                 continue;
             }
         }
-        let (state, launch, provisioner, per_tenant) = (
+        let (state, launch, provisioner, per_tenant, vm) = (
             state.clone(),
             launch.clone(),
             provisioner.clone(),
             per_tenant.clone(),
+            vm.clone(),
         );
         tokio::spawn(async move {
             let tenant = claim.job.tenant.clone();
-            run_dedicated(&state, &launch, provisioner.as_ref(), claim).await;
+            run_dedicated(
+                &state,
+                &launch,
+                provisioner.as_ref(),
+                claim,
+                vm.as_ref().as_ref(),
+            )
+            .await;
             if let Some(n) = per_tenant.lock().expect("tenants").get_mut(&tenant) {
                 *n = n.saturating_sub(1);
             }
@@ -148,6 +164,7 @@ async fn run_dedicated(
     launch: &Launch,
     provisioner: &dyn Provisioner,
     claim: Claim,
+    vm: Option<&crate::vm::VmOptions>,
 ) {
     let id = claim.job.id.clone();
     // Cancelled or ended while it waited: nothing to launch.
@@ -180,14 +197,10 @@ async fn run_dedicated(
         serde_json::to_string(&claim).expect("claims serialize"),
     ));
     env.push(("WAFER_SERVER_URL".into(), launch.server_url.clone()));
-    if cfg.provisioner == crate::config::ProvisionerKind::Vm {
-        let mut vm = cfg.vm.clone();
-        if vm.image.is_relative() {
-            vm.image = data.join(&vm.image);
-        }
+    if let Some(vm) = vm {
         env.push((
             "WAFER_VM".into(),
-            serde_json::to_string(&vm).expect("vm options serialize"),
+            serde_json::to_string(vm).expect("vm options serialize"),
         ));
     }
     let req = LaunchRequest {

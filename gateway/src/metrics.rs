@@ -45,6 +45,16 @@ pub struct Metrics {
     cache_evictions: Family<CauseLabels, Counter>,
     cache_shared: Family<ResultLabels, Counter>,
     cache_bytes: Gauge,
+    vm_accel: Family<AccelLabels, Gauge>,
+}
+
+/// Labels of the VM acceleration gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccelLabels {
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// How it was chosen: `configured`, `ok`, `no-device`, `no-access`, `no-progress`.
+    pub probe: String,
 }
 
 /// Labels of the cache eviction counter.
@@ -188,6 +198,12 @@ impl Default for Metrics {
             "Bytes the in-process response cache holds",
             cache_bytes.clone(),
         );
+        let vm_accel = Family::<AccelLabels, Gauge>::default();
+        registry.register(
+            "vm_accel",
+            "Acceleration of the vm provisioner's VMs (1 for the one chosen) and how it was chosen",
+            vm_accel.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -206,6 +222,7 @@ impl Default for Metrics {
             cache_evictions,
             cache_shared,
             cache_bytes,
+            vm_accel,
         }
     }
 }
@@ -252,6 +269,16 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .set(n);
+    }
+
+    /// Records the acceleration the `vm` provisioner's VMs get (a gauge at 1).
+    pub fn set_vm_accel(&self, accel: &str, probe: &str) {
+        self.vm_accel
+            .get_or_create(&AccelLabels {
+                accel: accel.to_owned(),
+                probe: probe.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a response-cache lookup.

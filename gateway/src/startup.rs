@@ -192,8 +192,50 @@ impl Gateway {
             self.state.clone(),
             launch.clone(),
         ));
-        tokio::spawn(dedicated::dispatch(self.state.clone(), launch, provisioner));
+        let vm = match long.provisioner {
+            ProvisionerKind::Vm => Some(self.vm_options()?),
+            _ => None,
+        };
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            // Long jobs wait (queued) for the probe: their VMs need its answer.
+            let vm = match vm {
+                Some(mut vm) => {
+                    let choice = crate::vm::choose_accel(&vm).await;
+                    tracing::info!(
+                        accel = choice.accel.as_str(),
+                        probe = choice.probe,
+                        detail = %choice.detail,
+                        "VM acceleration chosen"
+                    );
+                    state
+                        .metrics
+                        .set_vm_accel(choice.accel.as_str(), choice.probe);
+                    vm.accel = choice.accel;
+                    Some(vm)
+                }
+                None => None,
+            };
+            dedicated::dispatch(state, launch, provisioner, vm).await;
+        });
         Ok(())
+    }
+
+    /// The `vm` provisioner's options for this server's runners; VMs of its name that an
+    /// earlier run left behind are killed first.
+    fn vm_options(&self) -> anyhow::Result<crate::vm::VmOptions> {
+        let vm = self
+            .state
+            .jobs
+            .config()
+            .long
+            .vm
+            .for_server(&self.state.config.data_dir)?;
+        let swept = crate::vm::sweep(&vm.name);
+        if swept > 0 {
+            tracing::warn!(vms = swept, name = %vm.name, "killed VMs left by an earlier run");
+        }
+        Ok(vm)
     }
 
     /// The router with every route and layer.

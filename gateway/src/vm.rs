@@ -4,7 +4,11 @@
 //! over the virtio-serial port `wafer.0` (a Unix socket on this side; the guest has no
 //! network), and returns how the job ended. The VM exists for this one job: it is powered off
 //! after, killed if this future is dropped (cancel, deadline), and killed with its parent
-//! process (`PR_SET_PDEATHSIG`), so no qemu outlives the runner that started it.
+//! process (`PR_SET_PDEATHSIG`), so no qemu outlives the runner that started it. Each VM is
+//! named after its server (`-name`), so a server sweeps those of an earlier run at start.
+//!
+//! KVM is used when it works: `choose_accel` boots a probe guest under KVM and keeps KVM only
+//! if that guest's agent says ready in time; otherwise the VMs are emulated (TCG).
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
@@ -13,9 +17,46 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use wafer_core::{JobEnd, WorkOrder};
+
+/// How VMs are accelerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a probe guest boots under it in time, else TCG.
+    #[default]
+    Auto,
+    /// Hardware virtualisation, `-accel kvm -cpu host`.
+    Kvm,
+    /// Emulation, `-accel tcg -cpu max`: slow, but works everywhere.
+    Tcg,
+}
+
+impl Accel {
+    /// Its name, as in configuration and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What a job does when its VM cannot boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// It fails with the reason (503 `vm-failed`).
+    #[default]
+    None,
+    /// It runs in the runner's own process, as with the `local` provisioner; the job's
+    /// record says so, with the reason.
+    Local,
+}
 
 /// How jobs' VMs are made (`[jobs.long.vm]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +72,19 @@ pub struct VmOptions {
     pub boot_timeout_ms: u64,
     /// The qemu program.
     pub qemu: String,
+    /// `auto` (KVM if a probe guest boots under it, else TCG), `kvm` or `tcg`.
+    pub accel: Accel,
+    /// The KVM device `auto` looks for.
+    pub kvm_device: PathBuf,
+    /// Time the probe guest has to say ready under KVM, ms.
+    pub probe_timeout_ms: u64,
+    /// `none` (a VM that cannot boot fails its job) or `local` (the job then runs outside
+    /// a VM, recorded on the job).
+    pub fallback: Fallback,
+    /// The qemu `-name` of this server's VMs (letters, digits, `.`, `_`, `-`); empty: `wafer-`
+    /// and a hash of the data directory. VMs of this name left by an earlier run are killed
+    /// when the server starts.
+    pub name: String,
 }
 
 impl Default for VmOptions {
@@ -41,7 +95,40 @@ impl Default for VmOptions {
             vcpus: 1,
             boot_timeout_ms: 60_000,
             qemu: "qemu-system-x86_64".into(),
+            accel: Accel::Auto,
+            kvm_device: PathBuf::from("/dev/kvm"),
+            probe_timeout_ms: 8_000,
+            fallback: Fallback::None,
+            name: String::new(),
         }
+    }
+}
+
+impl VmOptions {
+    /// These options as a server with data directory `data_dir` hands them to its runners:
+    /// the image's path made absolute, the VMs' name set and checked.
+    pub fn for_server(&self, data_dir: &Path) -> Result<VmOptions> {
+        let mut vm = self.clone();
+        if vm.image.is_relative() {
+            vm.image = data_dir.join(&vm.image);
+        }
+        if vm.name.is_empty() {
+            let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+            let hash = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
+            vm.name = format!("wafer-{}", &hex::encode(hash)[..16]);
+        }
+        if vm.name.len() > 64
+            || !vm
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            bail!(
+                "jobs.long.vm.name {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
+                vm.name
+            );
+        }
+        Ok(vm)
     }
 }
 
@@ -52,6 +139,25 @@ pub struct GuestRun {
     /// The output bytes.
     pub output: Bytes,
 }
+
+/// Why a job's VM did not give its end.
+#[derive(Debug)]
+pub enum VmError {
+    /// The VM never got as far as a ready agent: the job did not start in it.
+    Boot(anyhow::Error),
+    /// The VM failed while it held the job.
+    Run(anyhow::Error),
+}
+
+impl std::fmt::Display for VmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmError::Boot(e) | VmError::Run(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for VmError {}
 
 #[derive(Deserialize)]
 struct Image {
@@ -73,6 +179,77 @@ fn tsc_khz() -> u64 {
         .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
 }
 
+/// A booted VM whose agent has said ready.
+struct Guest {
+    qemu: tokio::process::Child,
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+    /// Holds the agent's socket and the console log.
+    dir: tempfile::TempDir,
+    /// The agent's ready line.
+    ready: Value,
+    /// From qemu's start to the ready line, ms.
+    ready_ms: u64,
+}
+
+impl Guest {
+    /// Boots a VM named `label` under `accel` and waits up to `within` for its agent.
+    async fn boot(
+        opts: &VmOptions,
+        accel: Accel,
+        memory_mb: u64,
+        label: &str,
+        within: Duration,
+    ) -> Result<Guest> {
+        let image: Image = serde_json::from_slice(
+            &tokio::fs::read(&opts.image)
+                .await
+                .with_context(|| format!("reading the VM image {}", opts.image.display()))?,
+        )
+        .context("the VM image's image.json")?;
+        let dir = tempfile::tempdir().context("a directory for the VM's socket")?;
+        let socket = dir.path().join("agent.sock");
+        let booted = Instant::now();
+        let mut qemu = spawn(opts, accel, &image, &socket, memory_mb, dir.path(), label)?;
+        let stream = connect(&socket, &mut qemu).await?;
+        let (reader, writer) = stream.into_split();
+        let mut lines = BufReader::new(reader).lines();
+        let ready = match tokio::time::timeout(within, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                serde_json::from_str::<Value>(&line).context("the agent's ready line")?
+            }
+            Ok(_) => bail!(
+                "the VM stopped before its agent was ready{}",
+                console_tail(dir.path())
+            ),
+            Err(_) => bail!(
+                "the VM's agent was not ready within {} ms{}",
+                within.as_millis(),
+                console_tail(dir.path())
+            ),
+        };
+        Ok(Guest {
+            qemu,
+            lines,
+            writer,
+            dir,
+            ready,
+            ready_ms: booted.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Asks the guest to power off; kills the VM if it has not within 10 s.
+    async fn poweroff(mut self) {
+        let _ = self.writer.write_all(b"{\"op\":\"poweroff\"}\n").await;
+        if tokio::time::timeout(Duration::from_secs(10), self.qemu.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.qemu.kill().await;
+        }
+    }
+}
+
 /// Boots a VM for `order`, runs it there, powers the VM off.
 pub async fn run(
     opts: &VmOptions,
@@ -80,52 +257,79 @@ pub async fn run(
     module: Bytes,
     input: &[u8],
     engine: &wafer_runner::EngineConfig,
-) -> Result<GuestRun> {
-    let image: Image = serde_json::from_slice(
-        &tokio::fs::read(&opts.image)
-            .await
-            .with_context(|| format!("reading the VM image {}", opts.image.display()))?,
-    )
-    .context("the VM image's image.json")?;
-    let dir = tempfile::tempdir().context("a directory for the VM's socket")?;
-    let socket = dir.path().join("agent.sock");
+) -> Result<GuestRun, VmError> {
     let memory_mb = order.memory_mb + opts.memory_overhead_mb;
-    let booted = Instant::now();
-    let mut qemu = spawn(opts, &image, &socket, memory_mb, dir.path())?;
-    let stream = connect(&socket, &mut qemu).await?;
-    let (reader, mut writer) = stream.into_split();
-    let mut lines = BufReader::new(reader).lines();
-    let boot = Duration::from_millis(opts.boot_timeout_ms);
-    let ready = match tokio::time::timeout(boot, lines.next_line()).await {
-        Ok(Ok(Some(line))) => {
-            serde_json::from_str::<Value>(&line).context("the agent's ready line")?
-        }
-        Ok(_) => bail!(
-            "the VM stopped before its agent was ready{}",
-            console_tail(dir.path())
-        ),
-        Err(_) => bail!(
-            "the VM's agent was not ready within {} ms{}",
-            opts.boot_timeout_ms,
-            console_tail(dir.path())
-        ),
+    // A runner given `auto` (started by hand) has not probed: it emulates.
+    let accel = match opts.accel {
+        Accel::Auto => Accel::Tcg,
+        a => a,
     };
-    let ready_ms = booted.elapsed().as_millis() as u64;
+    let label = format!("{}:{}", opts.name, order.job.as_str());
+    let mut guest = Guest::boot(
+        opts,
+        accel,
+        memory_mb,
+        &label,
+        Duration::from_millis(opts.boot_timeout_ms),
+    )
+    .await
+    .map_err(VmError::Boot)?;
+    let answer = exchange(&mut guest, order, &module, input, engine)
+        .await
+        .map_err(VmError::Run)?;
+    let mut end: JobEnd = serde_json::from_value(answer["end"].clone())
+        .context("the job's end")
+        .map_err(VmError::Run)?;
+    let output = base64::engine::general_purpose::STANDARD
+        .decode(answer["output_base64"].as_str().unwrap_or_default())
+        .context("the job's output")
+        .map_err(VmError::Run)?;
+    end.runner = Some(json!({
+        "kind": "vm",
+        "kernel": guest.ready["kernel"],
+        "guest_boot_ms": guest.ready["boot_ms"],
+        "ready_ms": guest.ready_ms,
+        "compile_ms": answer["compile_ms"],
+        "accel": accel.as_str(),
+        "memory_mb": memory_mb,
+        "vcpus": opts.vcpus,
+    }));
+    guest.poweroff().await;
+    Ok(GuestRun {
+        end,
+        output: Bytes::from(output),
+    })
+}
+
+/// Sends the job to the ready guest and reads its answer.
+async fn exchange(
+    guest: &mut Guest,
+    order: &WorkOrder,
+    module: &[u8],
+    input: &[u8],
+    engine: &wafer_runner::EngineConfig,
+) -> Result<Value> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let request = json!({
         "op": "run",
         "order": order,
-        "module_base64": b64.encode(&module),
+        "module_base64": b64.encode(module),
         "input_base64": b64.encode(input),
         "engine": engine,
     });
-    writer.write_all(format!("{request}\n").as_bytes()).await?;
+    guest
+        .writer
+        .write_all(format!("{request}\n").as_bytes())
+        .await?;
     // The guest ends the job at its deadline; a VM that does not answer by then (and a
     // margin for compiling under emulation) is given up.
     let bound = Duration::from_millis(order.timeout_ms) + Duration::from_secs(120);
-    let answer = match tokio::time::timeout(bound, lines.next_line()).await {
+    let answer = match tokio::time::timeout(bound, guest.lines.next_line()).await {
         Ok(line) => line?.ok_or_else(|| {
-            anyhow::anyhow!("the VM stopped during the job{}", console_tail(dir.path()))
+            anyhow::anyhow!(
+                "the VM stopped during the job{}",
+                console_tail(guest.dir.path())
+            )
         })?,
         Err(_) => bail!("the VM did not answer within {} ms", bound.as_millis()),
     };
@@ -133,41 +337,17 @@ pub async fn run(
     if let Some(e) = answer["error"].as_str() {
         bail!("the guest agent refused the job: {e}");
     }
-    let mut end: JobEnd = serde_json::from_value(answer["end"].clone()).context("the job's end")?;
-    let output = b64
-        .decode(answer["output_base64"].as_str().unwrap_or_default())
-        .context("the job's output")?;
-    end.runner = Some(json!({
-        "kind": "vm",
-        "kernel": ready["kernel"],
-        "guest_boot_ms": ready["boot_ms"],
-        "ready_ms": ready_ms,
-        "compile_ms": answer["compile_ms"],
-        "accel": "tcg",
-        "memory_mb": memory_mb,
-        "vcpus": opts.vcpus,
-    }));
-    let _ = writer.write_all(b"{\"op\":\"poweroff\"}\n").await;
-    if tokio::time::timeout(Duration::from_secs(10), qemu.wait())
-        .await
-        .is_err()
-    {
-        let _ = qemu.kill().await;
-    }
-    Ok(GuestRun {
-        end,
-        output: Bytes::from(output),
-    })
+    Ok(answer)
 }
 
 /// The end of a job whose VM failed (never ready, stopped, refused): a 503 `vm-failed`
 /// problem with the reason; the job is not run again.
-pub fn failed(e: &anyhow::Error) -> JobEnd {
+pub fn failed(e: &VmError) -> JobEnd {
     let problem = crate::problem::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "vm-failed",
         "Virtual machine failed",
-        format!("{e:#}"),
+        e.to_string(),
     );
     JobEnd {
         status: wafer_core::JobStatus::Failed,
@@ -178,51 +358,150 @@ pub fn failed(e: &anyhow::Error) -> JobEnd {
     }
 }
 
+/// The acceleration a server's VMs get, and how it was chosen.
+#[derive(Debug, Clone)]
+pub struct AccelChoice {
+    /// `kvm` or `tcg`.
+    pub accel: Accel,
+    /// `configured`, `ok` (the probe guest booted under KVM), `no-device`, `no-access` or
+    /// `no-progress` (the probe guest did not boot under KVM in time).
+    pub probe: &'static str,
+    /// What the probe saw.
+    pub detail: String,
+}
+
+/// Chooses between KVM and TCG for `opts.accel = auto`: KVM only when its device opens and
+/// a probe guest boots under it to a ready agent within `probe_timeout_ms` (where nested
+/// virtualisation is broken, `/dev/kvm` opens and a VM is made, but never runs).
+pub async fn choose_accel(opts: &VmOptions) -> AccelChoice {
+    let choice = |accel, probe, detail: String| AccelChoice {
+        accel,
+        probe,
+        detail,
+    };
+    match opts.accel {
+        Accel::Kvm | Accel::Tcg => {
+            return choice(opts.accel, "configured", "set by jobs.long.vm.accel".into());
+        }
+        Accel::Auto => {}
+    }
+    let dev = &opts.kvm_device;
+    if !dev.exists() {
+        return choice(
+            Accel::Tcg,
+            "no-device",
+            format!("{} does not exist", dev.display()),
+        );
+    }
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        return choice(
+            Accel::Tcg,
+            "no-access",
+            format!("{} does not open: {e}", dev.display()),
+        );
+    }
+    let within = Duration::from_millis(opts.probe_timeout_ms);
+    let label = format!("{}:probe", opts.name);
+    match Guest::boot(opts, Accel::Kvm, opts.memory_overhead_mb, &label, within).await {
+        Ok(guest) => {
+            let ms = guest.ready_ms;
+            guest.poweroff().await;
+            choice(
+                Accel::Kvm,
+                "ok",
+                format!("a probe guest was ready under KVM in {ms} ms"),
+            )
+        }
+        Err(e) => choice(
+            Accel::Tcg,
+            "no-progress",
+            format!("a probe guest did not boot under KVM: {e:#}"),
+        ),
+    }
+}
+
+/// Kills every qemu named `name` or `name:…` (the VMs of a server, left by an earlier run of
+/// it) and says how many.
+pub fn sweep(name: &str) -> usize {
+    let prefix = format!("{name}:");
+    let mut killed = 0;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.windows(2).any(|w| {
+            w[0] == b"-name" && (w[1] == name.as_bytes() || w[1].starts_with(prefix.as_bytes()))
+        });
+        let is_qemu = args
+            .first()
+            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu"));
+        // SAFETY: sends a signal; a pid that has gone meanwhile gives ESRCH.
+        if ours && is_qemu && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 fn spawn(
     opts: &VmOptions,
+    accel: Accel,
     image: &Image,
     socket: &Path,
     memory_mb: u64,
     dir: &Path,
+    label: &str,
 ) -> Result<tokio::process::Child> {
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Auto | Accel::Tcg => ("tcg", "max"),
+    };
     let mut cmd = tokio::process::Command::new(&opts.qemu);
-    cmd.args([
-        "-M",
-        "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .arg("-m")
-    .arg(memory_mb.to_string())
-    .arg("-smp")
-    .arg(opts.vcpus.max(1).to_string())
-    .arg("-serial")
-    .arg(format!("file:{}", dir.join("console.log").display()))
-    .arg("-kernel")
-    .arg(&image.kernel)
-    .arg("-initrd")
-    .arg(&image.initramfs)
-    .arg("-append")
-    .arg(format!(
-        "console=ttyS0 quiet panic=-1 tsc_early_khz={}",
-        tsc_khz()
-    ))
-    .args(["-device", "virtio-serial-device", "-chardev"])
-    .arg(format!(
-        "socket,path={},server=on,wait=off,id=agent",
-        socket.display()
-    ))
-    .args(["-device", "virtserialport,chardev=agent,name=wafer.0"])
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true);
+    cmd.args(["-name", label])
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=off",
+            "-accel",
+            accel,
+            "-cpu",
+            cpu,
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-m")
+        .arg(memory_mb.to_string())
+        .arg("-smp")
+        .arg(opts.vcpus.max(1).to_string())
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 tsc_early_khz={}",
+            tsc_khz()
+        ))
+        .args(["-device", "virtio-serial-device", "-chardev"])
+        .arg(format!(
+            "socket,path={},server=on,wait=off,id=agent",
+            socket.display()
+        ))
+        .args(["-device", "virtserialport,chardev=agent,name=wafer.0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
     // SAFETY: prctl between fork and exec is async-signal-safe; the VM dies with this runner.
     unsafe {
         cmd.pre_exec(|| {

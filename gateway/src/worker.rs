@@ -491,6 +491,20 @@ async fn run_one(
         Ok(
             match crate::vm::run(vm, &order, module, &input, engine).await {
                 Ok(run) => (run.end, run.output),
+                Err(crate::vm::VmError::Boot(e)) if vm.fallback == crate::vm::Fallback::Local => {
+                    // Configured to fall back: the job runs here, and its record says why.
+                    let reason = format!("{e:#}");
+                    tracing::warn!(job = id, %reason, "the VM did not boot: running the job outside a VM");
+                    fetch_code(server, runner, &order.module).await?;
+                    let (mut end, output) =
+                        crate::jobs::end_of(execute_order(runner, &order, input).await);
+                    end.runner = Some(serde_json::json!({
+                        "kind": "local",
+                        "fallback_from": "vm",
+                        "reason": reason,
+                    }));
+                    (end, output)
+                }
                 Err(e) => (crate::vm::failed(&e), Bytes::new()),
             },
         )

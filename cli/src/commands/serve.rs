@@ -23,7 +23,7 @@ pub struct Args {
 
 /// The configuration in the file at `path` (the defaults without one), with the URLs the
 /// environment may hold instead (`WAFER_QUEUE_URL`, `WAFER_CACHE_URL`: they may hold a
-/// password).
+/// password) and the long lane's provisioner when `WAFER_LONG_PROVISIONER` names one.
 pub fn read_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let mut config: Config = match path {
         Some(p) => {
@@ -38,6 +38,16 @@ pub fn read_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
     if let Ok(url) = std::env::var("WAFER_CACHE_URL") {
         config.cache.shared.url = url;
+    }
+    if let Ok(kind) = std::env::var("WAFER_LONG_PROVISIONER") {
+        config.jobs.long.provisioner = serde_json::from_value(serde_json::Value::String(
+            kind.clone(),
+        ))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "WAFER_LONG_PROVISIONER is {kind:?}: it must be local, vm, command or kubernetes"
+            )
+        })?;
     }
     Ok(config)
 }
