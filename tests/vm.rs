@@ -116,14 +116,21 @@ fn a_job_runs_inside_the_guest_under_the_same_limits() {
     let img = image();
     let mut vm = Vm::boot(&img.kernel, &img.initramfs);
     let mut agent = ready_agent(&vm);
-    agent.send(&run_request(
-        "stress",
-        br#"{"force":1000,"section":10}"#,
-        30_000,
-    ));
+    // Code compiled for another engine or CPU (another fingerprint) is not used: the guest
+    // compiles.
+    let mut stress = run_request("stress", br#"{"force":1000,"section":10}"#, 30_000);
+    stress["compiled"] = json!({"fingerprint": "0123456789abcdef01234567", "code_base64": "AAAA"});
+    agent.send(&stress);
     let end = agent.read(Duration::from_secs(120)).expect("the job's end");
     assert_eq!(end["op"], "end", "{end}");
     assert_eq!(end["end"]["status"], "succeeded", "{end}");
+    assert_eq!(end["precompiled"], false, "{end}");
+    assert_eq!(
+        end["offered_fingerprint"], "0123456789abcdef01234567",
+        "{end}"
+    );
+    let fingerprint = end["fingerprint"].as_str().unwrap().to_owned();
+    assert_ne!(fingerprint, "0123456789abcdef01234567");
     let output = base64::engine::general_purpose::STANDARD
         .decode(end["output_base64"].as_str().unwrap())
         .unwrap();
@@ -133,7 +140,10 @@ fn a_job_runs_inside_the_guest_under_the_same_limits() {
         end["compile_ms"], end["run_ms"]
     );
     // An endless loop ends at its deadline inside the guest too, with the server's problem.
-    agent.send(&run_request("spin", b"", 1000));
+    // Code that claims this guest's fingerprint but does not load is compiled again.
+    let mut spin = run_request("spin", b"", 1000);
+    spin["compiled"] = json!({"fingerprint": fingerprint, "code_base64": "bm90IGNvZGU="});
+    agent.send(&spin);
     let end = agent
         .read(Duration::from_secs(120))
         .expect("the spin's end");
@@ -142,6 +152,7 @@ fn a_job_runs_inside_the_guest_under_the_same_limits() {
         end["end"]["error"]["type"], "https://wafer.dev/problems/timeout",
         "{end}"
     );
+    assert_eq!(end["precompiled"], false, "{end}");
     // A module that is not the one the order names is refused, and the agent carries on.
     let mut wrong = run_request("echo", b"", 1000);
     wrong["order"]["module"] = json!(format!("sha256:{}", "0".repeat(64)));
@@ -196,12 +207,12 @@ fn wait_no_qemu(marker: &str, within: Duration, what: &str) {
     }
 }
 
-/// A server whose long lane runs in VMs named `name`, emulated (no probe), with `extra`
-/// lines in `[jobs.long.vm]`.
-fn vm_server(name: &str, extra: &str) -> TestServer {
+/// A server whose long lane runs in VMs named `name`, emulated (no probe), with `long`
+/// lines in `[jobs.long]`.
+fn vm_server(name: &str, long: &str) -> TestServer {
     TestServer::start_with_config(&format!(
-        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\naccel = \"tcg\"\n\
-         name = \"{name}\"\n{extra}",
+        "[jobs.long]\nprovisioner = \"vm\"\n{long}[jobs.long.vm]\nimage = \"{}\"\naccel = \"tcg\"\n\
+         name = \"{name}\"\n",
         image().json.display()
     ))
 }
@@ -230,6 +241,11 @@ fn a_long_job_routed_to_the_vm_provisioner_runs_in_a_vm_of_its_own() {
     assert_eq!(runner["kind"], "vm", "{done}");
     assert_eq!(runner["kernel"], img.release.as_str(), "{done}");
     assert!(runner["guest_boot_ms"].as_u64().unwrap() > 0, "{done}");
+    // Emulated, the guest's CPU is not the host's: it compiled the module itself.
+    if runner["accel"] == "tcg" {
+        assert_eq!(runner["precompiled"], false, "{done}");
+        assert!(runner["compile_ms"].as_u64().unwrap() > 0, "{done}");
+    }
     println!("job in a VM: {runner}");
     let r = s
         .with_key(&key, reqwest::Method::GET, &format!("/v1/jobs/{id}/result"))
@@ -267,7 +283,8 @@ fn a_long_job_routed_to_the_vm_provisioner_runs_in_a_vm_of_its_own() {
 #[test]
 fn cancelling_a_vm_job_or_passing_its_deadline_ends_its_vm() {
     let name = "wafer-test-cancel";
-    let s = vm_server(name, "");
+    // One VM on this host at once (the long lane's throttle).
+    let s = vm_server(name, "max_runners = 1\n");
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
     // A job asleep in its guest for a minute, cancelled once its VM runs.
@@ -277,23 +294,35 @@ fn cancelling_a_vm_job_or_passing_its_deadline_ends_its_vm() {
         json!({"function": "batch", "input": 60_000, "timeout_ms": 120_000}),
     );
     let id = job["id"].as_str().unwrap();
+    // A sleep past the job's deadline, queued behind it.
+    let late = submit(
+        &s,
+        &key,
+        json!({"function": "batch", "input": 60_000, "timeout_ms": 2_000}),
+    );
+    let late = late["id"].as_str().unwrap();
     wait_for_qemu(name, Duration::from_secs(30));
     wafer_e2e::jobs::wait_status(&s, &key, id, "running");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(qemu_left(name).len(), 1, "more than one VM at once");
+    assert_eq!(get_job(&s, &key, late, "0")["status"], "queued");
     let r = s
         .with_key(&key, reqwest::Method::DELETE, &format!("/v1/jobs/{id}"))
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    wait_no_qemu(name, Duration::from_secs(15), "its cancelled job");
+    // The cancelled job's VM is gone (the next one may have started meanwhile).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while qemu_left(name).iter().any(|c| c.contains(id)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a qemu outlived its cancelled job"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(get_job(&s, &key, id, "1s")["status"], "cancelled");
-    // A sleep past the job's deadline ends there, inside the guest, and the VM with it.
-    let job = submit(
-        &s,
-        &key,
-        json!({"function": "batch", "input": 60_000, "timeout_ms": 2_000}),
-    );
-    let id = job["id"].as_str().unwrap();
-    let done = get_job(&s, &key, id, "120s");
+    // The sleep past its deadline ends there, inside the guest, and its VM with it.
+    let done = get_job(&s, &key, late, "120s");
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(
         done["error"]["type"], "https://wafer.dev/problems/timeout",

@@ -46,6 +46,18 @@ struct RunRequest {
     /// The server's engine settings (memory ceiling, stack...); the defaults otherwise.
     #[serde(default)]
     engine: Option<EngineConfig>,
+    /// The module's compiled code from the host, used when it was compiled for this guest's
+    /// engine and CPU (the same fingerprint); otherwise the guest compiles.
+    #[serde(default)]
+    compiled: Option<Precompiled>,
+}
+
+/// Compiled code offered by the host.
+#[derive(Deserialize)]
+struct Precompiled {
+    /// The fingerprint of the engine (and CPU) it was compiled for.
+    fingerprint: String,
+    code_base64: String,
 }
 
 /// Whether this process is the guest's init: PID 1 started as `/init`.
@@ -132,6 +144,23 @@ async fn run_job(runner: &mut Option<Runner>, req: Value) -> Result<Value> {
         *runner = Some(Runner::new(config, store).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     }
     let runner = runner.as_ref().expect("made above");
+    // Code compiled for another CPU or engine would not load: it is only kept when its
+    // fingerprint is this guest's. Code that still does not load is compiled again below.
+    let offered = req.compiled.as_ref().map(|c| c.fingerprint.clone());
+    let mut precompiled = false;
+    if let Some(code) = req.compiled
+        && code.fingerprint == runner.fingerprint()
+    {
+        let code = b64
+            .decode(code.code_base64.as_bytes())
+            .context("compiled.code_base64")?;
+        let key = wafer_core::ArtifactKey::compiled(runner.fingerprint(), &req.order.module)?;
+        runner.artifacts().put(&key, Bytes::from(code)).await?;
+        precompiled = runner.prepare(&req.order.module).await.is_ok();
+        if !precompiled {
+            runner.artifacts().delete(&key).await?;
+        }
+    }
     let compiling = Instant::now();
     let compiled = runner
         .compile(Bytes::from(module))
@@ -155,6 +184,9 @@ async fn run_job(runner: &mut Option<Runner>, req: Value) -> Result<Value> {
         "output_base64": b64.encode(&output),
         "compile_ms": compile_ms,
         "run_ms": run_ms,
+        "fingerprint": runner.fingerprint(),
+        "offered_fingerprint": offered,
+        "precompiled": precompiled,
     }))
 }
 

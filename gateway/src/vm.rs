@@ -251,10 +251,14 @@ impl Guest {
 }
 
 /// Boots a VM for `order`, runs it there, powers the VM off.
+///
+/// `compiled` is the module's code compiled on the host and that code's engine fingerprint:
+/// the guest uses it when its own fingerprint (engine and CPU) is the same, else compiles.
 pub async fn run(
     opts: &VmOptions,
     order: &WorkOrder,
     module: Bytes,
+    compiled: Option<(&str, Bytes)>,
     input: &[u8],
     engine: &wafer_runner::EngineConfig,
 ) -> Result<GuestRun, VmError> {
@@ -274,7 +278,7 @@ pub async fn run(
     )
     .await
     .map_err(VmError::Boot)?;
-    let answer = exchange(&mut guest, order, &module, input, engine)
+    let answer = exchange(&mut guest, order, &module, compiled, input, engine)
         .await
         .map_err(VmError::Run)?;
     let mut end: JobEnd = serde_json::from_value(answer["end"].clone())
@@ -290,6 +294,8 @@ pub async fn run(
         "guest_boot_ms": guest.ready["boot_ms"],
         "ready_ms": guest.ready_ms,
         "compile_ms": answer["compile_ms"],
+        "precompiled": answer["precompiled"],
+        "guest_fingerprint": answer["fingerprint"],
         "accel": accel.as_str(),
         "memory_mb": memory_mb,
         "vcpus": opts.vcpus,
@@ -306,16 +312,21 @@ async fn exchange(
     guest: &mut Guest,
     order: &WorkOrder,
     module: &[u8],
+    compiled: Option<(&str, Bytes)>,
     input: &[u8],
     engine: &wafer_runner::EngineConfig,
 ) -> Result<Value> {
     let b64 = base64::engine::general_purpose::STANDARD;
+    let compiled = compiled.map(
+        |(fingerprint, code)| json!({"fingerprint": fingerprint, "code_base64": b64.encode(&code)}),
+    );
     let request = json!({
         "op": "run",
         "order": order,
         "module_base64": b64.encode(module),
         "input_base64": b64.encode(input),
         "engine": engine,
+        "compiled": compiled,
     });
     guest
         .writer

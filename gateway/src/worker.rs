@@ -487,9 +487,23 @@ async fn run_one(
             .get_bytes(&format!("/internal/v1/modules/{}", order.module.as_str()))
             .await?
             .ok_or_else(|| anyhow::anyhow!("the server has no module {}", order.module))?;
+        // Under KVM the guest's CPU is the host's (`-cpu host`): the host's compiled code
+        // may fit it (the guest checks). An emulated CPU is another one: not worth sending.
+        let compiled = match vm.accel {
+            crate::vm::Accel::Kvm => {
+                let path = format!(
+                    "/internal/v1/artifacts/{}/{}",
+                    runner.fingerprint(),
+                    order.module.as_str()
+                );
+                server.get_bytes(&path).await.ok().flatten()
+            }
+            _ => None,
+        };
+        let compiled = compiled.map(|code| (runner.fingerprint(), code));
         let engine = runner.engine_config();
         Ok(
-            match crate::vm::run(vm, &order, module, &input, engine).await {
+            match crate::vm::run(vm, &order, module, compiled, &input, engine).await {
                 Ok(run) => (run.end, run.output),
                 Err(crate::vm::VmError::Boot(e)) if vm.fallback == crate::vm::Fallback::Local => {
                     // Configured to fall back: the job runs here, and its record says why.
