@@ -5,6 +5,12 @@
 //! (queued, started, finished), taken by the server.
 //!
 //! Usage: jobs_bench <wafer binary> <echo.wasm> [jobs]
+//!
+//! With `vm` first (`scripts/bench-vm.sh`): a trivial long job (`echo`) on the `local`
+//! provisioner and on the `vm` provisioner (a microVM per job), best of `rounds` each:
+//! enqueue→start, boot→agent ready, compile in the guest, enqueue→end.
+//!
+//! Usage: jobs_bench vm <wafer binary> <echo.wasm> <image.json> [rounds]
 
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
@@ -253,9 +259,84 @@ fn redis() -> Res<Redis> {
     })
 }
 
+/// Best of `rounds` trivial long jobs on the local and on the vm provisioner.
+async fn vm_bench(args: &[String]) -> Res<()> {
+    let (wafer, echo, image) = (&args[2], std::fs::read(&args[3])?, &args[4]);
+    let rounds: usize = args.get(5).map_or(Ok(3), |s| s.parse())?;
+    let best = |v: &[u64]| v.iter().copied().min().unwrap_or(0);
+    let mut rows: Vec<(String, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>)> = Vec::new();
+    for provisioner in ["local", "vm"] {
+        let s = start(
+            wafer,
+            &format!(
+                "[jobs.long]\nprovisioner = \"{provisioner}\"\n[jobs.long.vm]\nimage = \"{image}\"\n"
+            ),
+        )
+        .await?;
+        s.deploy("batch", &echo, json!({"class": "long"})).await?;
+        let (mut start_ms, mut ready_ms, mut compile_ms, mut end_ms) = Default::default();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            while s.runners("dedicated").await? > 0 {
+                if t.elapsed() > Duration::from_secs(60) {
+                    return Err("runners never went away".into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let id = s.submit("batch").await?;
+            let v = s.wait(&id).await?;
+            let queued = timing(&v, "queued_at_ms");
+            // In a VM the job starts in the guest once its agent is ready.
+            let ready = v["runner"]["ready_ms"].as_u64().unwrap_or(0);
+            let started = timing(&v, "started_at_ms") + ready;
+            Vec::push(&mut start_ms, started - queued);
+            Vec::push(&mut ready_ms, ready);
+            Vec::push(
+                &mut compile_ms,
+                v["runner"]["compile_ms"].as_u64().unwrap_or(0),
+            );
+            Vec::push(&mut end_ms, timing(&v, "finished_at_ms") - queued);
+            if provisioner == "vm" && v["runner"]["kind"] != "vm" {
+                return Err(format!("the job did not run in a VM: {v}").into());
+            }
+        }
+        if provisioner == "vm" {
+            let metrics = s
+                .http
+                .get(format!("{}/metrics", s.url))
+                .bearer_auth(&s.key)
+                .send()
+                .await?
+                .text()
+                .await?;
+            for line in metrics.lines().filter(|l| l.starts_with("wafer_vm_accel{")) {
+                println!("{line}");
+            }
+        }
+        rows.push((provisioner.into(), start_ms, ready_ms, compile_ms, end_ms));
+    }
+    println!(
+        "trivial long job (echo), best of {rounds} (ms)   enqueue->start  boot->ready  guest compile  enqueue->end"
+    );
+    for (name, start_ms, ready_ms, compile_ms, end_ms) in &rows {
+        println!(
+            "  {name:<40} {:>14} {:>12} {:>14} {:>13}",
+            best(start_ms),
+            best(ready_ms),
+            best(compile_ms),
+            best(end_ms)
+        );
+    }
+    println!("all runs: {rows:?}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("vm") {
+        return vm_bench(&args).await;
+    }
     let (wafer, echo) = (&args[1], std::fs::read(&args[2])?);
     let n: usize = args.get(3).map_or(Ok(2000), |s| s.parse())?;
     println!("{:<44} {:>12}", "jobs/s (trivial function, 64 clients)", "");
