@@ -259,12 +259,26 @@ fn redis() -> Res<Redis> {
     })
 }
 
+/// The times of the jobs of one provisioner, ms.
+#[derive(Debug, Default)]
+struct VmRuns {
+    provisioner: &'static str,
+    /// Enqueue to the job's start (in a VM: once the guest agent is ready).
+    start: Vec<u64>,
+    /// qemu's start to the agent's ready line.
+    ready: Vec<u64>,
+    /// Compiling the module in the guest.
+    compile: Vec<u64>,
+    /// Enqueue to the job's end.
+    end: Vec<u64>,
+}
+
 /// Best of `rounds` trivial long jobs on the local and on the vm provisioner.
 async fn vm_bench(args: &[String]) -> Res<()> {
     let (wafer, echo, image) = (&args[2], std::fs::read(&args[3])?, &args[4]);
     let rounds: usize = args.get(5).map_or(Ok(3), |s| s.parse())?;
     let best = |v: &[u64]| v.iter().copied().min().unwrap_or(0);
-    let mut rows: Vec<(String, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>)> = Vec::new();
+    let mut rows = Vec::new();
     for provisioner in ["local", "vm"] {
         let s = start(
             wafer,
@@ -274,7 +288,10 @@ async fn vm_bench(args: &[String]) -> Res<()> {
         )
         .await?;
         s.deploy("batch", &echo, json!({"class": "long"})).await?;
-        let (mut start_ms, mut ready_ms, mut compile_ms, mut end_ms) = Default::default();
+        let mut runs = VmRuns {
+            provisioner,
+            ..Default::default()
+        };
         for _ in 0..rounds {
             let t = Instant::now();
             while s.runners("dedicated").await? > 0 {
@@ -285,20 +302,17 @@ async fn vm_bench(args: &[String]) -> Res<()> {
             }
             let id = s.submit("batch").await?;
             let v = s.wait(&id).await?;
-            let queued = timing(&v, "queued_at_ms");
-            // In a VM the job starts in the guest once its agent is ready.
-            let ready = v["runner"]["ready_ms"].as_u64().unwrap_or(0);
-            let started = timing(&v, "started_at_ms") + ready;
-            Vec::push(&mut start_ms, started - queued);
-            Vec::push(&mut ready_ms, ready);
-            Vec::push(
-                &mut compile_ms,
-                v["runner"]["compile_ms"].as_u64().unwrap_or(0),
-            );
-            Vec::push(&mut end_ms, timing(&v, "finished_at_ms") - queued);
             if provisioner == "vm" && v["runner"]["kind"] != "vm" {
                 return Err(format!("the job did not run in a VM: {v}").into());
             }
+            let queued = timing(&v, "queued_at_ms");
+            let ready = v["runner"]["ready_ms"].as_u64().unwrap_or(0);
+            runs.start
+                .push(timing(&v, "started_at_ms") + ready - queued);
+            runs.ready.push(ready);
+            runs.compile
+                .push(v["runner"]["compile_ms"].as_u64().unwrap_or(0));
+            runs.end.push(timing(&v, "finished_at_ms") - queued);
         }
         if provisioner == "vm" {
             let metrics = s
@@ -313,18 +327,19 @@ async fn vm_bench(args: &[String]) -> Res<()> {
                 println!("{line}");
             }
         }
-        rows.push((provisioner.into(), start_ms, ready_ms, compile_ms, end_ms));
+        rows.push(runs);
     }
     println!(
         "trivial long job (echo), best of {rounds} (ms)   enqueue->start  boot->ready  guest compile  enqueue->end"
     );
-    for (name, start_ms, ready_ms, compile_ms, end_ms) in &rows {
+    for r in &rows {
         println!(
-            "  {name:<40} {:>14} {:>12} {:>14} {:>13}",
-            best(start_ms),
-            best(ready_ms),
-            best(compile_ms),
-            best(end_ms)
+            "  {:<40} {:>14} {:>12} {:>14} {:>13}",
+            r.provisioner,
+            best(&r.start),
+            best(&r.ready),
+            best(&r.compile),
+            best(&r.end)
         );
     }
     println!("all runs: {rows:?}");
