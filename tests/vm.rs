@@ -419,6 +419,20 @@ fn a_server_kills_the_vms_an_earlier_run_left_and_says_how_it_chose_tcg() {
     }
 }
 
+/// A long `stress` job with `input` on a server whose VMs boot the image `image_json`
+/// (emulated, `extra` lines in `[jobs.long.vm]`): its record once it ended.
+fn job_on_image(image_json: &std::path::Path, extra: &str, input: Value) -> Value {
+    let s = TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n\
+         boot_timeout_ms = 30000\naccel = \"tcg\"\n{extra}",
+        image_json.display()
+    ));
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
+    let job = submit(&s, &key, json!({"function": "sim", "input": input}));
+    get_job(&s, &key, job["id"].as_str().unwrap(), "90s")
+}
+
 #[test]
 fn a_vm_whose_guest_never_boots_fails_its_job_with_the_reason() {
     let img = image();
@@ -431,18 +445,7 @@ fn a_vm_whose_guest_never_boots_fails_its_job_with_the_reason() {
         json!({"kernel": img.kernel, "initramfs": broken, "release": img.release}).to_string(),
     )
     .unwrap();
-    let s = TestServer::start_with_config(&format!(
-        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\nboot_timeout_ms = 30000\naccel = \"tcg\"\n",
-        json_path.display()
-    ));
-    let key = s.tenant_key("acme");
-    s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
-    let job = submit(
-        &s,
-        &key,
-        json!({"function": "sim", "input": {"force": 1, "section": 1}}),
-    );
-    let done = get_job(&s, &key, job["id"].as_str().unwrap(), "90s");
+    let done = job_on_image(&json_path, "", json!({"force": 1, "section": 1}));
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(
         done["error"]["type"], "https://wafer.dev/problems/vm-failed",
@@ -452,21 +455,12 @@ fn a_vm_whose_guest_never_boots_fails_its_job_with_the_reason() {
     assert!(detail.contains("before its agent was ready"), "{detail}");
     assert!(detail.contains("Kernel panic"), "{detail}");
     assert!(qemu_left(broken.to_str().unwrap()).is_empty());
-    drop(s);
     // Configured to fall back: the job runs outside a VM, and its record says so and why.
-    let s = TestServer::start_with_config(&format!(
-        "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n\
-         boot_timeout_ms = 30000\naccel = \"tcg\"\nfallback = \"local\"\n",
-        json_path.display()
-    ));
-    let key = s.tenant_key("acme");
-    s.deploy_as(&key, "sim", "stress", json!({"class": "long"}));
-    let job = submit(
-        &s,
-        &key,
-        json!({"function": "sim", "input": {"force": 1000, "section": 10}}),
+    let done = job_on_image(
+        &json_path,
+        "fallback = \"local\"\n",
+        json!({"force": 1000, "section": 10}),
     );
-    let done = get_job(&s, &key, job["id"].as_str().unwrap(), "90s");
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["runner"]["kind"], "local", "{done}");
     assert_eq!(done["runner"]["fallback_from"], "vm", "{done}");
