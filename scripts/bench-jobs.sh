@@ -9,7 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_redis
-bash functions/build.sh >/dev/null
-cargo build --release -q -p wafer
-cargo build --release -q -p wafer-gateway --example jobs_bench
-"$(target_dir)/release/examples/jobs_bench" "$(target_dir)/release/wafer" functions/dist/echo.wasm "${BENCH_JOBS:-2000}"
+jobs_bench_prepare
+"$jobs_bench" "$wafer" functions/dist/echo.wasm "${BENCH_JOBS:-2000}"

@@ -11,9 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_qemu
-bash functions/build.sh >/dev/null
-cargo build --release -q -p wafer
-cargo build --release -q -p wafer-gateway --example jobs_bench
+jobs_bench_prepare
 out="$(target_dir)/vm-release"
-python3 scripts/vm-image.py "$out" "$(target_dir)/release/wafer" >/dev/null
-"$(target_dir)/release/examples/jobs_bench" vm "$(target_dir)/release/wafer" functions/dist/echo.wasm "$out/image.json" "${BENCH_ROUNDS:-3}"
+python3 scripts/vm-image.py "$out" "$wafer" >/dev/null
+"$jobs_bench" vm "$wafer" functions/dist/echo.wasm "$out/image.json" "${BENCH_ROUNDS:-3}"

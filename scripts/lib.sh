@@ -103,6 +103,16 @@ bench_prepare() {
     trap bench_cleanup EXIT
 }
 
+# The job benchmarks' set-up: the functions, the release `wafer` and the jobs_bench example built;
+# $wafer and $jobs_bench name the binaries.
+jobs_bench_prepare() {
+    bash functions/build.sh >/dev/null
+    cargo build --release -q -p wafer
+    cargo build --release -q -p wafer-gateway --example jobs_bench
+    wafer="$(target_dir)/release/wafer"
+    jobs_bench="$(target_dir)/release/examples/jobs_bench"
+}
+
 bench_cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$work"

@@ -357,27 +357,32 @@ fn a_kill_9_of_the_server_mid_job_leaves_no_vm_and_the_job_runs_again() {
     wait_no_qemu(name, Duration::from_secs(20), "its job");
 }
 
+/// A qemu named `name` that does nothing (paused, `-S`); it dies with the test.
+fn paused_qemu(name: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("qemu-system-x86_64");
+    cmd.args(["-name", name, "-M", "microvm"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("qemu starts")
+}
+
 #[test]
 fn a_server_kills_the_vms_an_earlier_run_left_and_says_how_it_chose_tcg() {
     let name = "wafer-test-sweep";
     // A VM of this server's name from "an earlier run": paused (-S), it does nothing.
-    let mut stray = std::process::Command::new("qemu-system-x86_64")
-        .args(["-name", &format!("{name}:job_stray"), "-M", "microvm"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu starts");
+    let mut stray = paused_qemu(&format!("{name}:job_stray"));
     // Another name is not this server's: left alone.
-    let mut other = std::process::Command::new("qemu-system-x86_64")
-        .args(["-name", "wafer-test-other:job_x", "-M", "microvm"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu starts");
+    let mut other = paused_qemu("wafer-test-other:job_x");
     wait_for_qemu(name, Duration::from_secs(10));
     let s = TestServer::start_with_config(&format!(
         "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n\
