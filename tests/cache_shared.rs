@@ -11,9 +11,111 @@ use wafer_e2e::{
     redis_command_bytes, redis_keys, runs, x_cache,
 };
 
+/// The secret the tests' gateways and sidecars seal the shared level's entries with.
+const SECRET: &str = "the servers' own secret, 32 chars or more";
+
 /// A config whose shared level is the Redis at `url`.
 fn shared(url: &str, timeout_ms: u64) -> String {
-    format!("[cache.shared]\nurl = \"{url}\"\ntimeout_ms = {timeout_ms}\ngeneration_ttl_ms = 300\n")
+    format!(
+        "[cache.shared]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout_ms = {timeout_ms}\n\
+         generation_ttl_ms = 300\n"
+    )
+}
+
+/// An entry of the shared level as a cache with `secret` seals it: a 200 answer with `body`,
+/// fresh for a minute.
+fn sealed_answer(secret: &[u8], key_hex: &str, body: &[u8]) -> Vec<u8> {
+    use hmac::Mac as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut rest = Vec::new();
+    rest.extend_from_slice(&200u16.to_le_bytes());
+    rest.extend_from_slice(&now.to_le_bytes());
+    rest.extend_from_slice(&60_000u64.to_le_bytes());
+    rest.extend_from_slice(&0u64.to_le_bytes());
+    rest.extend_from_slice(&0u32.to_le_bytes());
+    rest.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    rest.extend_from_slice(body);
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(&hex::decode(key_hex).unwrap());
+    mac.update(&[0]);
+    mac.update(&rest);
+    let mut out = b"WFC2".to_vec();
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    out.push(0);
+    out.extend_from_slice(&rest);
+    out
+}
+
+#[test]
+fn whoever_writes_to_the_redis_without_the_secret_cannot_plant_an_answer() {
+    let redis = RedisServer::start();
+    let cfg = shared(&redis.url(), 2000);
+    let a = TestServer::start_with_config(&cfg);
+    a.deploy("hello", "hello", SPEC());
+    assert_eq!(x_cache(&get(&a, "m")), "miss");
+    eventually("stored", || entries(&redis).len() == 1);
+    let name = entries(&redis).remove(0);
+    let key_hex = name.rsplit(':').next().unwrap().to_owned();
+
+    // An entry in the right form under the right key, sealed without the servers' secret:
+    // refused, the function runs.
+    let planted = sealed_answer(b"a guess at the secret", &key_hex, b"planted");
+    redis_command_bytes(redis.port, &[b"SET", name.as_bytes(), &planted]).unwrap();
+    let b = TestServer::start_with_config(&cfg);
+    b.deploy("hello", "hello", SPEC());
+    let r = get(&b, "m");
+    assert_eq!(x_cache(&r), "miss");
+    assert_eq!(r.text().unwrap(), "Hello, m!\n");
+    assert_eq!(shared_count(&b.metrics(), "invalid"), 1);
+
+    // The same entry sealed with the secret is served: the refusal above was the seal's.
+    let sealed = sealed_answer(SECRET.as_bytes(), &key_hex, b"sealed");
+    redis_command_bytes(redis.port, &[b"SET", name.as_bytes(), &sealed]).unwrap();
+    let c = TestServer::start_with_config(&cfg);
+    c.deploy("hello", "hello", SPEC());
+    let r = get(&c, "m");
+    assert_eq!(x_cache(&r), "hit");
+    assert_eq!(r.text().unwrap(), "sealed");
+}
+
+#[test]
+fn a_shared_level_without_a_secret_is_refused_at_start() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wafer.toml");
+    std::fs::write(
+        &config,
+        format!("[cache.shared]\nurl = \"{}\"\n", redis.url()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(wafer_e2e::wafer_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("WAFER_CACHE_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the server started with a shared level and no secret");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("WAFER_CACHE_SECRET"), "{err}");
 }
 
 const SPEC: fn() -> Value = || json!({"public": true, "cache": {"ttl_ms": 60000}});
@@ -155,7 +257,7 @@ fn damaged_and_oversized_entries_in_redis_are_ignored() {
     let key = entries(&redis).remove(0);
 
     // Garbage under the key: another gateway runs the function instead of serving it.
-    redis_command_bytes(redis.port, &[b"SET", key.as_bytes(), b"WFC1 not an entry"]).unwrap();
+    redis_command_bytes(redis.port, &[b"SET", key.as_bytes(), b"WFC2 not an entry"]).unwrap();
     let b = TestServer::start_with_config(&cfg);
     b.deploy("hello", "hello", SPEC());
     let r = get(&b, "p");
@@ -168,7 +270,7 @@ fn damaged_and_oversized_entries_in_redis_are_ignored() {
     });
 
     // An entry far over the size cap is not even read whole.
-    let mut huge = b"WFC1".to_vec();
+    let mut huge = b"WFC2".to_vec();
     huge.resize(3 << 20, b'x');
     redis_command_bytes(redis.port, &[b"SET", key.as_bytes(), &huge]).unwrap();
     let c = TestServer::start_with_config(&cfg);

@@ -21,9 +21,10 @@ pub struct Args {
     compile_in_process: bool,
 }
 
-/// The configuration in the file at `path` (the defaults without one), with the URLs the
-/// environment may hold instead (`WAFER_QUEUE_URL`, `WAFER_CACHE_URL`: they may hold a
-/// password) and the long lane's provisioner when `WAFER_LONG_PROVISIONER` names one.
+/// The configuration in the file at `path` (the defaults without one), with what the
+/// environment may hold instead because it may be secret (`WAFER_QUEUE_URL`,
+/// `WAFER_CACHE_URL`, `WAFER_CACHE_SECRET`) and the long lane's provisioner when
+/// `WAFER_LONG_PROVISIONER` names one.
 pub fn read_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let mut config: Config = match path {
         Some(p) => {
@@ -38,6 +39,9 @@ pub fn read_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
     if let Ok(url) = std::env::var("WAFER_CACHE_URL") {
         config.cache.shared.url = url;
+    }
+    if let Ok(secret) = std::env::var("WAFER_CACHE_SECRET") {
+        config.cache.shared.secret = secret;
     }
     if let Ok(kind) = std::env::var("WAFER_LONG_PROVISIONER") {
         config.jobs.long.provisioner = serde_json::from_value(serde_json::Value::String(

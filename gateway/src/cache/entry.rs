@@ -6,7 +6,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A cache key: the SHA-256 of everything that can change the answer.
@@ -162,72 +164,228 @@ impl Stored {
         }
         resp
     }
+}
 
-    /// Its byte form in the shared level: a magic, a SHA-256 over the key and the rest (so
-    /// a damaged entry, or one copied under another key, is refused), then the fields.
-    pub fn encode(&self, key: &Key) -> Vec<u8> {
-        let mut rest = Vec::with_capacity(self.body.len() + 256);
-        rest.extend_from_slice(&self.status.as_u16().to_le_bytes());
-        rest.extend_from_slice(&self.stored_ms.to_le_bytes());
-        rest.extend_from_slice(&(self.fresh.as_millis() as u64).to_le_bytes());
-        rest.extend_from_slice(&(self.stale.as_millis() as u64).to_le_bytes());
-        rest.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
-        for (k, v) in &self.headers {
-            for part in [k.as_str().as_bytes(), v.as_bytes()] {
-                rest.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                rest.extend_from_slice(part);
+/// The request headers that select among a URL's answers (RFC 9111 section 4.1), from a
+/// response's `Vary`: lower-case, sorted, without duplicates; empty when it has none. None
+/// when the answer may not be kept: `Vary: *`, a name that is not a header name, or more
+/// than [`MAX_VARY_NAMES`] names.
+pub fn vary_names(headers: &[(HeaderName, HeaderValue)]) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for (_, v) in headers.iter().filter(|(k, _)| *k == header::VARY) {
+        for name in v.to_str().ok()?.split(',').map(str::trim) {
+            if name.is_empty() {
+                continue;
             }
+            if name == "*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(name.as_bytes()).ok()?);
         }
-        rest.extend_from_slice(&(self.body.len() as u32).to_le_bytes());
-        rest.extend_from_slice(&self.body);
-        let mut out = Vec::with_capacity(rest.len() + 36);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&seal(key, &rest));
-        out.extend_from_slice(&rest);
-        out
     }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    (names.len() <= MAX_VARY_NAMES).then_some(names)
+}
 
-    /// Reads an entry of the shared level back, refusing anything damaged or foreign.
-    pub fn decode(key: &Key, bytes: &[u8]) -> Option<Self> {
-        let rest = bytes.strip_prefix(MAGIC)?;
-        let (sum, rest) = rest.split_at_checked(32)?;
-        if sum != seal(key, rest) {
-            return None;
+/// The most request headers one answer may vary by.
+pub const MAX_VARY_NAMES: usize = 16;
+
+/// The key of the answer, among those kept under `base`, for a request with `headers`:
+/// `base` itself when the answer varies by nothing, else a digest of `base` and the
+/// request's values of each of `names` (an absent header is one value too).
+pub fn variant_key(base: &Key, names: &[HeaderName], headers: &HeaderMap) -> Key {
+    if names.is_empty() {
+        return *base;
+    }
+    let mut h = Sha256::new();
+    h.update(base);
+    for name in names {
+        h.update((name.as_str().len() as u64).to_le_bytes());
+        h.update(name.as_str());
+        for v in headers.get_all(name) {
+            h.update([1]);
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
         }
-        let mut r = Reader(rest);
-        let status = StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
-        let stored_ms = r.u64()?;
-        let fresh = Duration::from_millis(r.u64()?);
-        let stale = Duration::from_millis(r.u64()?);
-        let n = r.u32()?;
-        let mut headers = Vec::with_capacity(n.min(256) as usize);
-        for _ in 0..n {
-            let name = HeaderName::from_bytes(r.chunk()?).ok()?;
-            let value = HeaderValue::from_bytes(r.chunk()?).ok()?;
-            headers.push((name, value));
-        }
-        let body = Bytes::copy_from_slice(r.chunk()?);
-        if !r.0.is_empty() {
-            return None;
-        }
-        Some(Self {
-            status,
-            headers,
-            body,
-            stored_ms,
-            fresh,
-            stale,
-        })
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// Under a URL's key when its answers vary by request headers: which ones, and until when
+/// (ms since the epoch) the record holds. Each answer is kept under its [`variant_key`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct VaryRecord {
+    pub(crate) names: Vec<HeaderName>,
+    pub(crate) until_ms: u64,
+}
+
+impl VaryRecord {
+    /// How long it still holds.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_millis(self.until_ms.saturating_sub(now_ms()))
     }
 }
 
-const MAGIC: &[u8] = b"WFC1";
+/// What a key holds in the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kept {
+    /// An answer.
+    Answer(Arc<Stored>),
+    /// The answers of this URL vary by request headers: look under the variant's key.
+    Vary(Arc<VaryRecord>),
+    /// Hit-for-miss, until the time given (ms since the epoch): the last answer under this key
+    /// could not be kept, so callers run their own requests without waiting for each other.
+    /// In this process only.
+    Pass(u64),
+}
 
-fn seal(key: &Key, rest: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(key);
-    h.update(rest);
-    h.finalize().into()
+impl Kept {
+    /// How long it stays.
+    pub fn remaining(&self) -> Duration {
+        match self {
+            Kept::Answer(s) => s.remaining(),
+            Kept::Vary(r) => r.remaining(),
+            Kept::Pass(until) => Duration::from_millis(until.saturating_sub(now_ms())),
+        }
+    }
+
+    /// The bytes it costs in the in-process level.
+    pub fn weight(&self) -> u32 {
+        match self {
+            Kept::Answer(s) => s.weight(),
+            Kept::Vary(r) => 64 + r.names.iter().map(|n| n.as_str().len() as u32).sum::<u32>(),
+            Kept::Pass(_) => 64,
+        }
+    }
+}
+
+/// Seals the entries of the shared level with HMAC-SHA256 under a server secret, so only
+/// processes holding the secret can write an entry the cache will serve.
+#[derive(Clone)]
+pub struct Sealer(Hmac<Sha256>);
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    /// A sealer with `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        Self(Hmac::new_from_slice(secret).expect("HMAC takes a key of any length"))
+    }
+
+    fn mac(&self, key: &Key, kind: u8, rest: &[u8]) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(key);
+        m.update(&[kind]);
+        m.update(rest);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The byte form of what `key` holds in the shared level: a magic, a MAC over the key,
+    /// the kind and the fields (so a damaged, planted or moved entry is refused), the kind,
+    /// then the fields. None for what the shared level never holds (hit-for-miss).
+    pub fn encode(&self, key: &Key, kept: &Kept) -> Option<Vec<u8>> {
+        let mut rest = Vec::new();
+        let kind = match kept {
+            Kept::Answer(s) => {
+                rest.reserve(s.body.len() + 256);
+                rest.extend_from_slice(&s.status.as_u16().to_le_bytes());
+                rest.extend_from_slice(&s.stored_ms.to_le_bytes());
+                rest.extend_from_slice(&(s.fresh.as_millis() as u64).to_le_bytes());
+                rest.extend_from_slice(&(s.stale.as_millis() as u64).to_le_bytes());
+                rest.extend_from_slice(&(s.headers.len() as u32).to_le_bytes());
+                for (k, v) in &s.headers {
+                    put_chunk(&mut rest, k.as_str().as_bytes());
+                    put_chunk(&mut rest, v.as_bytes());
+                }
+                put_chunk(&mut rest, &s.body);
+                KIND_ANSWER
+            }
+            Kept::Vary(r) => {
+                rest.extend_from_slice(&r.until_ms.to_le_bytes());
+                rest.extend_from_slice(&(r.names.len() as u32).to_le_bytes());
+                for n in &r.names {
+                    put_chunk(&mut rest, n.as_str().as_bytes());
+                }
+                KIND_VARY
+            }
+            Kept::Pass(_) => return None,
+        };
+        let mut out = Vec::with_capacity(rest.len() + 37);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.mac(key, kind, &rest));
+        out.push(kind);
+        out.extend_from_slice(&rest);
+        Some(out)
+    }
+
+    /// Reads an entry of the shared level back, refusing anything damaged, foreign or not
+    /// sealed with this secret.
+    pub fn decode(&self, key: &Key, bytes: &[u8]) -> Option<Kept> {
+        let rest = bytes.strip_prefix(MAGIC)?;
+        let (sum, rest) = rest.split_at_checked(32)?;
+        let (&kind, rest) = rest.split_first()?;
+        // The comparison is constant-time: a MAC must not be guessed byte by byte.
+        let mut m = self.0.clone();
+        m.update(key);
+        m.update(&[kind]);
+        m.update(rest);
+        m.verify_slice(sum).ok()?;
+        let mut r = Reader(rest);
+        let kept = match kind {
+            KIND_ANSWER => {
+                let status =
+                    StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
+                let stored_ms = r.u64()?;
+                let fresh = Duration::from_millis(r.u64()?);
+                let stale = Duration::from_millis(r.u64()?);
+                let n = r.u32()?;
+                let mut headers = Vec::with_capacity(n.min(256) as usize);
+                for _ in 0..n {
+                    let name = HeaderName::from_bytes(r.chunk()?).ok()?;
+                    let value = HeaderValue::from_bytes(r.chunk()?).ok()?;
+                    headers.push((name, value));
+                }
+                let body = Bytes::copy_from_slice(r.chunk()?);
+                Kept::Answer(Arc::new(Stored {
+                    status,
+                    headers,
+                    body,
+                    stored_ms,
+                    fresh,
+                    stale,
+                }))
+            }
+            KIND_VARY => {
+                let until_ms = r.u64()?;
+                let n = r.u32()? as usize;
+                if n == 0 || n > MAX_VARY_NAMES {
+                    return None;
+                }
+                let mut names = Vec::with_capacity(n);
+                for _ in 0..n {
+                    names.push(HeaderName::from_bytes(r.chunk()?).ok()?);
+                }
+                Kept::Vary(Arc::new(VaryRecord { names, until_ms }))
+            }
+            _ => return None,
+        };
+        r.0.is_empty().then_some(kept)
+    }
+}
+
+const MAGIC: &[u8] = b"WFC2";
+const KIND_ANSWER: u8 = 0;
+const KIND_VARY: u8 = 1;
+
+fn put_chunk(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+    out.extend_from_slice(part);
 }
 
 /// A cursor over an encoded entry.
@@ -306,18 +464,89 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_reads_back_under_its_own_key_only() {
-        let s = sample();
-        let bytes = s.encode(&[1; 32]);
-        assert_eq!(Stored::decode(&[1; 32], &bytes).as_ref(), Some(&s));
-        assert_eq!(Stored::decode(&[2; 32], &bytes), None, "another key");
-        for cut in [0, 3, 10, bytes.len() - 1] {
-            assert_eq!(Stored::decode(&[1; 32], &bytes[..cut]), None, "cut {cut}");
+    fn an_entry_reads_back_under_its_own_key_and_secret_only() {
+        let seal = Sealer::new(b"a secret of the servers");
+        let s = Kept::Answer(Arc::new(sample()));
+        let bytes = seal.encode(&[1; 32], &s).unwrap();
+        assert_eq!(seal.decode(&[1; 32], &bytes).as_ref(), Some(&s));
+        assert_eq!(seal.decode(&[2; 32], &bytes), None, "another key");
+        let planter = Sealer::new(b"anyone else");
+        assert_eq!(planter.decode(&[1; 32], &bytes), None, "another secret");
+        let planted = planter.encode(&[1; 32], &s).unwrap();
+        assert_eq!(
+            seal.decode(&[1; 32], &planted),
+            None,
+            "planted by another secret"
+        );
+        for cut in [0, 3, 10, 36, bytes.len() - 1] {
+            assert_eq!(seal.decode(&[1; 32], &bytes[..cut]), None, "cut {cut}");
         }
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(Stored::decode(&[1; 32], &flipped), None, "a flipped bit");
-        assert_eq!(Stored::decode(&[1; 32], b"garbage"), None);
+        assert_eq!(seal.decode(&[1; 32], &flipped), None, "a flipped bit");
+        let mut kind = bytes.clone();
+        kind[36] = KIND_VARY;
+        assert_eq!(seal.decode(&[1; 32], &kind), None, "another kind");
+        assert_eq!(seal.decode(&[1; 32], b"garbage"), None);
+        let record = Kept::Vary(Arc::new(VaryRecord {
+            names: vec![HeaderName::from_static("x-user")],
+            until_ms: now_ms() + 1000,
+        }));
+        let bytes = seal.encode(&[1; 32], &record).unwrap();
+        assert_eq!(seal.decode(&[1; 32], &bytes), Some(record));
+        assert_eq!(seal.encode(&[1; 32], &Kept::Pass(0)), None, "never shared");
+    }
+
+    fn vary(values: &[&'static str]) -> Vec<(HeaderName, HeaderValue)> {
+        values
+            .iter()
+            .map(|v| (header::VARY, HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn vary_names_the_headers_that_select_an_answer() {
+        let names = |v: &[&'static str]| {
+            vary_names(&vary(v)).map(|n| n.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(names(&[]), Some(vec![]));
+        assert_eq!(
+            names(&["X-User, accept-language", "x-user"]),
+            Some(vec!["accept-language".to_owned(), "x-user".to_owned()]),
+            "lower case, sorted, once each, over all Vary lines"
+        );
+        assert_eq!(names(&["x-user, *"]), None, "Vary: * is never kept");
+        assert_eq!(names(&["no spaces allowed"]), None);
+        let many: String = (0..=MAX_VARY_NAMES).map(|i| format!("h{i},")).collect();
+        let many = vec![(header::VARY, HeaderValue::from_str(&many).unwrap())];
+        assert_eq!(vary_names(&many), None, "too many names");
+    }
+
+    #[test]
+    fn each_combination_of_the_named_headers_is_a_key_of_its_own() {
+        let base = [3; 32];
+        let user = [HeaderName::from_static("x-user")];
+        let with = |v: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in v {
+                h.append("x-user", HeaderValue::from_static(v));
+            }
+            h.insert("x-other", HeaderValue::from_static("1"));
+            h
+        };
+        assert_eq!(variant_key(&base, &[], &with(&["a"])), base);
+        let alice = variant_key(&base, &user, &with(&["alice"]));
+        assert_ne!(alice, base);
+        assert_eq!(alice, variant_key(&base, &user, &with(&["alice"])));
+        assert_ne!(alice, variant_key(&base, &user, &with(&["bob"])));
+        assert_ne!(alice, variant_key(&base, &user, &with(&[])), "absent");
+        assert_ne!(alice, variant_key(&base, &user, &with(&["alice", "bob"])));
+        assert_ne!(
+            variant_key(&base, &user, &with(&["ab"])),
+            variant_key(&base, &user, &with(&["a", "b"])),
+            "values never run together"
+        );
+        assert_ne!(alice, variant_key(&[4; 32], &user, &with(&["alice"])));
     }
 
     #[test]

@@ -139,23 +139,27 @@ where
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let key = scope.key(&parts.method, path, &parts.headers, &body);
             let post = parts.method == Method::POST;
-            match cache.lookup(key, scope.policy.as_ref(), post).await {
+            match cache
+                .lookup(key, &parts.headers, scope.policy.as_ref(), post)
+                .await
+            {
                 Lookup::Hit(stored) => Ok(stored.response("hit", Some(&parts.headers))),
                 Lookup::Stale(stored, leader) => {
                     if let Some(leader) = leader {
                         // One caller's request revalidates in the background; everyone is
                         // answered with the stale entry meanwhile.
                         let req = for_inner(&parts, body);
+                        let headers = parts.headers.clone();
                         tokio::spawn(async move {
                             let Ok(resp) = inner.oneshot(req).await;
-                            leader.finish(resp, None).await;
+                            leader.finish(resp, &headers, false).await;
                         });
                     }
                     Ok(stored.response("stale", Some(&parts.headers)))
                 }
                 Lookup::Lead(leader) => {
                     let resp = inner.oneshot(for_inner(&parts, body)).await?;
-                    Ok(leader.finish(resp, Some(&parts.headers)).await)
+                    Ok(leader.finish(resp, &parts.headers, true).await)
                 }
             }
         })

@@ -8,6 +8,10 @@
 //! digest of the body and the values of the request headers the version names in
 //! `cache.vary`.
 //!
+//! An answer's own `Vary` is honoured as RFC 9111 (section 4.1) asks: the URL's key then
+//! holds a vary record naming those request headers, and each answer is kept under a key
+//! that adds the request's values of them; `Vary: *` is never kept.
+//!
 //! GET and HEAD answers are kept for their `Cache-Control` `s-maxage`/`max-age` (or the
 //! version's `cache.ttl_ms`), and served for `stale-while-revalidate` more while one caller
 //! revalidates; POST answers only when the version declares POST pure (`cache.methods`).
@@ -17,9 +21,12 @@
 //! allows them.
 //!
 //! Two levels: a moka cache bounded by bytes with a time to live per entry, and an optional
-//! shared level (Redis) that several gateways and sidecars read and fill alike. Concurrent
-//! identical misses run the function once: the first runs it, the others wait for its
-//! answer (whatever it is, so a failing function does not stampede either).
+//! shared level (Redis) that several gateways and sidecars read and fill alike; its entries
+//! are sealed with a keyed MAC under a server secret, so a writer of that Redis cannot plant
+//! answers. Concurrent identical misses run the function once: the first runs it, the others
+//! wait for its answer, and take it only when it may be kept and was selected by the same
+//! request headers; otherwise each runs its own request, and so do later callers for a while
+//! (hit-for-miss), so answers that are never kept do not queue callers behind each other.
 //!
 //! The cache sits in front of invocation as a tower layer ([`layer`]); the same layer in
 //! front of an HTTP proxy is the sidecar ([`sidecar`]).
@@ -36,10 +43,12 @@ pub use shared::{SharedConfig, SharedError, SharedLevel};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use bytes::Bytes;
-use entry::{cacheable_status, freshness, now_ms};
+pub use entry::{Kept, Sealer, VaryRecord};
+use entry::{cacheable_status, freshness, now_ms, variant_key, vary_names};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -187,13 +196,42 @@ pub enum Lookup {
     Lead(Leader),
 }
 
-type Flight = watch::Receiver<Option<Arc<Stored>>>;
+/// How a flight ended, for those who waited on it.
+#[derive(Clone)]
+enum Landed {
+    /// An answer that may be kept: under `key`, the variant of the flight's URL that the
+    /// request headers `names` select.
+    Kept {
+        stored: Arc<Stored>,
+        names: Arc<[HeaderName]>,
+        key: Key,
+    },
+    /// An answer that may not be kept: no one else may have it.
+    NotKept,
+}
 
-/// The caller that runs the function for everyone waiting on the same key.
+type Flight = watch::Receiver<Option<Landed>>;
+
+/// How many functions' purge generations are held in memory.
+const MAX_GENERATIONS: u64 = 100_000;
+
+/// How long callers of a key whose answer could not be kept pass to the function without
+/// waiting for each other (hit-for-miss).
+const HIT_FOR_MISS: Duration = Duration::from_secs(10);
+
+/// How many times a lookup starts again (after a flight it waited on ended without an answer
+/// for it) before it runs its own request.
+const MAX_LOOKUPS: usize = 8;
+
+/// The caller that runs the function: for everyone waiting on the same key (a flight), or
+/// for itself alone (hit-for-miss).
 pub struct Leader {
     cache: Arc<ResponseCache>,
+    /// The URL's key (before any `Vary`).
+    base: Key,
+    /// The key the flight is for: `base`, or a variant of it.
     key: Key,
-    tx: watch::Sender<Option<Arc<Stored>>>,
+    tx: Option<watch::Sender<Option<Landed>>>,
     ttl_ms: Option<u64>,
     post: bool,
 }
@@ -201,27 +239,32 @@ pub struct Leader {
 /// The response cache: both levels, the flights under way and the purge generations.
 pub struct ResponseCache {
     config: CacheConfig,
-    entries: moka::sync::Cache<Key, Arc<Stored>>,
+    entries: moka::sync::Cache<Key, Kept>,
     /// Per function: its purge generation, part of every scope, so a purge makes all its
     /// entries unreachable at once (they then expire); with when it was last read from the
     /// shared level.
     generations: moka::sync::Cache<Key, (u64, Instant)>,
+    /// Without a shared level: the last generation handed out (generations are unique across
+    /// functions), and the highest one evicted from `generations`, below which no function's
+    /// generation reads, so an evicted purge is never undone.
+    last_generation: AtomicU64,
+    generation_floor: Arc<AtomicU64>,
     flights: Mutex<HashMap<Key, Flight>>,
-    shared: Option<Arc<dyn SharedLevel>>,
+    shared: Option<(Arc<dyn SharedLevel>, Sealer)>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 struct PerEntryTtl;
 
-impl moka::Expiry<Key, Arc<Stored>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &Key, v: &Arc<Stored>, _: Instant) -> Option<Duration> {
+impl moka::Expiry<Key, Kept> for PerEntryTtl {
+    fn expire_after_create(&self, _: &Key, v: &Kept, _: Instant) -> Option<Duration> {
         Some(v.remaining())
     }
 
     fn expire_after_update(
         &self,
         _: &Key,
-        v: &Arc<Stored>,
+        v: &Kept,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -231,16 +274,26 @@ impl moka::Expiry<Key, Arc<Stored>> for PerEntryTtl {
 }
 
 impl ResponseCache {
-    /// A cache with `config`, its shared level on `shared`, counting into `metrics`.
+    /// A cache with `config`, its shared level on `shared` (entries sealed by its sealer),
+    /// counting into `metrics`.
     pub fn new(
         config: CacheConfig,
-        shared: Option<Arc<dyn SharedLevel>>,
+        shared: Option<(Arc<dyn SharedLevel>, Sealer)>,
         metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        Self::build(config, shared, metrics, MAX_GENERATIONS)
+    }
+
+    fn build(
+        config: CacheConfig,
+        shared: Option<(Arc<dyn SharedLevel>, Sealer)>,
+        metrics: Arc<crate::metrics::Metrics>,
+        max_generations: u64,
     ) -> Arc<Self> {
         let evictions = metrics.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(|_: &Key, v: &Arc<Stored>| v.weight())
+            .weigher(|_: &Key, v: &Kept| v.weight())
             .expire_after(PerEntryTtl)
             .eviction_listener(move |_, _, cause| {
                 use moka::notification::RemovalCause;
@@ -253,25 +306,37 @@ impl ResponseCache {
                 evictions.cache_eviction(cause);
             })
             .build();
+        let generation_floor = Arc::new(AtomicU64::new(0));
+        let floor = generation_floor.clone();
+        let generations = moka::sync::Cache::builder()
+            .max_capacity(max_generations)
+            .eviction_listener(move |_, (g, _): (u64, Instant), _| {
+                floor.fetch_max(g, Ordering::AcqRel);
+            })
+            .build();
         Arc::new(Self {
             config,
             entries,
-            generations: moka::sync::Cache::new(100_000),
+            generations,
+            last_generation: AtomicU64::new(0),
+            generation_floor,
             flights: Mutex::new(HashMap::new()),
             shared,
             metrics,
         })
     }
 
-    /// A cache with its shared level built from `config` (Redis when a URL is set).
+    /// A cache with its shared level built from `config` (Redis when a URL is set; then
+    /// its secret must be set too).
     pub fn from_config(
         config: CacheConfig,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, SharedError> {
-        let shared: Option<Arc<dyn SharedLevel>> = if config.shared.url.is_empty() {
+        let shared: Option<(Arc<dyn SharedLevel>, Sealer)> = if config.shared.url.is_empty() {
             None
         } else {
-            Some(Arc::new(shared::RedisLevel::new(&config.shared)?))
+            let sealer = config.shared.sealer()?;
+            Some((Arc::new(shared::RedisLevel::new(&config.shared)?), sealer))
         };
         Ok(Self::new(config, shared, metrics))
     }
@@ -291,8 +356,9 @@ impl ResponseCache {
     /// cannot be read, the last one known).
     async fn generation(&self, id: &Key) -> u64 {
         let known = self.generations.get(id);
-        let Some(shared) = &self.shared else {
-            return known.map_or(0, |k| k.0);
+        let Some((shared, _)) = &self.shared else {
+            let floor = self.generation_floor.load(Ordering::Acquire);
+            return known.map_or(floor, |k| k.0.max(floor));
         };
         let ttl = Duration::from_millis(self.config.shared.generation_ttl_ms);
         if let Some((g, at)) = known
@@ -346,12 +412,16 @@ impl ResponseCache {
     /// entries are purged anyway.
     pub async fn purge(&self, tenant: &TenantId, name: &str) -> Result<(), SharedError> {
         let id = function_id(tenant, name);
+        let Some((shared, _)) = &self.shared else {
+            // Unique and above every generation handed out or evicted before.
+            let next = self.last_generation.fetch_add(1, Ordering::AcqRel) + 1;
+            self.generations.insert(id, (next, Instant::now()));
+            return Ok(());
+        };
         let next = self.generations.get(&id).map_or(0, |k| k.0) + 1;
         self.generations.insert(id, (next, Instant::now()));
-        if let Some(shared) = &self.shared {
-            let g = shared.bump(&id).await?;
-            self.generations.insert(id, (g.max(next), Instant::now()));
-        }
+        let g = shared.bump(&id).await?;
+        self.generations.insert(id, (g.max(next), Instant::now()));
         Ok(())
     }
 
@@ -366,49 +436,89 @@ impl ResponseCache {
         self.metrics.cache_event("bypass");
     }
 
-    /// Looks a key up: in this process, then (for the caller that leads a new flight) in
-    /// the shared level; or waits for the answer of a flight already under way.
+    /// Looks up the answer for a request whose URL has the key `base` and whose headers are
+    /// `request`: in this process, then (for the caller that leads a new flight) in the
+    /// shared level; or waits for the answer of a flight already under way.
     pub async fn lookup(
         self: &Arc<Self>,
-        key: Key,
+        base: Key,
+        request: &HeaderMap,
         policy: Option<&CacheSpec>,
         post: bool,
     ) -> Lookup {
-        loop {
-            if let Some(e) = self.entries.get(&key) {
-                if e.is_fresh() {
+        let ttl_ms = policy.and_then(|p| p.ttl_ms);
+        for _ in 0..MAX_LOOKUPS {
+            let mut key = base;
+            let mut found = self.entries.get(&base);
+            if let Some(Kept::Vary(record)) = &found {
+                key = variant_key(&base, &record.names, request);
+                found = self.entries.get(&key);
+            }
+            match found {
+                Some(Kept::Answer(e)) if e.is_fresh() => {
                     self.metrics.cache_event("hit");
                     return Lookup::Hit(e);
                 }
-                if !e.remaining().is_zero() {
+                Some(Kept::Answer(e)) if !e.remaining().is_zero() => {
                     self.metrics.cache_event("stale");
-                    let leader = self.start_flight(key, policy, post).ok();
+                    let leader = self.start_flight(base, key, ttl_ms, post).ok();
                     return Lookup::Stale(e, leader);
                 }
+                Some(Kept::Pass(_)) => return self.pass(base, key, ttl_ms, post),
+                _ => {}
             }
-            let mut waiting = match self.start_flight(key, policy, post) {
-                Ok(leader) => return self.lead(leader).await,
+            let mut waiting = match self.start_flight(base, key, ttl_ms, post) {
+                Ok(leader) => match self.lead(leader).await {
+                    Some(found) => return found,
+                    // The shared level told of a vary record: look again with it.
+                    None => continue,
+                },
                 Err(rx) => rx,
             };
-            // The leader's answer, whatever it is; if it went away, look again.
-            if let Ok(answer) = waiting.wait_for(Option::is_some).await
-                && let Some(stored) = answer.as_ref()
-            {
-                if !stored.is_fresh() && !stored.remaining().is_zero() {
-                    self.metrics.cache_event("stale");
-                    return Lookup::Stale(stored.clone(), None);
+            let landed = match waiting.wait_for(Option::is_some).await {
+                Ok(landed) => landed.clone(),
+                // The leader went away (its client hung up): look again.
+                Err(_) => continue,
+            };
+            match landed {
+                Some(Landed::Kept { stored, names, key })
+                    if variant_key(&base, &names, request) == key =>
+                {
+                    if !stored.is_fresh() && !stored.remaining().is_zero() {
+                        self.metrics.cache_event("stale");
+                        return Lookup::Stale(stored, None);
+                    }
+                    self.metrics.cache_event("hit");
+                    return Lookup::Hit(stored);
                 }
-                self.metrics.cache_event("hit");
-                return Lookup::Hit(stored.clone());
+                // Another variant's answer: look again, now with its vary record.
+                Some(Landed::Kept { .. }) => continue,
+                Some(Landed::NotKept) | None => return self.pass(base, key, ttl_ms, post),
             }
         }
+        self.pass(base, base, ttl_ms, post)
     }
 
-    /// Starts a flight for `key`, or returns the one under way.
+    /// A caller that runs its own request, for itself alone.
+    fn pass(self: &Arc<Self>, base: Key, key: Key, ttl_ms: Option<u64>, post: bool) -> Lookup {
+        self.metrics.cache_event("miss");
+        Lookup::Lead(Leader {
+            cache: self.clone(),
+            base,
+            key,
+            tx: None,
+            ttl_ms,
+            post,
+        })
+    }
+
+    /// Starts a flight for `key` (`base` or one of its variants), or returns the one under
+    /// way.
     fn start_flight(
         self: &Arc<Self>,
+        base: Key,
         key: Key,
-        policy: Option<&CacheSpec>,
+        ttl_ms: Option<u64>,
         post: bool,
     ) -> Result<Leader, Flight> {
         let mut flights = self.flights.lock().expect("flights");
@@ -419,34 +529,61 @@ impl ResponseCache {
         flights.insert(key, rx);
         Ok(Leader {
             cache: self.clone(),
+            base,
             key,
-            tx,
-            ttl_ms: policy.and_then(|p| p.ttl_ms),
+            tx: Some(tx),
+            ttl_ms,
             post,
         })
     }
 
-    /// The new leader of a flight looks in the shared level before anything runs.
-    async fn lead(self: &Arc<Self>, leader: Leader) -> Lookup {
-        let Some(found) = self.read_shared(&leader.key).await else {
-            self.metrics.cache_event("miss");
-            return Lookup::Lead(leader);
+    /// The new leader of a flight looks in the shared level before anything runs. None when
+    /// the shared level held the URL's vary record: it is now in this process, and the
+    /// caller looks again (the flight ends, and its waiters look again too).
+    async fn lead(self: &Arc<Self>, leader: Leader) -> Option<Lookup> {
+        let found = match self.read_shared(&leader.key).await {
+            None => {
+                self.metrics.cache_event("miss");
+                return Some(Lookup::Lead(leader));
+            }
+            Some(Kept::Vary(record)) if leader.key == leader.base => {
+                self.entries.insert(leader.base, Kept::Vary(record));
+                return None;
+            }
+            Some(Kept::Answer(found)) => found,
+            // A vary record under a variant's key, which no cache writes.
+            Some(_) => {
+                self.metrics.cache_shared("invalid");
+                self.metrics.cache_event("miss");
+                return Some(Lookup::Lead(leader));
+            }
         };
-        self.entries.insert(leader.key, found.clone());
-        let _ = leader.tx.send(Some(found.clone()));
+        self.entries.insert(leader.key, Kept::Answer(found.clone()));
+        if let Some(tx) = &leader.tx {
+            let names = match self.entries.get(&leader.base) {
+                Some(Kept::Vary(r)) if leader.key != leader.base => r.names.clone().into(),
+                _ => Arc::from([]),
+            };
+            let _ = tx.send(Some(Landed::Kept {
+                stored: found.clone(),
+                names,
+                key: leader.key,
+            }));
+        }
         if found.is_fresh() {
             self.metrics.cache_event("hit");
             // Dropping the leader ends the flight: the waiters have their answer.
-            return Lookup::Hit(found);
+            return Some(Lookup::Hit(found));
         }
         self.metrics.cache_event("stale");
-        Lookup::Stale(found, Some(leader))
+        Some(Lookup::Stale(found, Some(leader)))
     }
 
-    /// An entry of the shared level, if there is a usable one: damaged, foreign, oversized
-    /// and expired entries are ignored and counted, and so is a level that cannot answer.
-    async fn read_shared(&self, key: &Key) -> Option<Arc<Stored>> {
-        let shared = self.shared.as_ref()?;
+    /// What the shared level holds under `key`, if it is usable: damaged, foreign, unsealed,
+    /// oversized and expired entries are ignored and counted, and so is a level that cannot
+    /// answer.
+    async fn read_shared(&self, key: &Key) -> Option<Kept> {
+        let (shared, sealer) = self.shared.as_ref()?;
         let limit = self.config.max_entry_bytes + MAX_HEAD_BYTES;
         let result = match shared.get(key, limit).await {
             Err(e) => {
@@ -455,12 +592,14 @@ impl ResponseCache {
             }
             Ok(None) => Err("miss"),
             Ok(Some(b)) if b.len() > limit => Err("oversized"),
-            Ok(Some(b)) => match Stored::decode(key, &b) {
+            Ok(Some(b)) => match sealer.decode(key, &b) {
                 None => Err("invalid"),
-                Some(s) if s.body.len() > self.config.max_entry_bytes => Err("oversized"),
-                Some(s) if !cacheable_status(s.status) => Err("invalid"),
-                Some(s) if s.remaining().is_zero() => Err("miss"),
-                Some(s) => Ok(Arc::new(s)),
+                Some(Kept::Answer(s)) if s.body.len() > self.config.max_entry_bytes => {
+                    Err("oversized")
+                }
+                Some(Kept::Answer(s)) if !cacheable_status(s.status) => Err("invalid"),
+                Some(k) if k.remaining().is_zero() => Err("miss"),
+                Some(k) => Ok(k),
             },
         };
         self.metrics.cache_shared(match &result {
@@ -468,6 +607,21 @@ impl ResponseCache {
             Err(why) => why,
         });
         result.ok()
+    }
+
+    /// Puts what `key` holds into the shared level, in the background.
+    fn write_shared(&self, key: Key, kept: &Kept) {
+        let Some((shared, sealer)) = &self.shared else {
+            return;
+        };
+        let Some(bytes) = sealer.encode(&key, kept) else {
+            return;
+        };
+        let (shared, ttl, metrics) = (shared.clone(), kept.remaining(), self.metrics.clone());
+        tokio::spawn(async move {
+            let r = shared.put(&key, bytes, ttl).await;
+            metrics.cache_shared(if r.is_ok() { "stored" } else { "store_error" });
+        });
     }
 }
 
@@ -485,9 +639,10 @@ fn kept_header(name: &HeaderName) -> bool {
 }
 
 impl Leader {
-    /// Hands the answer to everyone waiting, keeps it when it may be kept (in both levels),
-    /// and returns it marked `x-cache: miss` (304 when `request` names its `ETag`).
-    pub async fn finish(self, resp: Response, request: Option<&HeaderMap>) -> Response {
+    /// Keeps the answer when it may be kept (in both levels, under the variant its `Vary`
+    /// and `request` select), hands it to everyone waiting only then, and returns it marked
+    /// `x-cache: miss` (304 when `conditional` and `request` names its `ETag`).
+    pub async fn finish(self, resp: Response, request: &HeaderMap, conditional: bool) -> Response {
         let (parts, body) = resp.into_parts();
         let body = match http_body_util::BodyExt::collect(body).await {
             Ok(c) => c.to_bytes(),
@@ -507,6 +662,7 @@ impl Leader {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(0, |s| s.saturating_mul(1000));
+        let names = vary_names(&headers);
         let keep = freshness(&headers).and_then(|f| {
             let policy = self.ttl_ms.map(Duration::from_millis);
             // A POST answer has no freshness of its own: the version's ttl decides.
@@ -527,24 +683,57 @@ impl Leader {
             stale,
         });
         let cache = &self.cache;
-        if keep.is_some()
-            && cacheable_status(parts.status)
-            && stored.body.len() <= cache.config.max_entry_bytes
-            && !stored.remaining().is_zero()
-        {
-            cache.entries.insert(self.key, stored.clone());
-            cache.metrics.cache_stored(stored.body.len() as u64);
-            if let Some(shared) = cache.shared.clone() {
-                let (key, bytes, ttl) = (self.key, stored.encode(&self.key), stored.remaining());
-                let metrics = cache.metrics.clone();
-                tokio::spawn(async move {
-                    let r = shared.put(&key, bytes, ttl).await;
-                    metrics.cache_shared(if r.is_ok() { "stored" } else { "store_error" });
-                });
+        let landed = match names {
+            Some(names)
+                if keep.is_some()
+                    && cacheable_status(parts.status)
+                    && stored.body.len() <= cache.config.max_entry_bytes
+                    && !stored.remaining().is_zero() =>
+            {
+                let key = variant_key(&self.base, &names, request);
+                if !names.is_empty() {
+                    let record = cache.vary_record(&self.base, &names, &stored);
+                    cache.write_shared(self.base, &record);
+                    cache.entries.insert(self.base, record);
+                }
+                let kept = Kept::Answer(stored.clone());
+                cache.write_shared(key, &kept);
+                cache.entries.insert(key, kept);
+                cache.metrics.cache_stored(stored.body.len() as u64);
+                Landed::Kept {
+                    stored: stored.clone(),
+                    names: names.into(),
+                    key,
+                }
             }
+            _ => {
+                let until = now_ms() + HIT_FOR_MISS.as_millis() as u64;
+                cache.entries.insert(self.key, Kept::Pass(until));
+                Landed::NotKept
+            }
+        };
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Some(landed));
         }
-        let _ = self.tx.send(Some(stored.clone()));
-        stored.response("miss", request)
+        stored.response("miss", conditional.then_some(request))
+    }
+}
+
+impl ResponseCache {
+    /// The vary record to keep under `base` for an answer that varies by `names`: it lives as
+    /// long as the longest-lived answer it leads to.
+    fn vary_record(&self, base: &Key, names: &[HeaderName], stored: &Stored) -> Kept {
+        let until_ms = now_ms() + stored.remaining().as_millis() as u64;
+        if let Some(Kept::Vary(old)) = self.entries.get(base)
+            && old.names == names
+            && old.until_ms >= until_ms
+        {
+            return Kept::Vary(old);
+        }
+        Kept::Vary(Arc::new(VaryRecord {
+            names: names.to_vec(),
+            until_ms,
+        }))
     }
 }
 
@@ -552,7 +741,9 @@ impl Drop for Leader {
     fn drop(&mut self) {
         // The flight ends with its leader: after the answer, or when the leader went away
         // (its client hung up), which lets waiters look again and one of them lead.
-        if let Ok(mut flights) = self.cache.flights.lock() {
+        if self.tx.is_some()
+            && let Ok(mut flights) = self.cache.flights.lock()
+        {
             flights.remove(&self.key);
         }
     }
@@ -620,6 +811,37 @@ mod tests {
         let mut t = s.clone();
         t.digest = [8; 32];
         assert_ne!(base, t.key(&Method::GET, "/?a=1", &h, b""), "another scope");
+    }
+
+    #[tokio::test]
+    async fn a_purge_holds_when_its_generation_leaves_memory() {
+        let cache = ResponseCache::build(CacheConfig::default(), None, Default::default(), 8);
+        let tenant = TenantId::new("t").unwrap();
+        // Far more functions purged than generations held: each purge must hold all the
+        // same, whether its generation was evicted or never admitted.
+        let mut purged = Vec::new();
+        for i in 0..200 {
+            let name = format!("f{i}");
+            let id = function_id(&tenant, &name);
+            let before = cache.generation(&id).await;
+            cache.purge(&tenant, &name).await.unwrap();
+            let after = cache.generation(&id).await;
+            assert!(after > before, "{name}");
+            purged.push((id, after));
+        }
+        cache.generations.run_pending_tasks();
+        assert!(cache.generations.entry_count() <= 8);
+        for (id, after) in &purged {
+            assert!(
+                cache.generation(id).await >= *after,
+                "the entries from before a purge stay unreachable"
+            );
+        }
+        // A later purge still moves a function on.
+        let (id, _) = purged[0];
+        let now = cache.generation(&id).await;
+        cache.purge(&tenant, "f0").await.unwrap();
+        assert!(cache.generation(&id).await > now);
     }
 
     #[test]

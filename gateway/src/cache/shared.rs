@@ -25,6 +25,9 @@ pub enum SharedError {
     /// The store answered with an error.
     #[error("the shared cache failed: {0}")]
     Backend(String),
+    /// The settings cannot work.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A store shared between gateways.
@@ -42,12 +45,17 @@ pub trait SharedLevel: Send + Sync {
 }
 
 /// Settings of the shared level.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SharedConfig {
     /// Redis URL; empty: no shared level. `WAFER_CACHE_URL` overrides it (a password stays
     /// out of the file).
     pub url: String,
+    /// The secret that seals the entries (HMAC-SHA256), at least 32 characters; the same on
+    /// every gateway and sidecar sharing the level, and needed whenever `url` is set. Whoever
+    /// can write to the Redis but lacks it cannot plant answers. `WAFER_CACHE_SECRET`
+    /// overrides it.
+    pub secret: String,
     /// Prefix of every key.
     pub prefix: String,
     /// Deadline of each operation, ms; past it the call runs as if the entry were absent.
@@ -57,10 +65,42 @@ pub struct SharedConfig {
     pub generation_ttl_ms: u64,
 }
 
+/// The shortest secret accepted for sealing entries.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl SharedConfig {
+    /// The sealer of the entries, from the secret.
+    pub fn sealer(&self) -> Result<super::Sealer, SharedError> {
+        if self.secret.len() < MIN_SECRET_LEN {
+            return Err(SharedError::Config(format!(
+                "the shared cache needs cache.shared.secret (or WAFER_CACHE_SECRET) of at least \
+                 {MIN_SECRET_LEN} characters, the same on every gateway and sidecar: its \
+                 entries are sealed with it"
+            )));
+        }
+        Ok(super::Sealer::new(self.secret.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password, and the secret is one.
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
+        f.debug_struct("SharedConfig")
+            .field("url", &hidden(&self.url))
+            .field("secret", &hidden(&self.secret))
+            .field("prefix", &self.prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("generation_ttl_ms", &self.generation_ttl_ms)
+            .finish()
+    }
+}
+
 impl Default for SharedConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            secret: String::new(),
             prefix: "wafer:cache".into(),
             timeout_ms: 100,
             generation_ttl_ms: 1000,
