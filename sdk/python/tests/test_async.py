@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import httpx
 import pytest
 
 import wafer
@@ -85,15 +86,68 @@ async def test_many_calls_at_once_share_one_client(server: Server) -> None:
     assert results == {i: f"call {i}" for i in range(40)}
 
 
+class Recording(httpx.AsyncBaseTransport):
+    """A transport that keeps the status of each answer to a call of a function."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.statuses: list[tuple[str, int]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        r = await self.inner.handle_async_request(request)
+        if request.url.path.startswith("/fn/"):
+            self.statuses.append((request.method, r.status_code))
+        return r
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def in_flight(s: Server, n: int) -> None:
+    """Waits until `s` reports `n` invocations in flight (10 s at most), without blocking the
+    event loop that sends them."""
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {s.admin_key}"}) as h:
+        with anyio.fail_after(10):
+            while f"wafer_invocations_in_flight {n}\n" not in (await h.get(f"{s.url}/metrics")).text:
+                await anyio.sleep(0.01)
+
+
 async def test_async_retries_an_overloaded_server(make_server: type[Server]) -> None:
     s = make_server("max_inflight = 1\n").start()
-    async with wafer.AsyncClient(s.url, s.admin_key) as c:
+    transport = Recording()
+    async with wafer.AsyncClient(s.url, s.admin_key, transport=transport) as c:
         await c.deploy("nap", function("nap"), timeout=10)
         async with anyio.create_task_group() as tg:
             tg.start_soon(c.invoke, "nap", "1200")
-            await anyio.sleep(0.3)
+            await in_flight(s, 1)  # the one slot is taken
             r = await c.invoke("nap", "1", method="GET")
         assert r.text == "awake\n"
+    # The GET was refused while the slot was taken, then retried until it ran.
+    gets = [status for method, status in transport.statuses if method == "GET"]
+    assert gets[0] == 503 and gets[-1] == 200, gets
+
+
+async def test_a_function_s_own_202_is_its_answer() -> None:
+    own = {"id": "01JOBOFTHEFUNCTION000000000", "status": "queued"}
+    followed: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/fn/"):
+            return httpx.Response(202, headers={"location": f"/v1/jobs/{own['id']}", "x-wafer-version": "3"}, json=own)
+        followed.append(request.url.path)
+        return httpx.Response(404)
+
+    async with wafer.AsyncClient("http://wafer.test", "k", transport=httpx.MockTransport(server)) as c:
+        assert await c.function("accepts").execute({"x": 1}) == own
+    assert followed == []
+
+
+async def test_invoke_s_path_cannot_leave_the_function(server: Server) -> None:
+    async with wafer.AsyncClient(server.url, server.admin_key) as c:
+        with pytest.raises(ValueError):
+            await c.invoke("inspect", path="../../v1/keys", method="GET")
+        r = await c.invoke("inspect", path="%2e%2e/v1/keys?x#y", method="GET")
+        assert r.json()["path"] == "/%252e%252e/v1/keys%3Fx%23y"
 
 
 async def test_url_and_key_come_from_the_environment(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
+
+import httpx
 
 import pytest
 
@@ -26,15 +29,51 @@ def test_invoke_returns_the_function_s_answer(client: wafer.Client) -> None:
     assert r.headers["x-wafer-version"]
     r = client.invoke("stress", json={"force": 1000, "section": 10})
     assert r.json() == {"stress": 100.0}
-    r = client.invoke("hello", path="/?name=sdk", method="GET")
+    r = client.invoke("hello", params={"name": "sdk"}, method="GET")
     assert r.text == "Hello, sdk!\n"
-    r = client.invoke("inspect", data="abc", headers={"x-custom": "1"}, path="/sub/path?q=2", method="PUT")
+    r = client.invoke("inspect", data="abc", headers={"x-custom": "1"}, path="/sub/path", params=[("q", "2"), ("q", "3")], method="PUT")
     seen = r.json()
     assert r.status == 201
-    assert (seen["method"], seen["path"], seen["headers"]["x-custom"], seen["body_len"]) == ("PUT", "/sub/path?q=2", "1", 3)
+    assert (seen["method"], seen["path"], seen["headers"]["x-custom"], seen["body_len"]) == ("PUT", "/sub/path?q=2&q=3", "1", 3)
     # A function's own error answer is returned, not raised.
-    r = client.invoke("inspect", path="/?status=418", method="GET")
+    r = client.invoke("inspect", params={"status": "418"}, method="GET")
     assert r.status == 418 and not r.ok
+
+
+def test_invoke_s_path_cannot_leave_the_function(client: wafer.Client) -> None:
+    # Dot segments would be resolved by httpx (or a proxy) to another API route, called
+    # with the caller's key: refused before anything is sent.
+    for path in ["../../v1/keys", "/a/../../../v1/keys", "./x", "/a/..", ".."]:
+        with pytest.raises(ValueError):
+            client.invoke("inspect", path=path, method="GET")
+    # Everything else is text, escaped segment by segment: it reaches the function as one
+    # path under it, with no query but the params.
+    r = client.invoke("inspect", path="%2e%2e/%2E%2E/v1/keys?x=1#frag", params={"q": "a&b"}, method="GET")
+    assert r.headers.get("x-inspected") == "yes"
+    assert r.json()["path"] == "/%252e%252e/%252E%252E/v1/keys%3Fx=1%23frag?q=a%26b"
+    r = client.invoke("inspect", path="/files/a b/ü:1/", method="GET")
+    assert r.json()["path"] == "/files/a%20b/%C3%BC:1/"
+
+
+def test_names_and_ids_in_urls_name_only_themselves(client: wafer.Client) -> None:
+    for bad in ["..", ".", ""]:
+        with pytest.raises(ValueError):
+            client.job(bad).status()
+        with pytest.raises(ValueError):
+            client.keys.revoke(bad)
+        with pytest.raises(ValueError):
+            client.functions.get(bad)
+        with pytest.raises(ValueError):
+            client.invoke(bad)
+        with pytest.raises(ValueError):
+            client.functions.rollback("echo", 1, alias=bad)
+    # A slash, a query or a fragment in an id stays in its one segment.
+    with pytest.raises(wafer.NotFound):
+        client.job("../keys").status()
+    with pytest.raises(wafer.WaferError) as e:
+        client.invoke("echo/../../v1/keys?x#y")
+    assert e.value.status in (400, 404)
+    assert client.function("echo@latest").execute("via alias") == "via alias"
 
 
 def test_invoke_refuses_data_and_json_together(client: wafer.Client) -> None:
@@ -98,6 +137,10 @@ def test_the_same_idempotency_key_gives_the_same_job(client: wafer.Client) -> No
 
 def test_cancel_stops_a_running_job_and_its_result_says_so(client: wafer.Client) -> None:
     job = client.submit("nap", "20000")
+    deadline = time.monotonic() + 30
+    while job.status() == "queued" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.last is not None and job.last.status == "running", "the job never started"
     info = job.cancel()
     assert info.status == "cancelled"
     with pytest.raises(wafer.JobCancelled) as e:
@@ -139,6 +182,25 @@ def test_execute_follows_the_job_when_the_server_answers_with_one(make_server: t
         assert r.status == 202 and r.headers["location"].startswith("/v1/jobs/")
         assert c.function("nap").execute(300, progress=lambda info: seen.append(info.status)) == "awake\n"
         assert seen[-1] == "succeeded"
+
+
+def test_execute_returns_a_function_s_own_202_and_follows_only_wafer_s(client: wafer.Client) -> None:
+    # A function that answers 202 itself, with what a job answer has (a Location under
+    # /v1/jobs/ and a body with that id): its answer, not a job to follow.
+    own = {"id": "01JOBOFTHEFUNCTION000000000", "status": "queued"}
+    followed: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/fn/"):
+            return httpx.Response(202, headers={"location": f"/v1/jobs/{own['id']}", "x-wafer-version": "3"}, json=own)
+        followed.append(request.url.path)
+        return httpx.Response(404)
+
+    with wafer.Client("http://wafer.test", "k", transport=httpx.MockTransport(server)) as c:
+        assert c.function("accepts").execute({"x": 1}) == own
+    assert followed == []
+    # The same on a real server: inspect answering 202 is returned as it is.
+    assert client.function("inspect").execute({"status": 202})["method"] == "POST"
 
 
 def test_progress_is_told_while_uploading_and_waiting(client: wafer.Client) -> None:

@@ -60,7 +60,8 @@ def test_function_trapped_and_timeout(client: wafer.Client) -> None:
         client.invoke("fail")
     assert (e.value.status, e.value.slug, e.value.exit_code) == (502, "nonzero-exit", 3)
     assert "something went wrong" in (e.value.stderr or "")
-    client.deploy("starved", function("spin"), fuel=1_000_000)
+    # A minute to run, so that only the fuel can end it however slow the processor.
+    client.deploy("starved", function("spin"), fuel=1_000_000, timeout=60)
     with pytest.raises(wafer.FunctionTrapped) as e:
         client.invoke("starved")
     assert e.value.slug == "fuel-exhausted"

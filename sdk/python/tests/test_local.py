@@ -11,7 +11,12 @@ import wafer
 from conftest import function
 
 local = pytest.importorskip("wafer.local")
-pytest.importorskip("wasmtime")
+wasmtime = pytest.importorskip("wasmtime")
+
+# Each limit test gives the other limits room to spare, so that only the limit it names can
+# end the run, however fast or slow the processor: fuel enough for days, a timeout of a minute.
+NO_FUEL_LIMIT = 10**15
+NO_TIMEOUT = 60.0
 
 
 def test_examples_run_with_the_server_s_contract() -> None:
@@ -30,11 +35,25 @@ def test_a_failing_command_gives_nonzero_exit_with_its_stderr() -> None:
     assert "something went wrong" in (e.value.stderr or "")
 
 
+def test_a_command_s_environment_is_exactly_the_configured_one() -> None:
+    r = local.run(function("escape"), env={"GRANTED": "yes"})
+    assert r.json()["env"] == {"GRANTED": "yes"}
+    r = local.run(function("escape"), env={"GRANTED": "yes"}, request_env=True, method="get", path="/p?q=1")
+    assert r.json()["env"] == {"GRANTED": "yes", "WAFER_METHOD": "GET", "WAFER_PATH": "/p?q=1"}
+
+
+def test_a_panic_s_message_is_kept_with_its_trap() -> None:
+    with pytest.raises(wafer.FunctionTrapped) as e:
+        local.run(function("fail"), b"panic")
+    assert e.value.slug == "unreachable"
+    assert "a deliberate panic" in (e.value.stderr or "")
+
+
 @pytest.mark.parametrize("name", ["spin", "spin-p2"])
 def test_an_endless_loop_ends_at_its_timeout(name: str) -> None:
     t = time.monotonic()
     with pytest.raises(wafer.FunctionTimeout) as e:
-        local.run(function(name), timeout=0.3, fuel=10**15)
+        local.run(function(name), timeout=0.3, fuel=NO_FUEL_LIMIT)
     assert (e.value.status, e.value.slug, e.value.extra["limit"]) == (504, "timeout", 300)
     assert time.monotonic() - t < 5
 
@@ -42,7 +61,7 @@ def test_an_endless_loop_ends_at_its_timeout(name: str) -> None:
 @pytest.mark.parametrize("name", ["spin", "spin-p2"])
 def test_an_endless_loop_runs_out_of_fuel(name: str) -> None:
     with pytest.raises(wafer.FunctionTrapped) as e:
-        local.run(function(name), fuel=5_000_000, timeout=30)
+        local.run(function(name), fuel=5_000_000, timeout=NO_TIMEOUT)
     assert e.value.slug == "fuel-exhausted"
 
 
@@ -50,26 +69,80 @@ def test_an_endless_loop_runs_out_of_fuel(name: str) -> None:
 def test_a_sleep_in_a_host_call_still_ends_at_the_deadline(name: str) -> None:
     t = time.monotonic()
     with pytest.raises(wafer.FunctionTimeout):
-        local.run(function(name), "20000", timeout=0.3)
+        local.run(function(name), "20000", timeout=0.3, fuel=NO_FUEL_LIMIT)
     assert time.monotonic() - t < 5, "the caller waited for the whole sleep"
 
 
 @pytest.mark.parametrize("name", ["hog", "hog-p2"])
 def test_a_memory_hog_hits_the_memory_limit(name: str) -> None:
     with pytest.raises(wafer.FunctionTrapped) as e:
-        local.run(function(name), memory_mb=16)
+        local.run(function(name), memory_mb=16, timeout=NO_TIMEOUT, fuel=NO_FUEL_LIMIT)
     assert (e.value.slug, e.value.extra["limit"]) == ("memory-limit", 16 << 20)
+
+
+# A command that grows its table (of at most `table` elements) to its maximum, then its
+# memories a page at a time, in turn, `rounds` times; a refused growth is a trap.
+GROWER = """
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory $a (export "memory") 1)
+  {second}
+  (table $t 0 {table} funcref)
+  (func (export "_start")
+    (local $i i32)
+    (if (i32.eq (table.grow $t (ref.null func) (i32.const {table})) (i32.const -1)) (then unreachable))
+    (loop $more
+      (if (i32.eq (memory.grow $a (i32.const 1)) (i32.const -1)) (then unreachable))
+      {grow_second}
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $i) (i32.const {rounds}))))))
+"""
+
+
+def grower(*, two: bool, table: int, rounds: int) -> bytes:
+    return bytes(
+        wasmtime.wat2wasm(
+            GROWER.format(
+                second="(memory $b 1)" if two else "",
+                grow_second="(if (i32.eq (memory.grow $b (i32.const 1)) (i32.const -1)) (then unreachable))" if two else "",
+                table=table,
+                rounds=rounds,
+            )
+        )
+    )
+
+
+def test_memories_share_one_budget() -> None:
+    # Two memories of 25 pages each: 3.1 MiB together, within 2 MiB each alone.
+    with pytest.raises(wafer.FunctionTrapped) as e:
+        local.run(grower(two=True, table=0, rounds=24), memory_mb=2, timeout=NO_TIMEOUT, fuel=NO_FUEL_LIMIT)
+    assert (e.value.slug, e.value.extra["limit"]) == ("memory-limit", 2 << 20)
+    # 15 pages each fit.
+    assert local.run(grower(two=True, table=0, rounds=14), memory_mb=2).status == 200
+
+
+def test_tables_count_against_the_memory_budget() -> None:
+    # 100,000 table elements count as 800,000 bytes, like on the server: 30 pages of
+    # memory no longer fit in 2 MiB beside them, though they would alone.
+    assert local.run(grower(two=False, table=0, rounds=29), memory_mb=2).status == 200
+    with pytest.raises(wafer.FunctionTrapped) as e:
+        local.run(grower(two=False, table=100_000, rounds=29), memory_mb=2, timeout=NO_TIMEOUT, fuel=NO_FUEL_LIMIT)
+    assert (e.value.slug, e.value.extra["limit"]) == ("memory-limit", 2 << 20)
+    # What does not fit even as it starts is refused before it runs, as on the server.
+    with pytest.raises(wafer.FunctionTrapped) as e:
+        local.run(bytes(wasmtime.wat2wasm("(module (memory 17) (func (export \"_start\")))")), memory_mb=1)
+    assert e.value.slug == "memory-limit"
 
 
 def test_deep_recursion_overflows_the_stack() -> None:
     with pytest.raises(wafer.FunctionTrapped) as e:
-        local.run(function("deep"))
+        local.run(function("deep"), timeout=NO_TIMEOUT, fuel=NO_FUEL_LIMIT)
     assert (e.value.slug, e.value.title) == ("stack-overflow", "Stack overflow")
 
 
 def test_an_output_flood_hits_the_output_limit() -> None:
     with pytest.raises(wafer.FunctionTrapped) as e:
-        local.run(function("flood"), max_stdout_bytes=1 << 20)
+        local.run(function("flood"), max_stdout_bytes=1 << 20, timeout=NO_TIMEOUT, fuel=NO_FUEL_LIMIT)
     assert (e.value.slug, e.value.extra["limit"]) == ("output-limit", 1 << 20)
 
 

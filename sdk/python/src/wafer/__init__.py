@@ -8,9 +8,11 @@
 
 :class:`Client` and :class:`AsyncClient` share every operation; errors are the typed
 exceptions of :mod:`wafer.errors`, all under :class:`WaferError`; :mod:`wafer.local` runs a
-function in this process with the server's limits.
+function in this process with the server's limits (``wafer.local.run``; importing it is cheap,
+wasmtime is loaded at the first run).
 """
 
+from . import local
 from ._core import RetryPolicy
 from .aio import AsyncClient, AsyncFunction, AsyncJob
 from .client import Client, Function, Job
@@ -72,4 +74,5 @@ __all__ = [
     "Version",
     "WaferError",
     "WaitTimeout",
+    "local",
 ]

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Generator, Generic, Iterator, Mapping, TypeVar, Union
+from typing import Any, Callable, Generator, Generic, Iterator, Mapping, Sequence, TypeVar, Union
 from urllib.parse import quote
 
 import httpx
@@ -57,9 +57,38 @@ def millis(d: Duration | None) -> int | None:
     return None if d is None else max(1, round(seconds(d) * 1000))
 
 
+#: What a sub-path segment keeps as it is (RFC 3986 ``pchar`` less ``%``): readable in the
+#: function's path, and none of it can end the path or start a query or fragment.
+_PCHAR_SAFE = "@:!$&'()*+,;="
+
+
+def _escaped(text: str, safe: str, what: str) -> str:
+    """``text`` as one path segment, with ``%`` and every character not in ``safe`` or
+    unreserved escaped. ``.`` and ``..`` are refused: they are not names but moves up the
+    path, which clients and proxies resolve (some proxies even when escaped as ``%2E``)."""
+    if text in (".", ".."):
+        raise ValueError(f"{what} cannot be {text!r}: it would move up the URL's path")
+    return quote(text, safe=safe)
+
+
 def segment(name: str) -> str:
-    """One URL path segment, with everything but unreserved characters escaped."""
-    return quote(name, safe="@")
+    """An id (a function's name, a job's or a key's id, an alias) as one URL path segment,
+    with everything but unreserved characters and ``@`` escaped, so that it can only name
+    itself; an empty one, ``.`` and ``..`` are refused (``ValueError``)."""
+    if not name:
+        raise ValueError("an empty name or id cannot be put in a URL")
+    return _escaped(name, "@", "a name or id")
+
+
+def sub_path(path: str) -> str:
+    """A function's sub-path as it goes after ``/fn/{name}``: ``"/"`` (or ``""``) is the
+    function's root, ``/`` separates segments, and each segment is taken as text and escaped
+    (``%`` as ``%25``, ``?`` and ``#`` too), so the path can never leave the function's URL
+    nor carry a query; segments ``.`` and ``..`` are refused (``ValueError``)."""
+    if path in ("", "/"):
+        return ""
+    parts = path.removeprefix("/").split("/")
+    return "/" + "/".join(_escaped(p, _PCHAR_SAFE, "a segment of a function's path") for p in parts)
 
 
 @dataclass
@@ -68,7 +97,7 @@ class Call:
 
     method: str
     path: str
-    params: dict[str, str] | None = None
+    params: dict[str, str] | tuple[tuple[str, str], ...] | None = None
     json: Any = None
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -344,6 +373,10 @@ def deploy_spec(
     }
 
 
+#: A query: a mapping, or pairs when a name repeats.
+Params = Union[Mapping[str, str], Sequence[tuple[str, str]]]
+
+
 def invoke_call(
     name: str,
     data: bytes | str | None,
@@ -351,18 +384,19 @@ def invoke_call(
     headers: Mapping[str, str] | None,
     path: str,
     method: str,
+    params: Params | None = None,
 ) -> Call:
-    """``/fn/{name}{path}``: a function's answer, whatever its status; Wafer's problems raise.
-    ``path`` may carry a query (``/items?page=2``)."""
+    """``/fn/{name}{path}?{params}``: a function's answer, whatever its status; Wafer's
+    problems raise. ``path`` is escaped segment by segment (:func:`sub_path`), so it stays
+    under the function's URL; the query is only ever ``params``."""
     if data is not None and json is not None:
         raise ValueError("pass data or json, not both")
-    sub, _, query = path.partition("?")
-    sub = sub if sub.startswith("/") else "/" + sub
-    target = f"/fn/{segment(name)}{'' if sub == '/' else sub}" + (f"?{query}" if query else "")
+    query = tuple((params.items() if isinstance(params, Mapping) else params) or ())
     method = method.upper()
     return Call(
         method,
-        target,
+        f"/fn/{segment(name)}{sub_path(path)}",
+        params=query or None,
         content=data.encode() if isinstance(data, str) else data,
         json=json,
         headers=dict(headers or {}),
@@ -484,13 +518,40 @@ def execute_first(name: str, input: Any) -> Call:
     )
 
 
+#: The header the gateway puts on every answer of a run of a function (and a function cannot
+#: remove), never on its own answers such as the 202 of a call that became a job.
+RUN_HEADER = "x-wafer-version"
+JOB_LOCATION = "/v1/jobs/"
+
+
+def accepted_job(r: httpx.Response) -> JobInfo | None:
+    """The job, when ``r`` is Wafer's answer that the call became a job: 202 without
+    ``x-wafer-version`` (so no run of the function made it), ``Location: /v1/jobs/{id}``
+    and a JSON body that is the job's record, with that ``id``. ``None`` for anything else,
+    such as a function that answers 202 itself, whatever headers and body it sends."""
+    if r.status_code != 202 or RUN_HEADER in r.headers:
+        return None
+    location = r.headers.get("location", "")
+    job_id = location.removeprefix(JOB_LOCATION)
+    if not location.startswith(JOB_LOCATION) or not job_id or job_id != quote(job_id, safe=""):
+        return None
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("id") != job_id:
+        return None
+    return JobInfo.from_json(body)
+
+
 def execute_op(name: str, input: Any, timeout: Duration | None, progress: WaitProgress | None) -> Op[Any]:
     """Calls the function; when Wafer answers with a job instead (the function's runs outlast
-    the inline budget), waits for the job. Returns the decoded body of a 2xx answer; a
+    the inline budget), waits for the job. A function's own 202 is its answer, like any
+    other status (see :func:`accepted_job`). Returns the decoded body of a 2xx answer; a
     function's own error status raises :class:`FunctionError`."""
     r = yield execute_first(name, input)
-    if r.status_code == 202 and r.headers.get("location", "").startswith("/v1/jobs/"):
-        job = JobInfo.from_json(r.json())
+    job = accepted_job(r)
+    if job is not None:
         resp = yield from wait_op(job.id, timeout, progress)
     else:
         resp = to_response(r)

@@ -135,11 +135,17 @@ class Client:
         headers: Mapping[str, str] | None = None,
         path: str = "/",
         method: str = "POST",
+        params: core.Params | None = None,
     ) -> Response:
         """Calls ``name`` (or ``name@version``/``name@alias``) and returns its answer, whatever
         its status. Wafer's own problems (the function trapped, timed out, was not found...)
-        raise the matching :class:`wafer.WaferError`."""
-        return self._run(core.invoke_op(core.invoke_call(name, data, json, headers, path, method)))
+        raise the matching :class:`wafer.WaferError`.
+
+        ``path`` is the path under the function, taken as text: each ``/``-separated segment
+        is escaped (``?``, ``#`` and ``%`` too), so it reaches the function as written and can
+        never address anything but the function; ``.`` and ``..`` segments raise
+        ``ValueError``. The query is ``params`` (a mapping, or pairs)."""
+        return self._run(core.invoke_op(core.invoke_call(name, data, json, headers, path, method, params)))
 
     def submit(
         self,

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from .errors import PROBLEM_BASE, FunctionTimeout, FunctionTrapped, ValidationError, WaferError
 from .models import Response
@@ -49,6 +49,13 @@ KEPT_STDERR = 64 * 1024
 TICK_S = 0.005
 #: How many compiled modules are kept, by digest.
 COMPILED_KEPT = 16
+#: What one table element counts for against the memory budget, as on the server.
+TABLE_ELEMENT_BYTES = 8
+#: Elements any one table may hold, as on the server.
+MAX_TABLE_ELEMENTS = 100_000
+#: How many instances, tables and memories one run may make, as on the server.
+MAX_INSTANCES, MAX_TABLES, MAX_MEMORIES = 64, 64, 16
+WASM_PAGE = 65536
 
 _MAGIC = b"\0asm"
 _MODULE_LAYER = b"\x01\x00\x00\x00"
@@ -76,6 +83,198 @@ class LocalResult(Response):
 
 def _problem(cls: type[WaferError], status: int, slug: str, title: str, detail: str, **extra: Any) -> WaferError:
     return cls(title, status=status, type=PROBLEM_BASE + slug, detail=detail, extra=extra)
+
+
+# ---- the memory budget ---------------------------------------------------------------------
+#
+# The server's limiter counts every memory and table of an instance (a table element as 8
+# bytes) against one budget as they grow. wasmtime's Python package has no limiter callback,
+# only a bound for each memory and each table alone, so the budget is shared out before the
+# run: the binary is read for the memories and tables it defines, and the bounds are the
+# largest ones with which all of them, grown to their bounds, still fit in the budget
+# together. With one memory and fixed-size tables (what compilers make of a command) that is
+# the server's limit exactly; several growable memories get equal shares.
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The memories and tables an instance defines, read from its binary: each memory's
+    initial and largest size in bytes, each table's in elements (``None``: no maximum)."""
+
+    memories: tuple[tuple[int, int | None], ...] = ()
+    tables: tuple[tuple[int, int | None], ...] = ()
+    #: False when the binary holds something the reader does not know (then each memory
+    #: and table is only bounded alone, by the whole budget).
+    known: bool = True
+
+
+class _Unreadable(Exception):
+    """The reader met something it does not know."""
+
+
+class _Reader:
+    """Just enough of the binary format to find the memories and tables a module or
+    component defines; the binary has already been validated by wasmtime."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def byte(self) -> int:
+        if self.at >= len(self.data):
+            raise _Unreadable("truncated")
+        self.at += 1
+        return self.data[self.at - 1]
+
+    def uleb(self) -> int:
+        value = shift = 0
+        while True:
+            b = self.byte()
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value
+
+    def skip(self, n: int) -> None:
+        self.at += n
+
+    def reftype(self) -> None:
+        if self.byte() in (0x63, 0x64):  # (ref null? heaptype): a signed heap type follows
+            self.uleb()
+
+    def limits(self, page: bool) -> tuple[int, int | None]:
+        """A memory's (``page``: in bytes) or a table's limits."""
+        flags = self.byte()
+        low = self.uleb()
+        high = self.uleb() if flags & 1 else None
+        size = 1 << self.uleb() if page and flags & 8 else WASM_PAGE  # custom page size
+        unit = size if page else 1
+        return low * unit, None if high is None else high * unit
+
+    def const_expr(self) -> None:
+        """Skips a constant expression (a table's initial value)."""
+        while True:
+            op = self.byte()
+            if op == 0x0B:  # end
+                return
+            if op in (0x41, 0x42, 0x23, 0xD2, 0xD0):  # i32/i64.const, global.get, ref.func, ref.null
+                self.uleb()
+            elif op == 0x43:
+                self.skip(4)
+            elif op == 0x44:
+                self.skip(8)
+            elif op not in (0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E):  # integer add/sub/mul
+                raise _Unreadable(f"opcode {op:#x} in a constant expression")
+
+
+def _sections(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The ``(id, contents)`` of each section of a module or component."""
+    r = _Reader(data)
+    r.skip(8)
+    while r.at < len(data):
+        sid = r.byte()
+        size = r.uleb()
+        yield sid, data[r.at : r.at + size]
+        r.skip(size)
+
+
+def _module_parts(data: bytes, memories: list[tuple[int, int | None]], tables: list[tuple[int, int | None]]) -> None:
+    """Adds the memories and tables a core module defines (imported ones are defined, and
+    counted, where they come from)."""
+    for sid, body in _sections(data):
+        if sid not in (4, 5):
+            continue
+        r = _Reader(body)
+        for _ in range(r.uleb()):
+            if sid == 5:
+                memories.append(r.limits(page=True))
+                continue
+            initialised = r.data[r.at] == 0x40  # 0x40 0x00 reftype limits expr
+            if initialised:
+                r.skip(2)
+            r.reftype()
+            tables.append(r.limits(page=False))
+            if initialised:
+                r.const_expr()
+
+
+def _component_parts(data: bytes, memories: list[tuple[int, int | None]], tables: list[tuple[int, int | None]]) -> None:
+    """Adds the memories and tables of a component's core modules, nested components
+    included (each module counted once)."""
+    for sid, body in _sections(data):
+        if sid == 1:
+            _module_parts(body, memories, tables)
+        elif sid == 4:
+            _component_parts(body, memories, tables)
+
+
+def _layout(kind: str, wasm: bytes) -> _Layout:
+    memories: list[tuple[int, int | None]] = []
+    tables: list[tuple[int, int | None]] = []
+    try:
+        (_module_parts if kind == "module" else _component_parts)(wasm, memories, tables)
+    except (_Unreadable, IndexError):
+        return _Layout(known=False)
+    return _Layout(tuple(memories), tuple(tables))
+
+
+def _largest(low: int, high: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest ``n`` in ``[low, high]`` that ``fits`` (which holds up to some point and
+    not beyond), or ``None`` when not even ``low`` does."""
+    if low > high or not fits(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """What each memory (bytes) and each table (elements) of a run may grow to."""
+
+    memory_bytes: int
+    table_elements: int
+
+
+def _bounds(layout: _Layout, budget: int) -> _Bounds:
+    """The bounds with which every memory and table of the instance, each grown as far as
+    it may, fit in ``budget`` together. Raises ``memory-limit`` when the instance does not
+    fit even at its initial sizes, as the server does at instantiation."""
+    if not layout.known:
+        return _Bounds(budget, MAX_TABLE_ELEMENTS)
+    memories, tables = layout.memories, layout.tables
+
+    def grown(items: tuple[tuple[int, int | None], ...], bound: int) -> int:
+        return sum(min(bound, high) if high is not None else bound for _, high in items)
+
+    memory_initial = sum(low for low, _ in memories)
+    table_initial = TABLE_ELEMENT_BYTES * sum(low for low, _ in tables)
+    if memory_initial + table_initial > budget:
+        raise _memory_limit(budget, f"its memories and tables take {memory_initial + table_initial} bytes as it starts")
+    # Tables: up to the server's bound for one table, less when the memories would not fit.
+    table_bound = _largest(
+        max((low for low, _ in tables), default=0),
+        MAX_TABLE_ELEMENTS,
+        lambda n: memory_initial + TABLE_ELEMENT_BYTES * grown(tables, n) <= budget,
+    )
+    if table_bound is None:
+        raise _memory_limit(budget, "wafer.local cannot share it out between the function's growable tables")
+    left = budget - TABLE_ELEMENT_BYTES * grown(tables, table_bound)
+    memory_bound = _largest(max((low for low, _ in memories), default=0), left, lambda n: grown(memories, n) <= left)
+    if memory_bound is None:
+        raise _memory_limit(budget, "wafer.local gives each of the function's growable memories an equal share of it, too small for its largest one")
+    return _Bounds(memory_bound, table_bound)
+
+
+def _memory_limit(budget: int, why: str) -> WaferError:
+    return _problem(
+        FunctionTrapped,
+        502,
+        "memory-limit",
+        "Memory limit exceeded",
+        f"the function does not fit in its {budget >> 20} MiB of memory: {why}",
+        limit=budget,
+    )
 
 
 _TRAP_TITLES = {
@@ -112,8 +311,8 @@ class _Runtime:
             time.sleep(TICK_S)
             self.engine.increment_epoch()
 
-    def compiled(self, wasm: bytes) -> tuple[str, Any]:
-        """``("module" | "component", compiled)``, compiled once per digest."""
+    def compiled(self, wasm: bytes) -> tuple[str, Any, _Layout]:
+        """``("module" | "component", compiled, layout)``, compiled once per digest."""
         if wasm[:4] != _MAGIC or len(wasm) < 8:
             raise _problem(ValidationError, 422, "not-wasm", "Not WebAssembly", "the file does not start with the WebAssembly magic number")
         layer = wasm[4:8]
@@ -126,17 +325,19 @@ class _Runtime:
         with self._lock:
             if digest in self._compiled:
                 self._compiled.move_to_end(digest)
-                return kind, self._compiled[digest]
+                code, layout = self._compiled[digest]
+                return kind, code, layout
         wt = self.wasmtime
         try:
             code = wt.Module(self.engine, wasm) if kind == "module" else wt.component.Component(self.engine, wasm)
         except wt.WasmtimeError as e:
             raise _problem(ValidationError, 422, "invalid-module", "Invalid module", str(e).splitlines()[0]) from None
+        layout = _layout(kind, wasm)
         with self._lock:
-            self._compiled[digest] = code
+            self._compiled[digest] = (code, layout)
             while len(self._compiled) > COMPILED_KEPT:
                 self._compiled.popitem(last=False)
-        return kind, code
+        return kind, code, layout
 
 
 _runtime: _Runtime | None = None
@@ -212,9 +413,14 @@ def run(
     max_stdout_bytes: int = DEFAULT_MAX_STDOUT,
     method: str = "POST",
     path: str = "/",
+    request_env: bool = False,
 ) -> LocalResult:
     """Runs the WASI command at ``path_or_bytes`` on ``input`` (bytes, text, or a value sent
     as JSON) within the limits, and returns its answer (status 200, stdout as the body).
+    ``memory_mb`` bounds all the instance's memories and tables together, as on the server.
+    The command's environment is exactly ``env``; with ``request_env`` (a version deployed
+    with ``"request_env": true``) it also gets ``method`` and ``path`` in ``WAFER_METHOD``
+    and ``WAFER_PATH``.
 
     Raises what the server would: :class:`wafer.FunctionTrapped` (``fuel-exhausted``,
     ``memory-limit``, ``stack-overflow``, ``output-limit``, ``nonzero-exit`` with
@@ -230,9 +436,12 @@ def run(
     if limits.timeout_s <= 0 or limits.fuel <= 0 or limits.memory_mb <= 0:
         raise _problem(ValidationError, 400, "invalid-limits", "Bad request", "timeout, fuel and memory_mb must be positive")
     rt = _get_runtime()
-    kind, code = rt.compiled(wasm)
-    run_env = {"WAFER_METHOD": method.upper(), "WAFER_PATH": path, **(env or {})}
-    job = _Run(rt, kind, code, name, _input_bytes(input), run_env, limits)
+    kind, code, layout = rt.compiled(wasm)
+    bounds = _bounds(layout, limits.memory_mb << 20)
+    run_env = dict(env or {})
+    if request_env:
+        run_env.update({"WAFER_METHOD": method.upper(), "WAFER_PATH": path})
+    job = _Run(rt, kind, code, name, _input_bytes(input), run_env, limits, bounds)
     thread = threading.Thread(target=job.run, name=f"wafer-local-{name}", daemon=True)
     started = time.monotonic()
     thread.start()
@@ -249,6 +458,7 @@ def run(
             "Function timed out",
             f"the function did not finish within its timeout of {round(limits.timeout_s * 1000)} ms",
             limit=round(limits.timeout_s * 1000),
+            **job.logged(),
         )
     if job.error is not None:
         raise job.error
@@ -265,9 +475,11 @@ def run(
 class _Run:
     """One run on its own thread; what it found is read after it ends."""
 
-    def __init__(self, rt: _Runtime, kind: str, code: Any, name: str, stdin: bytes, env: Mapping[str, str], limits: Limits) -> None:
+    def __init__(
+        self, rt: _Runtime, kind: str, code: Any, name: str, stdin: bytes, env: Mapping[str, str], limits: Limits, bounds: _Bounds
+    ) -> None:
         self.rt, self.kind, self.code, self.name = rt, kind, code, name
-        self.stdin, self.env, self.limits = stdin, env, limits
+        self.stdin, self.env, self.limits, self.bounds = stdin, env, limits, bounds
         self.stdout = _Capped(limits.max_stdout_bytes)
         self.stderr = _Tail()
         self.error: WaferError | None = None
@@ -293,7 +505,14 @@ class _Run:
             wasi.stdout_custom = self.stdout.write
             wasi.stderr_custom = self.stderr.write
             store = wt.Store(self.rt.engine)
-            store.set_limits(memory_size=self.limits.memory_mb << 20)
+            # All memories and tables within the budget together (see _bounds).
+            store.set_limits(
+                memory_size=self.bounds.memory_bytes,
+                table_elements=self.bounds.table_elements,
+                instances=MAX_INSTANCES,
+                tables=MAX_TABLES,
+                memories=MAX_MEMORIES,
+            )
             store.set_fuel(self.limits.fuel)
             store.set_epoch_deadline(max(1, round(self.limits.timeout_s / TICK_S)))
             store.set_wasi(wasi)
@@ -365,9 +584,23 @@ class _Run:
             FunctionTrapped, 502, "nonzero-exit", "Function exited with an error", detail, exit_code=code, stderr=stderr[-2048:]
         )
 
+    def logged(self) -> dict[str, Any]:
+        """What the guest wrote to stderr before it failed (its tail), as the server adds it
+        to a failure's problem: nothing when it wrote nothing."""
+        text = self.stderr.text()
+        return {"stderr": text[-2048:]} if text else {}
+
     def _output_limit(self) -> WaferError:
         cap = self.limits.max_stdout_bytes
-        return _problem(FunctionTrapped, 502, "output-limit", "Output limit exceeded", f"the function wrote more than {cap} bytes to stdout", limit=cap)
+        return _problem(
+            FunctionTrapped,
+            502,
+            "output-limit",
+            "Output limit exceeded",
+            f"the function wrote more than {cap} bytes to stdout",
+            limit=cap,
+            **self.logged(),
+        )
 
     def _trap(self, e: Any, store: Any, memory: Any) -> WaferError:
         wt = self.rt.wasmtime
@@ -388,7 +621,9 @@ class _Run:
         """The problem for a trap of kind ``slug``: a limit, when one was hit first."""
         if slug == "timeout":
             self.timed_out = True
-            return _problem(FunctionTimeout, 504, "timeout", "Function timed out", "deadline", limit=round(self.limits.timeout_s * 1000))
+            return _problem(
+                FunctionTimeout, 504, "timeout", "Function timed out", "deadline", limit=round(self.limits.timeout_s * 1000), **self.logged()
+            )
         if self.stdout.over:
             return self._output_limit()
         if self._memory_refused(store, memory):
@@ -399,22 +634,24 @@ class _Run:
                 "Memory limit exceeded",
                 f"the function asked for more than its {self.limits.memory_mb} MiB of memory",
                 limit=self.limits.memory_mb << 20,
+                **self.logged(),
             )
         cause = _cause(message) or slug
         extra: dict[str, Any] = {"limit": self.limits.fuel} if slug == "fuel-exhausted" else {}
+        extra.update(self.logged())
         return _problem(FunctionTrapped, 502, slug, _TRAP_TITLES[slug], f"the function trapped: {cause}", **extra)
 
     def _memory_refused(self, store: Any, memory: Any) -> bool:
         """Whether the trap followed a memory growth that the limit refused: the guest said
-        an allocation failed that would not fit, or its memory is within a page of the limit."""
-        limit = self.limits.memory_mb << 20
+        an allocation failed that would not fit, or its memory is within a page of its bound."""
+        limit = self.bounds.memory_bytes
         size = 0
         if memory is not None:
             try:
                 size = memory.data_len(store)
             except Exception:  # pragma: no cover
                 size = 0
-        if size and size + 65536 > limit:
+        if size and size + WASM_PAGE > limit:
             return True
         failed = _ALLOC_FAILED.search(self.stderr.text())
         if failed is None:
