@@ -185,6 +185,26 @@ fn a_failing_job_keeps_its_problem_and_stderr() {
         .text()
         .unwrap();
     assert!(logs.contains("something went wrong: \"boom\""), "{logs}");
+    // A job that traps keeps what it wrote before too.
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "fail", "input_base64": "cGFuaWM="}),
+    );
+    let id = job["id"].as_str().unwrap();
+    let done = get_job(&s, &key, id, "10s");
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(
+        done["error"]["type"],
+        "https://wafer.dev/problems/unreachable"
+    );
+    let logs = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/logs"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(logs.contains("a deliberate panic"), "{logs}");
 }
 
 #[test]
@@ -286,6 +306,32 @@ fn an_idempotency_key_returns_the_same_job_and_refuses_another_request() {
         .json()
         .unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_idempotency_key_of_an_async_call_is_bound_to_its_function() {
+    let s = TestServer::start();
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    s.deploy_as(&key, "echo-too", "echo", json!({}));
+    let call = |function: &str| {
+        s.with_key(&key, Method::POST, &format!("/fn/{function}"))
+            .header("prefer", "respond-async")
+            .header("idempotency-key", "call-7")
+            .body("same body")
+            .send()
+            .unwrap()
+    };
+    let first = call("echo");
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().unwrap();
+    let again = call("echo");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().unwrap()["id"], first["id"]);
+    // The same key and body on another function is another request: refused, not the first
+    // job replayed.
+    let p = assert_problem(call("echo-too"), 422, "idempotency-key-reused");
+    assert_eq!(p["job"], first["id"]);
 }
 
 #[test]

@@ -109,8 +109,32 @@ fn no_filesystem_and_no_host_environment() {
     let env = v["env"].as_object().unwrap();
     let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["GRANTED", "WAFER_METHOD", "WAFER_PATH"], "{v}");
+    assert_eq!(keys, ["GRANTED"], "exactly the configured environment: {v}");
     assert_eq!(env["GRANTED"], "yes");
+    // Opted in, a command also sees the call's method and path.
+    s.deploy(
+        "escape",
+        "escape",
+        json!({"env": {"GRANTED": "yes"}, "request_env": true}),
+    );
+    let v: Value = s
+        .admin(reqwest::Method::POST, "/fn/escape/some/path?q=1")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let env = v["env"].as_object().unwrap();
+    let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["GRANTED", "WAFER_METHOD", "WAFER_PATH"], "{v}");
+    assert_eq!(env["WAFER_METHOD"], "POST");
+    assert!(
+        env["WAFER_PATH"]
+            .as_str()
+            .unwrap()
+            .starts_with("/some/path"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -410,6 +410,53 @@ fn a_failed_commands_stderr_is_shown_only_to_its_owner() {
 }
 
 #[test]
+fn what_a_trapping_function_wrote_to_stderr_is_kept_for_its_owner_only() {
+    let s = TestServer::start();
+    let a = s.tenant_key("alpha");
+    let b = s.tenant_key("beta");
+    s.deploy_as(&a, "panicky", "fail", json!({"public": true}));
+    // A Rust panic: the message on stderr, then an `unreachable` trap.
+    for req in [
+        s.anon(Method::POST, "/fn/panicky"),
+        s.with_key(&b, Method::POST, "/fn/panicky"),
+    ] {
+        let v = assert_problem(req.body("panic").send().unwrap(), 502, "unreachable");
+        assert!(v.get("stderr").is_none(), "{v}");
+        assert!(!v.to_string().contains("deliberate"), "{v}");
+    }
+    let v = assert_problem(
+        s.with_key(&a, Method::POST, "/fn/panicky")
+            .body("panic")
+            .send()
+            .unwrap(),
+        502,
+        "unreachable",
+    );
+    assert!(
+        v["stderr"].as_str().unwrap().contains("a deliberate panic"),
+        "{v}"
+    );
+    let logs: Value = s
+        .with_key(&a, Method::GET, "/v1/functions/panicky/logs")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let list = logs["logs"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    for entry in list {
+        assert_eq!(entry["outcome"], "unreachable");
+        assert!(
+            entry["log"]
+                .as_str()
+                .unwrap()
+                .contains("a deliberate panic"),
+            "every run's log is its owner's: {logs}"
+        );
+    }
+}
+
+#[test]
 fn logs_start_empty_when_a_name_is_deleted_and_created_again() {
     let s = TestServer::start();
     let a = s.tenant_key("alpha");

@@ -236,6 +236,9 @@ pub struct WorkOrder {
     pub response_bytes: usize,
     /// The function's environment.
     pub env: Vec<(String, String)>,
+    /// Whether a command also gets `WAFER_METHOD` and `WAFER_PATH`.
+    #[serde(default)]
+    pub request_env: bool,
     /// The request replayed to it.
     pub request: RequestHead,
 }
@@ -380,6 +383,13 @@ fn decode(b: &[u8]) -> Result<JobRecord, JobError> {
 fn order_of(r: &JobRecord) -> u64 {
     u64::MAX - r.created_ms
 }
+
+/// The most jobs one page of a listing reads; a page that found fewer than it asked for by
+/// then ends there, short, with a cursor. (Smaller in unit tests, which fill many pages.)
+#[cfg(not(test))]
+pub const MAX_EXAMINED_PER_PAGE: usize = 5000;
+#[cfg(test)]
+pub const MAX_EXAMINED_PER_PAGE: usize = 50;
 
 fn cursor_of(r: &JobRecord) -> String {
     format!("{}.{}", order_of(r), r.id.as_str())
@@ -624,15 +634,25 @@ impl JobStore for EmbeddedJobStore {
         let upper = (tenant.as_str(), u64::MAX, "\u{10ffff}");
         let mut out = Vec::new();
         let mut next = None;
+        let mut examined = 0;
+        let mut last = None;
         for entry in index.range(lower..=upper).map_err(storage)? {
             let (k, _) = entry.map_err(storage)?;
-            let (_, _, id) = k.value();
+            let (_, order, id) = k.value();
             if start
                 .as_ref()
                 .is_some_and(|(_, after)| after.as_str() == id)
             {
                 continue;
             }
+            // A filter that few jobs match must not read the whole index for one page: past
+            // the bound the page ends short, with a cursor to go on from.
+            if examined == MAX_EXAMINED_PER_PAGE {
+                next = last;
+                break;
+            }
+            examined += 1;
+            last = Some(format!("{order}.{id}"));
             let Some(v) = jobs.get(id).map_err(storage)? else {
                 continue;
             };
@@ -953,5 +973,45 @@ mod tests {
         assert_eq!(only.jobs[0].id, ids[1]);
         let unfinished = s.unfinished().await.unwrap();
         assert_eq!(unfinished.len(), 5, "4 of a and 1 of b");
+    }
+
+    #[tokio::test]
+    async fn a_rare_filter_reads_a_bounded_part_of_the_index_per_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedJobStore::open(dir.path().join("j.redb")).unwrap();
+        let total = MAX_EXAMINED_PER_PAGE * 2 + 10;
+        let mut rare = None;
+        for i in 0..total {
+            let mut r = record("a", None);
+            r.created_ms = 1000 + i as u64;
+            if i == 3 {
+                rare = Some(r.id.clone());
+            }
+            s.create(r, Bytes::new()).await.unwrap();
+        }
+        let rare = rare.unwrap();
+        s.cancel(&rare, TTL).await.unwrap();
+        let tenant = TenantId::new("a").unwrap();
+        let cancelled = JobFilter {
+            status: Some(JobStatus::Cancelled),
+            ..Default::default()
+        };
+        // The one cancelled job is among the oldest: the first pages end short and empty,
+        // each with a cursor, until it is found; nothing is skipped.
+        let mut cursor = None;
+        let mut pages = 0;
+        let found = loop {
+            let page = s
+                .list(&tenant, &cancelled, cursor.as_deref(), 10)
+                .await
+                .unwrap();
+            pages += 1;
+            if let Some(j) = page.jobs.first() {
+                break j.id.clone();
+            }
+            cursor = Some(page.next.expect("a short page has a cursor"));
+        };
+        assert_eq!(found, rare);
+        assert_eq!(pages, 3);
     }
 }

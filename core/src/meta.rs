@@ -505,6 +505,7 @@ mod tests {
             fuel: 1_000_000,
             env: BTreeMap::new(),
             public: false,
+            request_env: false,
             class: None,
             cache: None,
         }

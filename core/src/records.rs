@@ -61,6 +61,11 @@ pub struct VersionSpec {
     /// Whether anyone may invoke it without an API key.
     #[serde(default)]
     pub public: bool,
+    /// Whether a command also gets the call's method and path in `WAFER_METHOD` and
+    /// `WAFER_PATH`. Off by default: a command's environment is exactly `env`, as under
+    /// `wasmtime run`, so programs that check their environment behave the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_env: bool,
     /// Declared run length: `long` sends its jobs to dedicated runners whatever their
     /// estimate; `short` keeps them off the long lane. None: decided by the estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,9 +264,9 @@ pub struct Quotas {
 impl Default for Quotas {
     fn default() -> Self {
         Self {
-            modules: 1000,
+            modules: 100_000,
             module_bytes: 4 << 30,
-            functions: 1000,
+            functions: 100_000,
             versions_per_function: 1000,
         }
     }

@@ -78,7 +78,7 @@ pub async fn run(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let input = input_of(version.spec.abi, &mut env, call)?;
+    let input = input_of(version.spec.abi, version.spec.request_env, &mut env, call)?;
     async {
         let (prepared, cold) = state.runner.prepare(&version.spec.module).await?;
         let inv = Invocation {
@@ -94,9 +94,11 @@ pub async fn run(
 }
 
 /// The guest's input for `call`: the whole request for an HTTP component; for a command, the
-/// body on stdin and the method and path in `WAFER_METHOD` and `WAFER_PATH` (added to `env`).
+/// body on stdin, and with `request_env` the method and path in `WAFER_METHOD` and
+/// `WAFER_PATH` (added to `env`).
 pub fn input_of(
     abi: Abi,
+    request_env: bool,
     env: &mut Vec<(String, String)>,
     call: Call,
 ) -> Result<Input, InvokeError> {
@@ -120,8 +122,10 @@ pub fn input_of(
             ))
         }
         Abi::Command => {
-            env.push(("WAFER_METHOD".into(), call.method.to_string()));
-            env.push(("WAFER_PATH".into(), call.path));
+            if request_env {
+                env.push(("WAFER_METHOD".into(), call.method.to_string()));
+                env.push(("WAFER_PATH".into(), call.path));
+            }
             Input::Stdin(call.body)
         }
     })

@@ -873,10 +873,7 @@ pub fn end_of(result: Result<wafer_runner::Outcome, wafer_runner::InvokeError>) 
             )
         }
         Err(e) => {
-            let stderr = match &e {
-                wafer_runner::InvokeError::Exit { stderr, .. } => stderr.clone(),
-                _ => String::new(),
-            };
+            let stderr = e.stderr().to_owned();
             failed(e.into(), stderr)
         }
     }

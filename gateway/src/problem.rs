@@ -286,6 +286,15 @@ impl From<InvokeError> for ApiError {
             }
             InvokeError::Capacity => ApiError::overloaded(detail),
             InvokeError::Artifact(s) | InvokeError::Internal(s) => ApiError::internal(s),
+            // Callers who may not see the function's log get the failure alone (the handler
+            // empties `stderr` for them).
+            InvokeError::Logged { error, stderr } => {
+                let e = ApiError::from(*error);
+                match stderr.is_empty() {
+                    true => e,
+                    false => e.with("stderr", tail_chars(&stderr, 2048)),
+                }
+            }
         }
     }
 }

@@ -61,33 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/webhooks/secret",
             axum::routing::post(jobs::rotate_webhook_secret),
         )
-        .route("/internal/v1/setup", get(internal::setup))
-        .route(
-            "/internal/v1/queue/claim",
-            axum::routing::post(internal::claim),
-        )
-        .route(
-            "/internal/v1/queue/heartbeat",
-            axum::routing::post(internal::heartbeat),
-        )
-        .route("/internal/v1/queue/ack", axum::routing::post(internal::ack))
-        .route(
-            "/internal/v1/jobs/{id}/start",
-            axum::routing::post(internal::start),
-        )
-        .route(
-            "/internal/v1/jobs/{id}/finish",
-            axum::routing::post(internal::finish),
-        )
-        .route(
-            "/internal/v1/jobs/{id}/dead",
-            axum::routing::post(internal::dead),
-        )
-        .route(
-            "/internal/v1/artifacts/{fingerprint}/{digest}",
-            get(internal::compiled),
-        )
-        .route("/internal/v1/modules/{digest}", get(internal::module))
+        .merge(internal::routes(state.clone()))
         .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
         .route("/v1/cache/scope/{target}", get(functions::cache_scope))
         .merge(invocations(state.clone()))

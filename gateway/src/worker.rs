@@ -424,7 +424,7 @@ pub async fn execute_order(
         stderr_bytes: order.stderr_bytes,
         response_bytes: order.response_bytes,
     };
-    let input = execute::input_of(order.abi, &mut env, call)?;
+    let input = execute::input_of(order.abi, order.request_env, &mut env, call)?;
     let (prepared, _) = runner.prepare(&order.module).await?;
     runner
         .invoke(

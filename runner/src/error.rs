@@ -111,4 +111,51 @@ pub enum InvokeError {
     /// Something failed on the host side.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A failure of a guest that had written to stderr first (a trap, a limit, the
+    /// timeout): the failure and the tail of what it wrote, which is its owner's to read.
+    #[error("{error}")]
+    Logged {
+        error: Box<InvokeError>,
+        stderr: String,
+    },
+}
+
+impl InvokeError {
+    /// `self`, carrying the tail of what the guest wrote to `stderr` when there is any.
+    pub fn with_log(self, stderr: &[u8]) -> Self {
+        if stderr.is_empty() || matches!(self, InvokeError::Exit { .. }) {
+            return self;
+        }
+        InvokeError::Logged {
+            error: Box::new(self),
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+        }
+    }
+
+    /// What the guest wrote to stderr before it failed ("" when nothing, or not kept).
+    pub fn stderr(&self) -> &str {
+        match self {
+            InvokeError::Exit { stderr, .. } | InvokeError::Logged { stderr, .. } => stderr,
+            _ => "",
+        }
+    }
+
+    /// Takes what the guest wrote to stderr out of the error, for a caller who may not see
+    /// it.
+    pub fn take_stderr(&mut self) -> String {
+        match self {
+            InvokeError::Exit { stderr, .. } | InvokeError::Logged { stderr, .. } => {
+                std::mem::take(stderr)
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The failure itself, without the log it may carry.
+    pub fn cause(&self) -> &InvokeError {
+        match self {
+            InvokeError::Logged { error, .. } => error.cause(),
+            e => e,
+        }
+    }
 }

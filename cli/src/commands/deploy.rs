@@ -31,6 +31,9 @@ pub struct Args {
     /// Anyone may invoke it without an API key.
     #[arg(long)]
     public: bool,
+    /// A command also gets the call's method and path in WAFER_METHOD and WAFER_PATH.
+    #[arg(long)]
+    request_env: bool,
     /// How long its runs are: `long` sends its jobs to dedicated runners, `short` keeps them
     /// off the long lane (default: decided by measured run times).
     #[arg(long, value_parser = ["short", "long"])]
@@ -96,6 +99,9 @@ pub async fn run(client: &Client, a: &Args) -> anyhow::Result<()> {
         .await?;
     let digest = module["digest"].as_str().unwrap_or_default().to_owned();
     let mut spec = json!({ "module": digest, "env": env, "public": a.public });
+    if a.request_env {
+        spec["request_env"] = Value::Bool(true);
+    }
     if let Some(c) = &a.class {
         spec["class"] = Value::String(c.clone());
     }

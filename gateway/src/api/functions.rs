@@ -37,6 +37,8 @@ struct NewVersion {
     #[serde(default)]
     public: bool,
     #[serde(default)]
+    request_env: bool,
+    #[serde(default)]
     class: Option<wafer_core::JobClass>,
     #[serde(default)]
     cache: Option<wafer_core::CacheSpec>,
@@ -66,6 +68,7 @@ pub fn version_json(v: &VersionRecord) -> Value {
         "fuel": v.spec.fuel,
         "env_keys": v.spec.env.keys().collect::<Vec<_>>(),
         "public": v.spec.public,
+        "request_env": v.spec.request_env,
         "class": v.spec.class,
         "cache": v.spec.cache,
         "created": v.created,
@@ -193,6 +196,7 @@ pub async fn put(
         fuel,
         env: req.env,
         public: req.public,
+        request_env: req.request_env,
         class: req.class,
         cache,
     };

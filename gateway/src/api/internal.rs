@@ -4,13 +4,18 @@
 //! runner reaches them through here: it claims, heartbeats and acks queue entries, fetches the
 //! work order of a job it starts (the version resolved, limits and input) and hands back the
 //! end. Runners authenticate with the runner token (`runner.key` in the data directory),
-//! which grants nothing on the public API; without it every route is 404.
+//! which grants nothing on the public API; without it every route is 404, answered before
+//! any of the request's body is read. Bodies are read within the body timeout, up to the room
+//! a whole result needs ([`body_limit`]).
 
 use crate::problem::ApiError;
 use crate::state::AppState;
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -39,6 +44,56 @@ fn check(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The runners' API. The token is checked first, by a layer, so a caller without it gets
+/// its 404 at once, whatever body it announces.
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/internal/v1/setup", get(setup))
+        .route("/internal/v1/queue/claim", post(claim))
+        .route("/internal/v1/queue/heartbeat", post(heartbeat))
+        .route("/internal/v1/queue/ack", post(ack))
+        .route("/internal/v1/jobs/{id}/start", post(start))
+        .route("/internal/v1/jobs/{id}/finish", post(finish))
+        .route("/internal/v1/jobs/{id}/dead", post(dead))
+        .route(
+            "/internal/v1/artifacts/{fingerprint}/{digest}",
+            get(compiled),
+        )
+        .route("/internal/v1/modules/{digest}", get(module))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match check(&state, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The largest body a runner sends: a finish with a whole response (base64) and a whole log
+/// (JSON-escaped, at worst six bytes a byte), and room for the rest.
+pub fn body_limit(config: &crate::config::Config) -> usize {
+    let f = &config.functions;
+    f.max_response_bytes.div_ceil(3) * 4 + f.max_log_bytes * 6 + (64 << 10)
+}
+
+/// A JSON body of the runners' API, read within the body timeout and up to [`body_limit`].
+pub struct RunnerJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for RunnerJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let limit = body_limit(&state.config);
+        let bytes =
+            super::read_limited(state, &parts.headers, body, limit, "request-too-large").await?;
+        serde_json::from_slice(&bytes)
+            .map(RunnerJson)
+            .map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
+    }
+}
+
 /// What a runner needs to build an engine like the server's, so compiled code is shared.
 #[derive(Serialize, Deserialize)]
 pub struct RunnerSetup {
@@ -64,11 +119,7 @@ pub struct RunnerSetup {
 }
 
 /// `GET /internal/v1/setup`.
-pub async fn setup(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<RunnerSetup>, ApiError> {
-    check(&state, &headers)?;
+pub async fn setup(State(state): State<Arc<AppState>>) -> Result<Json<RunnerSetup>, ApiError> {
     Ok(Json(RunnerSetup {
         engine: state.runner.engine_config().clone(),
         fingerprint: state.runner.fingerprint().to_owned(),
@@ -97,10 +148,8 @@ pub struct ClaimRequest {
 /// `POST /internal/v1/queue/claim`: the next job of a lane, waiting up to `wait_ms` for one.
 pub async fn claim(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(req): Json<ClaimRequest>,
+    RunnerJson(req): RunnerJson<ClaimRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    check(&state, &headers)?;
     let wait = Duration::from_millis(req.wait_ms.min(30_000));
     let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
     let claimed = state.jobs.claim_waiting(req.lane, lease, wait).await?;
@@ -120,10 +169,8 @@ pub struct HeartbeatRequest {
 /// cancelled or delivered again), so the runner stops it.
 pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(req): Json<HeartbeatRequest>,
+    RunnerJson(req): RunnerJson<HeartbeatRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    check(&state, &headers)?;
     let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
     let held = state
         .jobs
@@ -137,10 +184,8 @@ pub async fn heartbeat(
 /// `POST /internal/v1/queue/ack`.
 pub async fn ack(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(claim): Json<Claim>,
+    RunnerJson(claim): RunnerJson<Claim>,
 ) -> Result<Json<Value>, ApiError> {
-    check(&state, &headers)?;
     let acked = state
         .jobs
         .queue
@@ -178,10 +223,8 @@ pub struct Started {
 pub async fn start(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Json(req): Json<StartRequest>,
+    RunnerJson(req): RunnerJson<StartRequest>,
 ) -> Result<Json<Started>, ApiError> {
-    check(&state, &headers)?;
     let id = job_id(&id)?;
     let none = || {
         Json(Started {
@@ -240,6 +283,7 @@ pub async fn start(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        request_env: version.spec.request_env,
         request: rec.request.clone(),
     };
     Ok(Json(Started {
@@ -262,10 +306,8 @@ pub struct FinishRequest {
 pub async fn finish(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Json(req): Json<FinishRequest>,
+    RunnerJson(req): RunnerJson<FinishRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    check(&state, &headers)?;
     let id = job_id(&id)?;
     if !matches!(
         req.end.status,
@@ -294,10 +336,8 @@ pub struct DeadRequest {
 pub async fn dead(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Json(req): Json<DeadRequest>,
+    RunnerJson(req): RunnerJson<DeadRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    check(&state, &headers)?;
     let id = job_id(&id)?;
     crate::jobs::bury(&state, &id, req.deliveries).await;
     Ok(Json(json!({})))
@@ -309,9 +349,7 @@ pub async fn dead(
 pub async fn compiled(
     State(state): State<Arc<AppState>>,
     Path((fingerprint, digest)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    check(&state, &headers)?;
     let digest = wafer_core::Digest::parse(&digest)
         .map_err(|e| ApiError::bad_request("invalid-digest", e.to_string()))?;
     let missing = || {
@@ -345,9 +383,7 @@ pub async fn compiled(
 pub async fn module(
     State(state): State<Arc<AppState>>,
     Path(digest): Path<String>,
-    headers: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    check(&state, &headers)?;
     let digest = wafer_core::Digest::parse(&digest)
         .map_err(|e| ApiError::bad_request("invalid-digest", e.to_string()))?;
     let bytes = state

@@ -357,10 +357,9 @@ async fn run_call(
             Ok(resp)
         }
         Err(mut e) => {
-            let log = match &mut e {
-                wafer_runner::InvokeError::Exit { stderr, .. } if sees_logs => stderr.clone(),
-                wafer_runner::InvokeError::Exit { stderr, .. } => std::mem::take(stderr),
-                _ => String::new(),
+            let log = match sees_logs {
+                true => e.stderr().to_owned(),
+                false => e.take_stderr(),
             };
             let err: ApiError = e.into();
             state
@@ -431,8 +430,12 @@ async fn submit_async(
         .unwrap_or_default();
     let sub = crate::jobs::Submission {
         request: crate::jobs::request_head(&parts.method, &fn_path, &parts.headers),
+        // The function is part of the request: the same key on another function (or on a
+        // function deleted and created again) is another request, refused, never a replay.
         request_hash: crate::jobs::hash_request(&[
             b"call",
+            function.name.as_str().as_bytes(),
+            &function.incarnation.to_le_bytes(),
             parts.method.as_str().as_bytes(),
             fn_path.as_bytes(),
             content_type,

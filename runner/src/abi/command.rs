@@ -55,9 +55,10 @@ fn finish(
                     return Err(InvokeError::OutputLimit {
                         stream: "stdout",
                         limit: stdout.cap(),
-                    });
+                    }
+                    .with_log(&stderr.contents()));
                 }
-                return Err(classify(e, hit, limits));
+                return Err(classify(e, hit, limits).with_log(&stderr.contents()));
             }
         },
     };
@@ -66,7 +67,8 @@ fn finish(
         return Err(InvokeError::OutputLimit {
             stream: "stdout",
             limit: stdout.cap(),
-        });
+        }
+        .with_log(&stderr.contents()));
     }
     if code != 0 {
         return Err(InvokeError::Exit {
@@ -103,7 +105,7 @@ pub async fn run_module(
     };
     let result = match tokio::time::timeout(limits.timeout, run).await {
         Ok(r) => r,
-        Err(_) => return Err(InvokeError::Timeout(limits.timeout)),
+        Err(_) => return Err(InvokeError::Timeout(limits.timeout).with_log(&stderr.contents())),
     };
     let hit = store.data_mut().limiter_hit();
     let fuel = fuel_used(&store, limits);
@@ -134,7 +136,7 @@ pub async fn run_component(
     };
     let result = match tokio::time::timeout(limits.timeout, run).await {
         Ok(r) => r,
-        Err(_) => return Err(InvokeError::Timeout(limits.timeout)),
+        Err(_) => return Err(InvokeError::Timeout(limits.timeout).with_log(&stderr.contents())),
     };
     let hit = store.data_mut().limiter_hit();
     let fuel = fuel_used(&store, limits);

@@ -97,13 +97,13 @@ pub async fn run(
     let both = async { tokio::join!(handler, response) };
     let ((result, hit, fuel), response) = match tokio::time::timeout(limits.timeout, both).await {
         Ok(r) => r,
-        Err(_) => return Err(InvokeError::Timeout(limits.timeout)),
+        Err(_) => return Err(InvokeError::Timeout(limits.timeout).with_log(&log.contents())),
     };
     if let Err(e) = result {
-        return Err(classify(e, hit, limits));
+        return Err(classify(e, hit, limits).with_log(&log.contents()));
     }
     Ok(HttpRun {
-        response: response?,
+        response: response.map_err(|e| e.with_log(&log.contents()))?,
         log: log.contents(),
         fuel,
     })
