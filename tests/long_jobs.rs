@@ -177,11 +177,15 @@ fn a_dedicated_runner_that_never_starts_fails_the_job_with_the_reason() {
     }
     wait_dedicated(&s, 0);
 
-    // A launch command that fails: the job fails at once with what it said.
+    // A launch command that fails, tracing the runner token it was given: the job fails at
+    // once; what the command said is the operator's (the server log, token hidden), not the
+    // tenant's.
     let s = TestServer::start_with_config(
         "[jobs.long]\nprovisioner = \"command\"\n\
-         [jobs.long.command]\nlaunch = [\"/bin/sh\", \"-c\", \"echo quota exceeded >&2; exit 3\"]\n",
+         [jobs.long.command]\nlaunch = [\"/bin/sh\", \"-c\", \"echo quota exceeded >&2; echo token=$WAFER_RUNNER_TOKEN >&2; exit 3\"]\n",
     );
+    let token = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
+    let token = token.trim();
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
     let job = submit(&s, &key, json!({"function": "batch", "input": 1}));
@@ -191,13 +195,14 @@ fn a_dedicated_runner_that_never_starts_fails_the_job_with_the_reason() {
         failed["error"]["type"],
         "https://wafer.dev/problems/runner-launch-failed"
     );
-    assert!(
-        failed["error"]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("quota exceeded"),
-        "{failed}"
-    );
+    let text = failed.to_string();
+    assert!(!text.contains("quota exceeded"), "{failed}");
+    assert!(!text.contains(token), "{failed}");
+    assert!(text.contains("server log"), "{failed}");
+    let log = s.log();
+    assert!(log.contains("quota exceeded"), "{log}");
+    assert!(log.contains("token=***"), "{log}");
+    assert!(!log.contains(token), "the token never reaches the log");
 }
 
 #[test]

@@ -220,3 +220,39 @@ fn cancelling_through_redis_stops_a_running_job_and_drops_a_queued_one() {
     assert_eq!(get_job(&s, &key, queued, "0")["attempts"], 0);
     assert_eq!(status(&s)["queues"]["default"], 0);
 }
+
+#[test]
+fn entries_that_are_not_jobs_are_dead_lettered_and_counted_and_the_lane_goes_on() {
+    let redis = RedisServer::start();
+    let s = server(&redis, "");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "quick", "echo", json!({"timeout_ms": 1000}));
+    // Whoever can write to the Redis puts entries that are not jobs first in the fast lane.
+    for fields in [["job", "not json"], ["other", "1"]] {
+        redis_command(
+            redis.port,
+            &["XADD", "t:lane:fast", "*", fields[0], fields[1]],
+        )
+        .unwrap();
+    }
+    let job = submit(&s, &key, json!({"function": "quick", "input": "after"}));
+    let done = get_job(&s, &key, job["id"].as_str().unwrap(), "20s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        wafer_e2e::metric(&s.metrics(), "wafer_queue_corrupt_entries"),
+        2
+    );
+    assert_eq!(
+        redis_command(redis.port, &["XLEN", "t:dead-letter"]).unwrap(),
+        ":2\r\n"
+    );
+    let dead = redis_command(redis.port, &["XRANGE", "t:dead-letter", "-", "+"]).unwrap();
+    assert!(dead.contains("not json"), "{dead}");
+    assert!(dead.contains("no job field"), "{dead}");
+    // Nothing is left in the lane once the job is acked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_command(redis.port, &["XLEN", "t:lane:fast"]).unwrap() != ":0\r\n" {
+        assert!(Instant::now() < deadline, "entries stay in the lane");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

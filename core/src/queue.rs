@@ -187,6 +187,10 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn cancel(&self, id: &JobId) -> Result<bool, QueueError>;
     /// Jobs in `lane`, waiting or running.
     async fn len(&self, lane: Lane) -> Result<u64, QueueError>;
+    /// Entries found not to be jobs and moved aside (dead-lettered) by this process.
+    fn corrupt_entries(&self) -> u64 {
+        0
+    }
 }
 
 /// Entries by (lane, sequence): a lane is read in order.

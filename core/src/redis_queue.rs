@@ -9,12 +9,17 @@
 //! the result is stored, both only for the consumer and delivery that still hold the entry,
 //! checked in one script so they cannot race with a re-delivery.
 //!
+//! An entry that is not a job (damaged, or written by something else) is moved to the
+//! dead-letter stream (`<prefix>:dead-letter`, the newest 10 000 kept) and counted, so it
+//! neither blocks the lane nor vanishes unseen.
+//!
 //! Durability is Redis's: with AOF (`appendonly yes`, `appendfsync always`) no enqueued job
 //! is lost to a restart of Redis.
 
 use crate::queue::{Claim, Claimed, JobId, JobQueue, Lane, QueueError, QueuedJob};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 fn backend(e: impl std::fmt::Display) -> QueueError {
@@ -70,6 +75,29 @@ pub struct RedisJobQueue {
     enqueue: Script,
     held: Script,
     remove: Script,
+    /// Entries that were not jobs, moved to the dead-letter stream by this process.
+    corrupt: AtomicU64,
+}
+
+/// The most entries a claim moves to the dead-letter stream before it gives up for now.
+const MAX_CORRUPT_PER_CLAIM: usize = 16;
+
+/// How many dead letters the dead-letter stream keeps (about: `MAXLEN ~`).
+const DEAD_LETTERS_KEPT: u64 = 10_000;
+
+/// What one read of a stream found.
+enum Step {
+    /// A job (or a dead letter).
+    Got(Claimed),
+    /// An entry that was not a job, now in the dead-letter stream.
+    Buried,
+}
+
+/// A stream entry that is not a job.
+struct Corrupt {
+    eid: String,
+    why: String,
+    raw: String,
 }
 
 impl RedisJobQueue {
@@ -96,6 +124,7 @@ impl RedisJobQueue {
             enqueue: Script::new(ENQUEUE),
             held: Script::new(HELD),
             remove: Script::new(REMOVE),
+            corrupt: AtomicU64::new(0),
         };
         for lane in Lane::ALL {
             let created: Result<Value, _> = redis::cmd("XGROUP")
@@ -121,6 +150,44 @@ impl RedisJobQueue {
 
     fn index(&self) -> String {
         format!("{}:index", self.prefix)
+    }
+
+    fn dead_letters(&self) -> String {
+        format!("{}:dead-letter", self.prefix)
+    }
+
+    /// Moves an entry that is not a job from `lane` to the dead-letter stream (with why, and
+    /// what it held), and counts it.
+    async fn bury_corrupt(&self, lane: Lane, c: Corrupt) -> Result<(), QueueError> {
+        tracing::error!(lane = lane.as_str(), entry = %c.eid, why = %c.why, "a queue entry is not a job: moved to the dead-letter stream");
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(self.dead_letters())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(DEAD_LETTERS_KEPT)
+            .arg("*")
+            .arg("lane")
+            .arg(lane.as_str())
+            .arg("entry")
+            .arg(&c.eid)
+            .arg("why")
+            .arg(&c.why)
+            .arg("raw")
+            .arg(&c.raw)
+            .cmd("XACK")
+            .arg(self.stream(lane))
+            .arg(GROUP)
+            .arg(&c.eid)
+            .cmd("XDEL")
+            .arg(self.stream(lane))
+            .arg(&c.eid)
+            .query_async::<Value>(&mut self.con())
+            .await
+            .map_err(backend)?;
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn con(&self) -> ConnectionManager {
@@ -188,7 +255,7 @@ impl RedisJobQueue {
     }
 
     /// An entry whose holder stopped heartbeating for `lease`, taken over by this consumer.
-    async fn reclaim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError> {
+    async fn reclaim(&self, lane: Lane, lease: Duration) -> Result<Option<Step>, QueueError> {
         let v: Value = redis::cmd("XAUTOCLAIM")
             .arg(self.stream(lane))
             .arg(GROUP)
@@ -207,9 +274,17 @@ impl RedisJobQueue {
         else {
             return Ok(None);
         };
-        let (eid, job) = parse_entry(entry)?;
+        let (eid, job) = match parse_entry(entry)? {
+            Ok(found) => found,
+            Err(c) => {
+                self.bury_corrupt(lane, c).await?;
+                return Ok(Some(Step::Buried));
+            }
+        };
         let count = self.deliveries(lane, &eid).await?;
-        self.delivered(lane, eid, job, count).await.map(Some)
+        self.delivered(lane, eid, job, count)
+            .await
+            .map(|c| Some(Step::Got(c)))
     }
 
     /// A new entry, waiting up to `block` for one (None: do not wait).
@@ -217,7 +292,7 @@ impl RedisJobQueue {
         &self,
         lane: Lane,
         block: Option<Duration>,
-    ) -> Result<Option<Claimed>, QueueError> {
+    ) -> Result<Option<Step>, QueueError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -258,8 +333,16 @@ impl RedisJobQueue {
         let Some(entry) = entry else {
             return Ok(None);
         };
-        let (eid, job) = parse_entry(entry)?;
-        self.delivered(lane, eid, job, 1).await.map(Some)
+        let (eid, job) = match parse_entry(entry)? {
+            Ok(found) => found,
+            Err(c) => {
+                self.bury_corrupt(lane, c).await?;
+                return Ok(Some(Step::Buried));
+            }
+        };
+        self.delivered(lane, eid, job, 1)
+            .await
+            .map(|c| Some(Step::Got(c)))
     }
 
     async fn run_held(&self, claim: &Claim, mode: &str) -> Result<bool, QueueError> {
@@ -326,25 +409,40 @@ fn streams(v: &Value) -> Vec<Vec<&Value>> {
     }
 }
 
-/// An entry `[id, [field, value, …]]` → its id and job.
-fn parse_entry(entry: &Value) -> Result<(String, QueuedJob), QueueError> {
+/// An entry `[id, [field, value, …]]` → its id and job; `Err(Corrupt)` when it has an id but
+/// is not a job; an error when Redis's answer is not an entry at all.
+fn parse_entry(entry: &Value) -> Result<Result<(String, QueuedJob), Corrupt>, QueueError> {
     let bad = || QueueError::Storage("redis: malformed stream entry".into());
     let parts = items(entry).ok_or_else(bad)?;
     let eid = parts.first().and_then(text).ok_or_else(bad)?;
+    let corrupt = |why: String| {
+        let raw: String = format!("{:?}", parts.get(1)).chars().take(4096).collect();
+        Err(Corrupt {
+            eid: eid.clone(),
+            why,
+            raw,
+        })
+    };
     let fields: Vec<&Value> = match parts.get(1) {
         Some(Value::Map(m)) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
-        Some(v) => items(v).ok_or_else(bad)?.iter().collect(),
-        None => return Err(bad()),
+        Some(v) => match items(v) {
+            Some(f) => f.iter().collect(),
+            None => return Ok(corrupt("its fields are not a list".into())),
+        },
+        None => return Ok(corrupt("it has no fields".into())),
     };
-    let payload = fields
+    let Some(payload) = fields
         .chunks(2)
         .find(|kv| kv.first().and_then(|k| text(k)).as_deref() == Some("job"))
         .and_then(|kv| kv.get(1))
         .and_then(|v| text(v))
-        .ok_or_else(bad)?;
-    let job = serde_json::from_str(&payload)
-        .map_err(|e| QueueError::Storage(format!("redis: corrupt job entry: {e}")))?;
-    Ok((eid, job))
+    else {
+        return Ok(corrupt("it has no job field".into()));
+    };
+    match serde_json::from_str(&payload) {
+        Ok(job) => Ok(Ok((eid, job))),
+        Err(e) => Ok(corrupt(format!("its job does not parse: {e}"))),
+    }
 }
 
 #[async_trait::async_trait]
@@ -363,10 +461,7 @@ impl JobQueue for RedisJobQueue {
     }
 
     async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError> {
-        if let Some(c) = self.reclaim(lane, lease).await? {
-            return Ok(Some(c));
-        }
-        self.read_new(lane, None).await
+        self.claim_wait(lane, lease, Duration::ZERO).await
     }
 
     async fn claim_wait(
@@ -375,13 +470,24 @@ impl JobQueue for RedisJobQueue {
         lease: Duration,
         wait: Duration,
     ) -> Result<Option<Claimed>, QueueError> {
-        if let Some(c) = self.reclaim(lane, lease).await? {
-            return Ok(Some(c));
+        // Entries that are not jobs are buried on the way; a claim buries a bounded number.
+        for _ in 0..MAX_CORRUPT_PER_CLAIM {
+            let found = match self.reclaim(lane, lease).await? {
+                Some(c) => Some(c),
+                None if wait.is_zero() => self.read_new(lane, None).await?,
+                None => self.read_new(lane, Some(wait)).await?,
+            };
+            match found {
+                Some(Step::Got(c)) => return Ok(Some(c)),
+                Some(Step::Buried) => continue,
+                None => return Ok(None),
+            }
         }
-        if wait.is_zero() {
-            return self.read_new(lane, None).await;
-        }
-        self.read_new(lane, Some(wait)).await
+        Ok(None)
+    }
+
+    fn corrupt_entries(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
     }
 
     fn blocks(&self) -> bool {

@@ -45,6 +45,7 @@ pub struct Metrics {
     cache_evictions: Family<CauseLabels, Counter>,
     cache_shared: Family<ResultLabels, Counter>,
     cache_bytes: Gauge,
+    queue_corrupt: Gauge,
     vm_accel: Family<AccelLabels, Gauge>,
 }
 
@@ -198,6 +199,12 @@ impl Default for Metrics {
             "Bytes the in-process response cache holds",
             cache_bytes.clone(),
         );
+        let queue_corrupt = Gauge::default();
+        registry.register(
+            "queue_corrupt_entries",
+            "Queue entries this server found not to be jobs and moved to the dead-letter stream",
+            queue_corrupt.clone(),
+        );
         let vm_accel = Family::<AccelLabels, Gauge>::default();
         registry.register(
             "vm_accel",
@@ -222,6 +229,7 @@ impl Default for Metrics {
             cache_evictions,
             cache_shared,
             cache_bytes,
+            queue_corrupt,
             vm_accel,
         }
     }
@@ -314,6 +322,11 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets how many queue entries were found not to be jobs.
+    pub fn set_queue_corrupt(&self, n: u64) {
+        self.queue_corrupt.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Sets the bytes the in-process response cache holds.

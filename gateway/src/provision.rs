@@ -146,22 +146,44 @@ async fn run_command(
         })?
         .map_err(|e| ProvisionError(format!("running {program}: {e}")))?;
     if !out.status.success() {
+        // What the command said is the operator's, not the tenant's: a launch script that
+        // traces itself prints the runner's credentials. It goes to the server log (with the
+        // secrets it was given taken out), and the job's error only says where to look.
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: String = err
             .chars()
             .rev()
-            .take(500)
+            .take(2000)
             .collect::<Vec<_>>()
             .into_iter()
             .rev()
             .collect();
+        tracing::warn!(
+            program = %program,
+            status = %out.status,
+            stderr = %redact(tail.trim(), env),
+            "a provisioner command failed"
+        );
         return Err(ProvisionError(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            tail.trim()
+            "{program} failed ({}); what it printed is in the server log",
+            out.status
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The variables of a runner's environment whose values are secrets.
+const SECRET_VARS: [&str; 3] = ["WAFER_RUNNER_TOKEN", "WAFER_QUEUE_URL", "WAFER_CLAIM"];
+
+/// `text` with the values of the secret variables of `env` replaced by `***`.
+fn redact(text: &str, env: &[(String, String)]) -> String {
+    let mut out = text.to_owned();
+    for (k, v) in env {
+        if SECRET_VARS.contains(&k.as_str()) && !v.is_empty() {
+            out = out.replace(v.as_str(), "***");
+        }
+    }
+    out
 }
 
 /// Shell-quotes a command line, for `WAFER_RUNNER_COMMAND`.

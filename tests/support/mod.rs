@@ -664,17 +664,40 @@ impl Drop for CacheSidecar {
 
 /// How many times `function` ran successfully on `s`, from its `/metrics`.
 pub fn runs(s: &TestServer, function: &str) -> u64 {
+    let text = s.metrics();
+    // Before the first invocation the counter has no samples, and no TYPE line either: 0
+    // then, but only on a real metrics page.
+    if !text.contains("# TYPE wafer_invocations ") {
+        assert!(
+            text.contains("# TYPE wafer_invocations_in_flight gauge"),
+            "not a metrics page: {text}"
+        );
+        return 0;
+    }
     metric(
-        &s.metrics(),
+        &text,
         &format!("wafer_invocations_total{{function=\"{function}\",outcome=\"ok\"}}"),
     )
 }
 
-/// The value of the sample `name{labels}` in a metrics text (0 when absent).
+/// The value of the sample `name{labels}` in a metrics text. A sample that is absent reads as
+/// 0 only when its metric is there (a counter not yet counted for these labels); a metric the
+/// text does not have at all fails the test, so a renamed metric cannot pass as 0.
 pub fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
+    if let Some(n) = text
+        .lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0, |n| n.trim().parse().expect("a number"))
+    {
+        return n.trim().parse().expect("a number");
+    }
+    let name = sample.split('{').next().unwrap_or(sample);
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    assert!(
+        text.lines()
+            .any(|l| l.strip_prefix("# TYPE ").and_then(|r| r.split(' ').next()) == Some(family)),
+        "no metric {family} in:\n{text}"
+    );
+    0
 }
 
 /// The `x-cache` header of an answer ("" when absent).

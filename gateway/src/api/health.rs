@@ -39,6 +39,9 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     crate::auth::require(&state, &headers, Scope::Metrics).await?;
     state.cache.report();
+    state
+        .metrics
+        .set_queue_corrupt(state.jobs.queue.corrupt_entries());
     Ok((
         [(
             header::CONTENT_TYPE,
