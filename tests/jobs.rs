@@ -1041,3 +1041,143 @@ fn jobs_wait_shows_a_spinner_with_the_elapsed_time_on_a_terminal() {
         "{shown:?}"
     );
 }
+
+/// A key of `tenant` with only `scopes`, made by the admin.
+fn key_with(s: &TestServer, tenant: &str, scopes: &[&str]) -> String {
+    let r = s
+        .admin(Method::POST, "/v1/keys")
+        .json(&json!({"tenant": tenant, "scopes": scopes}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn only_a_key_that_may_deploy_gets_the_webhook_signing_secret() {
+    let s = TestServer::start_with_config(HOOKS);
+    let deployer = key_with(&s, "acme", &["deploy", "invoke", "read"]);
+    let invoker = key_with(&s, "acme", &["invoke", "read"]);
+    s.deploy_as(&deployer, "echo", "echo", json!({}));
+    let hook = Receiver::start(vec![]);
+    let body = json!({"function": "echo", "input": 1, "webhook": hook.url});
+    // No secret yet: an invoke-only key cannot make (and see) one.
+    let r = s
+        .with_key(&invoker, Method::POST, "/v1/jobs")
+        .json(&body)
+        .send()
+        .unwrap();
+    let p = assert_problem(r, 422, "webhook-secret-missing");
+    assert!(!p.to_string().contains("whsec_"), "{p}");
+    let r = s
+        .with_key(&invoker, Method::POST, "/v1/webhooks/secret")
+        .send()
+        .unwrap();
+    assert_problem(r, 403, "forbidden");
+    // The deployer's first webhook makes it, shown once; then the invoker's jobs are signed
+    // with it and never show it.
+    let first = submit(&s, &deployer, body.clone());
+    let secret = first["webhook_secret"].as_str().unwrap().to_owned();
+    hook.next();
+    let theirs = submit(&s, &invoker, body);
+    assert!(theirs.get("webhook_secret").is_none(), "{theirs}");
+    let (headers, sent) = hook.next();
+    assert!(signed_by(&headers["wafer-signature"], &sent, &secret));
+}
+
+#[test]
+fn webhooks_never_take_a_proxy_from_the_environment() {
+    // A "proxy" that records whoever connects to it.
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    proxy.set_nonblocking(true).unwrap();
+    let s = TestServer::start_with(
+        HOOKS,
+        &[
+            ("HTTP_PROXY", proxy_url.as_str()),
+            ("http_proxy", proxy_url.as_str()),
+            ("HTTPS_PROXY", proxy_url.as_str()),
+            ("ALL_PROXY", proxy_url.as_str()),
+            ("NO_PROXY", ""),
+        ],
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let hook = Receiver::start(vec![]);
+    submit(
+        &s,
+        &key,
+        json!({"function": "echo", "input": 1, "webhook": hook.url}),
+    );
+    let (headers, _) = hook.next();
+    assert!(headers.contains_key("wafer-signature"));
+    assert!(
+        proxy.accept().is_err(),
+        "the delivery went through the environment's proxy"
+    );
+}
+
+#[test]
+fn webhook_deliveries_in_flight_are_bounded() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = TestServer::start_with_config(&format!("{HOOKS}webhook_max_in_flight = 2\n"));
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    // A receiver that holds each request until four have arrived or 2 s have passed, and
+    // records how many it held at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let most = std::sync::Arc::new(AtomicUsize::new(0));
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    {
+        let (open, most, served) = (open.clone(), most.clone(), served.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (open, most, served) = (open.clone(), most.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let mut buf = [0u8; 65536];
+                    let _ = conn.read(&mut buf);
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while open.load(Ordering::SeqCst) < 4 && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    served.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            submit(
+                &s,
+                &key,
+                json!({"function": "echo", "input": i, "webhook": url}),
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get_job(&s, &key, id, "0")["webhook"]["status"] != "delivered" {
+            assert!(Instant::now() < deadline, "{id} never delivered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 6);
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} deliveries at once");
+}

@@ -347,6 +347,8 @@ pub trait JobStore: Send + Sync + 'static {
         tenant: &TenantId,
         rotate: bool,
     ) -> Result<(String, bool), JobError>;
+    /// The tenant's webhook signing secret, if it has one (never creates one).
+    async fn existing_webhook_secret(&self, tenant: &TenantId) -> Result<Option<String>, JobError>;
     /// Removes up to `max` jobs whose time ran out by `now_ms`, with their inputs, outputs
     /// and idempotency keys; returns how many.
     async fn purge_expired(&self, now_ms: u64, max: usize) -> Result<usize, JobError>;
@@ -775,6 +777,14 @@ impl JobStore for EmbeddedJobStore {
             }
         })
         .await
+    }
+
+    async fn existing_webhook_secret(&self, tenant: &TenantId) -> Result<Option<String>, JobError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        Ok(t.get(tenant.as_str())
+            .map_err(storage)?
+            .map(|v| v.value().to_owned()))
     }
 
     async fn purge_expired(&self, now_ms: u64, max: usize) -> Result<usize, JobError> {

@@ -136,6 +136,11 @@ pub struct JobsConfig {
     pub webhook_timeout_ms: u64,
     /// Whether webhooks may target loopback, private and link-local addresses.
     pub webhook_allow_private: bool,
+    /// Webhook attempts in flight at once, server-wide; more wait their turn.
+    pub webhook_max_in_flight: usize,
+    /// A proxy for webhook deliveries (`http://host:port`); empty: none. The environment's
+    /// proxy variables are never used.
+    pub webhook_proxy: String,
     /// Jobs whose estimate (or, before any run, timeout) is above this go to the long lane,
     /// ms.
     pub long_lane_ms: u64,
@@ -279,6 +284,8 @@ impl Default for JobsConfig {
             webhook_backoff_ms: 1_000,
             webhook_timeout_ms: 10_000,
             webhook_allow_private: false,
+            webhook_max_in_flight: 64,
+            webhook_proxy: String::new(),
             long_lane_ms: 60_000,
             inline_budget_ms: 30_000,
             long: LongLaneConfig::default(),

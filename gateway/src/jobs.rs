@@ -43,20 +43,22 @@ pub struct Jobs {
     metrics: Arc<crate::metrics::Metrics>,
     /// Duration estimates per function version.
     pub estimates: crate::routing::Estimates,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Jobs {
     /// Jobs on `store` and `queue`; runners in other processes present `runner_token`.
-    /// Ends are counted in `metrics`.
+    /// Ends are counted in `metrics`. Fails on webhook settings that cannot work.
     pub fn new(
         store: Arc<dyn JobStore>,
         queue: Arc<dyn JobQueue>,
         config: JobsConfig,
         runner_token: crate::auth::Secret,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let (events, _) = broadcast::channel(4096);
-        Self {
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
+        Ok(Self {
             store,
             queue,
             config,
@@ -70,7 +72,8 @@ impl Jobs {
             runner_token,
             metrics,
             estimates: Default::default(),
-        }
+            webhooks,
+        })
     }
 
     /// The lanes the server's own pool serves: the fast lane, and the default lane when no
@@ -95,8 +98,8 @@ impl Jobs {
     fn notify_webhook(&self, rec: &JobRecord) {
         if rec.webhook.is_some() {
             tokio::spawn(crate::webhooks::deliver(
+                self.webhooks.clone(),
                 self.store.clone(),
-                self.config.clone(),
                 rec.id.clone(),
             ));
         }
@@ -107,8 +110,8 @@ impl Jobs {
         let pending = self.store.pending_webhooks().await?;
         for id in &pending {
             tokio::spawn(crate::webhooks::deliver(
+                self.webhooks.clone(),
                 self.store.clone(),
-                self.config.clone(),
                 id.clone(),
             ));
         }
@@ -440,12 +443,34 @@ pub async fn submit(
     let new_secret = match &sub.webhook {
         Some(url) => {
             crate::webhooks::validate(url)?;
-            let (secret, created) = jobs
+            let existing = jobs
                 .store
-                .webhook_secret(&caller.tenant, false)
+                .existing_webhook_secret(&caller.tenant)
                 .await
                 .map_err(ApiError::internal)?;
-            created.then_some(secret)
+            match existing {
+                Some(_) => None,
+                // The tenant's first webhook makes its signing secret, shown this once: only
+                // a key that may deploy may hold it.
+                None if caller.allows(wafer_core::Scope::Deploy) => {
+                    let (secret, _) = jobs
+                        .store
+                        .webhook_secret(&caller.tenant, false)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    Some(secret)
+                }
+                None => {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "webhook-secret-missing",
+                        "No webhook signing secret",
+                        "this tenant has no webhook signing secret yet, and this key may not \
+                         create one: create it with POST /v1/webhooks/secret and a key with the \
+                         deploy scope",
+                    ));
+                }
+            }
         }
         None => None,
     };

@@ -109,7 +109,8 @@ impl Gateway {
             config.jobs.clone(),
             runner_token,
             metrics.clone(),
-        );
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let state = Arc::new(AppState {
             jobs,
             fleet: Default::default(),
