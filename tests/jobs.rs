@@ -1181,3 +1181,96 @@ fn webhook_deliveries_in_flight_are_bounded() {
     let most = most.load(Ordering::SeqCst);
     assert!((1..=2).contains(&most), "{most} deliveries at once");
 }
+
+/// Opens job `id`'s event stream as `key` and reads its first event (the stream then holds
+/// a wait on the server).
+fn open_events(s: &TestServer, key: &str, id: &str) -> BufReader<reqwest::blocking::Response> {
+    let r = s
+        .with_key(key, Method::GET, &format!("/v1/jobs/{id}/events"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = BufReader::new(r);
+    let mut line = String::new();
+    while !line.starts_with("event: status") {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "the stream ended");
+    }
+    stream
+}
+
+/// A 30 s job of `key`'s function `function` (a nap).
+fn napping(s: &TestServer, key: &str, function: &str) -> String {
+    submit(s, key, json!({"function": function, "input": 30000}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn waits_are_bounded_per_tenant_and_in_all() {
+    let s = TestServer::start_with_config(
+        "[jobs]\nworkers = 0\nmax_waits = 3\nmax_waits_per_tenant = 2\n",
+    );
+    let keys: Vec<String> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|t| {
+            let k = s.tenant_key(t);
+            s.deploy_as(&k, &format!("nap-{t}"), "nap", json!({"timeout_ms": 60000}));
+            k
+        })
+        .collect();
+    let (a, b, c) = (&keys[0], &keys[1], &keys[2]);
+    let a1 = napping(&s, a, "nap-alpha");
+    let mut streams = vec![open_events(&s, a, &a1), open_events(&s, a, &a1)];
+    // Alpha holds its two: a third wait of alpha's, stream or long poll, is refused.
+    let poll = |k: &str, id: &str| {
+        s.with_key(k, Method::GET, &format!("/v1/jobs/{id}?wait=1s"))
+            .send()
+            .unwrap()
+    };
+    let r = poll(a, &a1);
+    assert!(r.headers().contains_key("retry-after"));
+    let p = assert_problem(r, 429, "too-many-waits");
+    assert!(p["detail"].as_str().unwrap().contains("this tenant"), "{p}");
+    let r = s
+        .with_key(a, Method::GET, &format!("/v1/jobs/{a1}/events"))
+        .send()
+        .unwrap();
+    assert_problem(r, 429, "too-many-waits");
+    // A read without a wait is no wait.
+    let now = get_job(&s, a, &a1, "0");
+    assert!(
+        matches!(now["status"].as_str(), Some("queued" | "running")),
+        "{now}"
+    );
+    // Beta waits too; then the server is at its bound for everyone.
+    let b1 = napping(&s, b, "nap-beta");
+    streams.push(open_events(&s, b, &b1));
+    let c1 = napping(&s, c, "nap-gamma");
+    let p = assert_problem(poll(c, &c1), 429, "too-many-waits");
+    assert!(p["detail"].as_str().unwrap().contains("the server"), "{p}");
+    // Alpha's job ends: its streams end, and its waits are free again.
+    let r = s
+        .with_key(a, Method::DELETE, &format!("/v1/jobs/{a1}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for mut stream in streams.drain(..2) {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut rest).unwrap();
+        assert!(rest.contains("cancelled"), "{rest}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = poll(c, &c1);
+        if r.status() == 200 {
+            break;
+        }
+        assert_problem(r, 429, "too-many-waits");
+        assert!(
+            Instant::now() < deadline,
+            "the ended streams' waits were never freed"
+        );
+    }
+}

@@ -119,6 +119,10 @@ pub struct JobsConfig {
     pub max_timeout_ms: u64,
     /// The longest `?wait=` a client may ask for, seconds (longer waits are cut to it).
     pub max_wait_s: u64,
+    /// Waits under way at once (`?wait=` long polls and event streams), server-wide.
+    pub max_waits: usize,
+    /// Waits under way at once for one tenant.
+    pub max_waits_per_tenant: usize,
     /// How often ended jobs past their time are removed, ms.
     pub sweep_interval_ms: u64,
     /// Worker processes (`wafer worker`) the server starts for the default lane when jobs
@@ -276,6 +280,8 @@ impl Default for JobsConfig {
             fast_lane_ms: 5_000,
             max_timeout_ms: 900_000,
             max_wait_s: 60,
+            max_waits: 10_000,
+            max_waits_per_tenant: 100,
             sweep_interval_ms: 60_000,
             workers: 2,
             worker_concurrency: 4,

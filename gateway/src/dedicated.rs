@@ -212,7 +212,7 @@ async fn run_dedicated(
     state
         .metrics
         .set_runners("dedicated", state.fleet.dedicated() as i64);
-    let mut events = state.jobs.subscribe();
+    let mut events = state.jobs.watch(&id);
     let handle: Option<RunnerHandle> = match provisioner.launch(&req).await {
         Ok(h) => {
             tracing::info!(job = id.as_str(), provisioner = provisioner.kind(), handle = %h.0, "dedicated runner launched");
@@ -259,7 +259,7 @@ async fn watch(
     provisioner: &dyn Provisioner,
     handle: &RunnerHandle,
     claim: &Claim,
-    events: &mut tokio::sync::broadcast::Receiver<wafer_core::JobId>,
+    events: &mut crate::jobs::JobWatch,
     start_timeout_ms: u64,
 ) {
     let id = &claim.job.id;
@@ -290,7 +290,7 @@ async fn watch(
             return;
         }
         let step = tokio::time::Instant::now() + state.jobs.heartbeat();
-        state.jobs.next_change(events, id, step.min(deadline)).await;
+        events.next_change(step.min(deadline)).await;
         if let Ok(false) = state.jobs.queue.heartbeat(claim, state.jobs.lease()).await {
             // Cancelled before it started: the runner finds nothing to run.
             return;
@@ -314,6 +314,6 @@ async fn watch(
             _ => return,
         }
         let step = tokio::time::Instant::now() + Duration::from_secs(1);
-        state.jobs.next_change(events, id, step).await;
+        events.next_change(step).await;
     }
 }

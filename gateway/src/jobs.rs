@@ -5,8 +5,10 @@
 //! result is stored. Runners that die lose their lease and the job is delivered again; one
 //! that dies on every delivery ends `dead`.
 //!
-//! Status changes are published on a broadcast channel, which long polls (`?wait=`) and the
-//! event stream listen to; cancelling a running job interrupts its guest.
+//! Status changes wake the watchers of that job only ([`JobWatch`], a watch channel per job
+//! that someone waits on), which long polls (`?wait=`) and the event stream hold; waits are
+//! bounded per tenant and in all ([`Jobs::start_wait`]). Cancelling a running job interrupts
+//! its guest.
 
 use crate::config::JobsConfig;
 use crate::execute::{self, Call};
@@ -19,11 +21,11 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use wafer_core::{
     Claim, Claimed, Created, FunctionRecord, JobEnd, JobId, JobQueue, JobRecord, JobResult,
-    JobStatus, JobStore, KeyRecord, Lane, RequestHead, Route, VersionRecord, VersionRef,
+    JobStatus, JobStore, KeyRecord, Lane, RequestHead, Route, TenantId, VersionRecord, VersionRef,
 };
 use wafer_runner::Output;
 
@@ -34,7 +36,10 @@ pub struct Jobs {
     /// Which job runs next.
     pub queue: Arc<dyn JobQueue>,
     config: JobsConfig,
-    events: broadcast::Sender<JobId>,
+    /// Per job with someone waiting on it: a counter of its changes.
+    watchers: Watchers,
+    /// Waits under way (long polls and event streams): per tenant, and in all.
+    waits: Arc<Mutex<HashMap<TenantId, usize>>>,
     running: Mutex<HashMap<JobId, CancellationToken>>,
     wake: HashMap<Lane, Notify>,
     /// Signalled on every enqueue, for whoever starts runners on demand.
@@ -56,13 +61,13 @@ impl Jobs {
         runner_token: crate::auth::Secret,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
-        let (events, _) = broadcast::channel(4096);
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
         Ok(Self {
             store,
             queue,
             config,
-            events,
+            watchers: Default::default(),
+            waits: Default::default(),
             running: Mutex::new(HashMap::new()),
             wake: [Lane::Fast, Lane::Default, Lane::Long]
                 .into_iter()
@@ -249,9 +254,38 @@ impl Jobs {
         Duration::from_millis(self.config.lease_ms.max(100))
     }
 
+    /// Wakes whoever waits on job `id`, and nobody else.
     fn publish(&self, id: &JobId) {
-        // Nobody listening is fine.
-        let _ = self.events.send(id.clone());
+        self.watchers.publish(id);
+    }
+
+    /// A wait of `tenant`'s (a long poll or an event stream), held until it is dropped; 429
+    /// with Retry-After when the tenant, or the server, has as many under way as it may.
+    pub fn start_wait(&self, tenant: &TenantId) -> Result<WaitSlot, ApiError> {
+        let mut waits = self.waits.lock().expect("waits");
+        let total: usize = waits.values().sum();
+        let mine = waits.get(tenant).copied().unwrap_or(0);
+        let (most, per_tenant) = (self.config.max_waits, self.config.max_waits_per_tenant);
+        if total >= most || mine >= per_tenant {
+            let which = if mine >= per_tenant {
+                format!("this tenant has {per_tenant} waits under way (jobs.max_waits_per_tenant)")
+            } else {
+                format!("the server has {most} waits under way (jobs.max_waits)")
+            };
+            let mut e = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-waits",
+                "Too many waits",
+                format!("{which}: ask again without ?wait, or later"),
+            );
+            e.retry_after = Some(1);
+            return Err(e.with("retry_after", 1));
+        }
+        *waits.entry(tenant.clone()).or_default() += 1;
+        Ok(WaitSlot {
+            waits: self.waits.clone(),
+            tenant: tenant.clone(),
+        })
     }
 
     /// Puts a stored job in its queue and wakes its lane.
@@ -304,41 +338,103 @@ impl Jobs {
         wait: Duration,
     ) -> Result<Option<JobRecord>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut events = self.events.subscribe();
+        let mut watch = self.watch(id);
         loop {
             let rec = self.store.get(id).await.map_err(ApiError::internal)?;
             match &rec {
                 Some(r) if !r.status.is_terminal() => {}
                 _ => return Ok(rec),
             }
-            if !self.next_change(&mut events, id, deadline).await {
+            if !watch.next_change(deadline).await {
                 return Ok(rec);
             }
         }
     }
 
-    /// Waits until job `id` may have changed (true) or `deadline` passed (false).
-    pub async fn next_change(
-        &self,
-        events: &mut broadcast::Receiver<JobId>,
-        id: &JobId,
-        deadline: tokio::time::Instant,
-    ) -> bool {
-        loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return false,
-                Ok(Ok(changed)) if &changed == id => return true,
-                Ok(Ok(_)) => {}
-                // Missed some: look again.
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
-                Ok(Err(broadcast::error::RecvError::Closed)) => return false,
-            }
+    /// Watches job `id`'s changes (made before its record is read, so none is missed).
+    pub fn watch(&self, id: &JobId) -> JobWatch {
+        self.watchers.watch(id)
+    }
+}
+
+/// The jobs someone waits on, each with a channel that counts its changes.
+#[derive(Default)]
+struct Watchers(Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>);
+
+impl Watchers {
+    fn watch(&self, id: &JobId) -> JobWatch {
+        let mut watchers = self.0.lock().expect("watchers");
+        let rx = watchers
+            .entry(id.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        JobWatch {
+            rx: Some(rx),
+            id: id.clone(),
+            watchers: self.0.clone(),
         }
     }
 
-    /// A receiver of status changes, for event streams.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
-        self.events.subscribe()
+    fn publish(&self, id: &JobId) {
+        if let Some(tx) = self.0.lock().expect("watchers").get(id) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().expect("watchers").len()
+    }
+}
+
+/// A watch on one job's changes; the job's channel goes when its last watch does.
+pub struct JobWatch {
+    rx: Option<watch::Receiver<u64>>,
+    id: JobId,
+    watchers: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
+}
+
+impl JobWatch {
+    /// Waits until the job may have changed (true) or `deadline` passed (false).
+    pub async fn next_change(&mut self, deadline: tokio::time::Instant) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout_at(deadline, rx.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+impl Drop for JobWatch {
+    fn drop(&mut self) {
+        let mut watchers = self.watchers.lock().expect("watchers");
+        drop(self.rx.take());
+        if watchers
+            .get(&self.id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            watchers.remove(&self.id);
+        }
+    }
+}
+
+/// A wait under way, counted against its tenant's and the server's bounds until dropped.
+pub struct WaitSlot {
+    waits: Arc<Mutex<HashMap<TenantId, usize>>>,
+    tenant: TenantId,
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let mut waits = self.waits.lock().expect("waits");
+        if let Some(n) = waits.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                waits.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -929,5 +1025,33 @@ async fn sweep(state: Arc<AppState>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_wakes_the_watchers_of_its_job_only() {
+        let w = Watchers::default();
+        let (a, b) = (JobId::generate(), JobId::generate());
+        let mut on_a = w.watch(&a);
+        let mut on_a_too = w.watch(&a);
+        let mut on_b = w.watch(&b);
+        w.publish(&a);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(on_a.next_change(soon).await);
+        assert!(on_a_too.next_change(soon).await);
+        assert!(!on_b.next_change(soon).await, "b did not change");
+        // A change before the wait is not missed; the channel goes with its last watch.
+        w.publish(&b);
+        assert!(on_b.next_change(soon).await);
+        assert_eq!(w.len(), 2);
+        drop((on_a, on_a_too));
+        assert_eq!(w.len(), 1);
+        drop(on_b);
+        assert_eq!(w.len(), 0);
+        w.publish(&a);
     }
 }

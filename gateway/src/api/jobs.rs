@@ -231,6 +231,7 @@ async fn waited(
     if rec.status.is_terminal() || wait.is_zero() {
         return Ok(rec);
     }
+    let _slot = state.jobs.start_wait(&rec.tenant)?;
     Ok(state.jobs.wait_for_end(&rec.id, wait).await?.unwrap_or(rec))
 }
 
@@ -439,34 +440,39 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let key = reader(&state, &headers).await?;
     let rec = own_job(&state, &key, &id).await?;
-    let receiver = state.jobs.subscribe();
+    // The stream holds a wait for as long as it is open.
+    let slot = std::sync::Arc::new(state.jobs.start_wait(&rec.tenant)?);
+    let watch = state.jobs.watch(&rec.id);
     let stream = futures::stream::unfold(
-        (state, rec.id, receiver, None::<JobStatus>, false),
-        |(state, id, mut rx, last, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let rec = match state.jobs.store.get(&id).await {
-                    Ok(Some(r)) => r,
-                    _ => return None,
-                };
-                if last != Some(rec.status) {
-                    let event = Event::default()
-                        .event("status")
-                        .json_data(jobs::view(&rec))
-                        .unwrap_or_default();
-                    let status = rec.status;
-                    let ended = status.is_terminal();
-                    return Some((
-                        Ok::<_, Infallible>(event),
-                        (state, id, rx, Some(status), ended),
-                    ));
-                }
-                // An hour with no change ends the stream; clients reconnect.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-                if !state.jobs.next_change(&mut rx, &id, deadline).await {
+        (state, rec.id, watch, None::<JobStatus>, false),
+        move |(state, id, mut rx, last, done)| {
+            let _slot = slot.clone();
+            async move {
+                if done {
                     return None;
+                }
+                loop {
+                    let rec = match state.jobs.store.get(&id).await {
+                        Ok(Some(r)) => r,
+                        _ => return None,
+                    };
+                    if last != Some(rec.status) {
+                        let event = Event::default()
+                            .event("status")
+                            .json_data(jobs::view(&rec))
+                            .unwrap_or_default();
+                        let status = rec.status;
+                        let ended = status.is_terminal();
+                        return Some((
+                            Ok::<_, Infallible>(event),
+                            (state, id, rx, Some(status), ended),
+                        ));
+                    }
+                    // An hour with no change ends the stream; clients reconnect.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+                    if !rx.next_change(deadline).await {
+                        return None;
+                    }
                 }
             }
         },
