@@ -205,3 +205,60 @@ fn components_with_several_memories_cannot_exhaust_the_pool_for_others() {
         assert_eq!(statuses, vec![504; 12], "every call ran to its deadline");
     });
 }
+
+/// A field of the server's `/proc/PID/status`, in bytes.
+fn proc_status_bytes(s: &TestServer, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect(field)
+        * 1024
+}
+
+#[test]
+fn large_job_inputs_are_never_built_into_trees_and_submits_are_bounded_together() {
+    // The long lane's launcher fails at once: the jobs never run, only their submits cost.
+    let s = TestServer::start_with_config(
+        "[jobs.long]\nprovisioner = \"command\"\n[jobs.long.command]\nlaunch = [\"/bin/false\"]\n",
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "sink", "echo", json!({"class": "long"}));
+    // 16 MiB of JSON: an array of zeros, which as a tree of values takes hundreds of MiB.
+    let zeros = (16 << 20) - 64;
+    let mut body = br#"{"function":"sink","input":["#.to_vec();
+    body.extend(std::iter::repeat_n(b"0,".as_slice(), zeros / 2 - 1).flatten());
+    body.extend_from_slice(b"0]}");
+    let body = std::sync::Arc::new(body);
+    let before = s.rss_bytes();
+    // Start the peak (VmHWM) anew from here.
+    std::fs::write(format!("/proc/{}/clear_refs", s.pid()), "5").unwrap();
+    std::thread::scope(|scope| {
+        let submits: Vec<_> = (0..8)
+            .map(|_| {
+                let body = body.clone();
+                let (url, key) = (s.url.clone(), key.clone());
+                scope.spawn(move || {
+                    reqwest::blocking::Client::new()
+                        .post(format!("{url}/v1/jobs"))
+                        .bearer_auth(key)
+                        .header("content-type", "application/json")
+                        .body(body.to_vec())
+                        .timeout(Duration::from_secs(120))
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        for h in submits {
+            assert_eq!(h.join().unwrap(), 202);
+        }
+    });
+    let grown = proc_status_bytes(&s, "VmHWM:").saturating_sub(before) >> 20;
+    println!("eight concurrent 16 MiB submits: the server's peak RSS grew by {grown} MiB");
+    assert!(grown < 512, "peak RSS grew by {grown} MiB");
+    s.assert_still_serving();
+}

@@ -123,6 +123,11 @@ pub struct JobsConfig {
     pub max_waits: usize,
     /// Waits under way at once for one tenant.
     pub max_waits_per_tenant: usize,
+    /// MiB that job submissions being read and stored may take together (each counts twice
+    /// its body: the body and the input taken out of it); more wait for room.
+    pub submit_buffer_mb: u64,
+    /// How long a submission waits for that room before it is refused (503), ms.
+    pub submit_wait_ms: u64,
     /// How often ended jobs past their time are removed, ms.
     pub sweep_interval_ms: u64,
     /// Worker processes (`wafer worker`) the server starts for the default lane when jobs
@@ -282,6 +287,8 @@ impl Default for JobsConfig {
             max_wait_s: 60,
             max_waits: 10_000,
             max_waits_per_tenant: 100,
+            submit_buffer_mb: 128,
+            submit_wait_ms: 10_000,
             sweep_interval_ms: 60_000,
             workers: 2,
             worker_concurrency: 4,

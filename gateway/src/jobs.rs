@@ -38,6 +38,8 @@ pub struct Jobs {
     config: JobsConfig,
     /// Per job with someone waiting on it: a counter of its changes.
     watchers: Watchers,
+    /// MiB of submission bodies being read and stored at once (`jobs.submit_buffer_mb`).
+    submit_room: Arc<Semaphore>,
     /// Waits under way (long polls and event streams): per tenant, and in all.
     waits: Arc<Mutex<HashMap<TenantId, usize>>>,
     running: Mutex<HashMap<JobId, CancellationToken>>,
@@ -62,12 +64,14 @@ impl Jobs {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config)?);
+        let submit_mb = config.submit_buffer_mb.clamp(1, 1 << 30) as usize;
         Ok(Self {
             store,
             queue,
             config,
             watchers: Default::default(),
             waits: Default::default(),
+            submit_room: Arc::new(Semaphore::new(submit_mb)),
             running: Mutex::new(HashMap::new()),
             wake: [Lane::Fast, Lane::Default, Lane::Long]
                 .into_iter()
@@ -257,6 +261,32 @@ impl Jobs {
     /// Wakes whoever waits on job `id`, and nobody else.
     fn publish(&self, id: &JobId) {
         self.watchers.publish(id);
+    }
+
+    /// Room for a submission body of at most `most` bytes (its `Content-Length` when it has
+    /// one): MiB of `jobs.submit_buffer_mb`, waited for up to the body timeout, then 503.
+    pub async fn submit_room(
+        &self,
+        headers: &HeaderMap,
+        most: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(most)
+            .min(most);
+        // The body, and about as much again for the input taken out of it.
+        let mb = (declared.saturating_mul(2) >> 20) as u32 + 1;
+        let mb = mb.min(self.config.submit_buffer_mb.max(1) as u32);
+        let wait = Duration::from_millis(self.config.submit_wait_ms);
+        match tokio::time::timeout(wait, self.submit_room.clone().acquire_many_owned(mb)).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ApiError::overloaded(format!(
+                "submissions being read hold the {} MiB they may (jobs.submit_buffer_mb)",
+                self.config.submit_buffer_mb
+            ))),
+        }
     }
 
     /// A wait of `tenant`'s (a long poll or an event stream), held until it is dropped; 429
