@@ -97,3 +97,43 @@ fn results_up_to_the_response_limit_come_back_from_workers_and_dedicated_runners
         whole_result(&s, &key, "long", pad, "dedicated");
     }
 }
+
+#[test]
+fn the_runners_api_can_have_a_listener_of_its_own() {
+    let s = TestServer::start_with_config(&format!("internal_listen = \"127.0.0.1:0\"\n{RUNNERS}"));
+    let internal = s
+        .first_stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("wafer runners' API listening on "))
+        .expect("the internal listener's address")
+        .trim()
+        .to_owned();
+    let token = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
+    let claim = json!({"lane": "default", "lease_ms": 1000, "wait_ms": 0});
+    let http = reqwest::blocking::Client::new();
+    // The main listener no longer serves it, token or not.
+    let r = s
+        .with_key(token.trim(), Method::POST, "/internal/v1/queue/claim")
+        .json(&claim)
+        .send()
+        .unwrap();
+    wafer_e2e::assert_problem(r, 404, "not-found");
+    // Its own listener does, and nothing else.
+    let r = http
+        .post(format!("{internal}/internal/v1/queue/claim"))
+        .bearer_auth(token.trim())
+        .json(&claim)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{internal}/v1/functions"))
+        .bearer_auth(&s.admin_key)
+        .send()
+        .unwrap();
+    wafer_e2e::assert_problem(r, 404, "not-found");
+    // Workers are given its address: a job on a worker runs.
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "big", "hello", json!({"timeout_ms": 60000}));
+    whole_result(&s, &key, "big", 10, "worker");
+}

@@ -12,6 +12,10 @@ use wafer_runner::EngineConfig;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// A listener of its own for the runners' internal API (`/internal/v1/…`), which the main
+    /// listener then does not serve: put it on an address only runners reach. None: the main
+    /// listener serves it.
+    pub internal_listen: Option<SocketAddr>,
     /// Data directory: metadata database, artifacts, admin key.
     pub data_dir: PathBuf,
     /// Largest module upload, in bytes.
@@ -348,6 +352,7 @@ impl Default for Config {
         let engine = EngineConfig::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            internal_listen: None,
             data_dir: PathBuf::from(".wafer"),
             max_module_bytes: 64 << 20,
             max_request_bytes: 16 << 20,

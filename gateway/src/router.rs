@@ -17,10 +17,16 @@ use tower_http::request_id::{
 };
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-/// Every route, with request ids, tracing and problem decoration as layers.
-pub fn router(state: Arc<AppState>) -> Router {
+/// Every route, with request ids, tracing and problem decoration as layers; without the
+/// runners' internal API when `with_internal` is false (it then has a listener of its own,
+/// [`internal_router`]).
+pub fn router(state: Arc<AppState>, with_internal: bool) -> Router {
     use api::{functions, health, internal, jobs, keys, modules};
-    Router::new()
+    let internal = match with_internal {
+        true => internal::routes(state.clone()),
+        false => Router::new(),
+    };
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -61,10 +67,26 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/webhooks/secret",
             axum::routing::post(jobs::rotate_webhook_secret),
         )
-        .merge(internal::routes(state.clone()))
+        .merge(internal)
         .route("/v1/admin/gc", axum::routing::post(health::collect_garbage))
         .route("/v1/cache/scope/{target}", get(functions::cache_scope))
-        .merge(invocations(state.clone()))
+        .merge(invocations(state.clone()));
+    decorated(routes, state)
+}
+
+/// The runners' internal API alone, for a listener of its own (`internal_listen`), with
+/// `/healthz` for probes.
+pub fn internal_router(state: Arc<AppState>) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(api::health::healthz))
+        .merge(api::internal::routes(state.clone()));
+    decorated(routes, state)
+}
+
+/// `routes` with the fallbacks and the layers every listener has: problem decoration, request
+/// ids and tracing.
+fn decorated(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -241,7 +241,13 @@ impl Gateway {
 
     /// The router with every route and layer.
     pub fn router(&self) -> Router {
-        crate::router::router(self.state.clone())
+        let with_internal = self.state.config.internal_listen.is_none();
+        crate::router::router(self.state.clone(), with_internal)
+    }
+
+    /// The runners' internal API alone, for its own listener (`internal_listen`).
+    pub fn internal_router(&self) -> Router {
+        crate::router::internal_router(self.state.clone())
     }
 }
 

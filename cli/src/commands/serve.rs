@@ -104,12 +104,31 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // The runners' API on a listener of its own, when configured: runners are given its
+    // address, and the main listener does not serve it.
+    let internal = match gateway.state.config.internal_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding internal_listen {at}"))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let runners_addr = match &internal {
+        Some(l) => l.local_addr()?,
+        None => addr,
+    };
+    // The main listener's line comes last: scripts wait for it.
+    if internal.is_some() {
+        println!("wafer runners' API listening on http://{runners_addr}");
+    }
     println!("wafer listening on http://{addr}");
-    tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+    tracing::info!(%addr, %runners_addr, data_dir = %data_dir.display(), "serving");
     gateway
         .start_jobs(
             std::env::current_exe().context("locating the wafer binary")?,
-            addr,
+            runners_addr,
         )
         .await?;
     let shutdown = CancellationToken::new();
@@ -131,7 +150,26 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         "connection limits"
     );
     let metrics = gateway.state.metrics.clone();
-    wafer_gateway::server::serve(listener, gateway.router(), shutdown, limits, metrics).await?;
+    let main = wafer_gateway::server::serve(
+        listener,
+        gateway.router(),
+        shutdown.clone(),
+        limits.clone(),
+        metrics.clone(),
+    );
+    match internal {
+        None => main.await?,
+        Some(l) => {
+            let runners = wafer_gateway::server::serve(
+                l,
+                gateway.internal_router(),
+                shutdown,
+                limits,
+                metrics,
+            );
+            tokio::try_join!(main, runners)?;
+        }
+    }
     Ok(())
 }
 
