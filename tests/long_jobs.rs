@@ -141,6 +141,43 @@ fn the_long_lane_is_throttled_per_tenant_and_overall_and_short_jobs_are_not_dela
 }
 
 #[test]
+fn the_long_lane_s_overall_cap_holds_below_the_per_tenant_caps() {
+    // Each tenant may have two runners, but the lane has one: no two long jobs ever overlap.
+    let s = TestServer::start_with_config(
+        "[jobs]\nworkers = 0\n[jobs.long]\nmax_runners = 1\nmax_per_tenant = 2\n",
+    );
+    let mut jobs = Vec::new();
+    for t in ["alpha", "beta"] {
+        let k = s.tenant_key(t);
+        let f = format!("batch-{t}");
+        s.deploy_as(&k, &f, "nap", json!({"class": "long"}));
+        for _ in 0..2 {
+            let id = submit(&s, &k, json!({"function": f, "input": 300}))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            jobs.push((k.clone(), id));
+        }
+    }
+    let mut spans = Vec::new();
+    for (k, id) in &jobs {
+        let j = get_job(&s, k, id, "60s");
+        assert_eq!(j["status"], "succeeded", "{j}");
+        assert_eq!(j["route"], "dedicated");
+        let t = &j["timings"];
+        spans.push((
+            t["started_at_ms"].as_u64().unwrap(),
+            t["finished_at_ms"].as_u64().unwrap(),
+        ));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "long jobs overlapped: {spans:?}");
+    }
+    wait_dedicated(&s, 0);
+}
+
+#[test]
 fn a_dedicated_runner_that_never_starts_fails_the_job_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let torn = dir.path().join("torn-down");

@@ -256,3 +256,95 @@ fn entries_that_are_not_jobs_are_dead_lettered_and_counted_and_the_lane_goes_on(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The idle time (ms) of the one pending entry of `stream`, if there is one.
+fn pending_idle_ms(port: u16, stream: &str) -> Option<u64> {
+    let reply = redis_command(port, &["XPENDING", stream, "runners", "-", "+", "10"])?;
+    // *1 *4 $id $consumer :idle :deliveries
+    let ints: Vec<u64> = reply
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    ints.first().copied()
+}
+
+#[test]
+fn a_stale_worker_s_finish_and_ack_are_refused_after_another_finished_the_job() {
+    let redis = RedisServer::start();
+    let s = server(
+        &redis,
+        "workers = 2\nworker_concurrency = 1\nworker_idle_ms = 1500\nlease_ms = 1000",
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "nap", "nap", json!({"timeout_ms": 60000}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1500, "timeout_ms": 60000}),
+    );
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_status(&s, &key, &id, "running");
+    let stale = wafer_e2e::jobs::worker_pids(&s);
+    assert_eq!(stale.len(), 1);
+    let stale = stale[0];
+    // SAFETY: signals to our server's child.
+    unsafe { libc::kill(stale, libc::SIGSTOP) };
+    // Its lease runs out (Redis says so), then new work brings a second worker, which takes
+    // the job over and finishes it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending_idle_ms(redis.port, "t:lane:default").is_none_or(|idle| idle < 1000) {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped worker's lease never ran out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let other = submit(
+        &s,
+        &key,
+        json!({"function": "nap", "input": 1, "timeout_ms": 60000}),
+    );
+    let done = get_job(&s, &key, &id, "30s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(
+        get_job(&s, &key, other["id"].as_str().unwrap(), "30s")["status"],
+        "succeeded"
+    );
+    // The stopped worker goes on: its nap ends, it hands back its end and acks. Both are
+    // refused; it then idles and exits.
+    unsafe { libc::kill(stale, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wafer_e2e::jobs::worker_pids(&s).contains(&stale) {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed worker never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Both refusals are the stale worker's, in its log (the server's stderr).
+    let log = s.log();
+    assert!(log.contains("this run's end was not kept"), "{log}");
+    assert!(
+        log.contains("the delivery is no longer this worker's"),
+        "{log}"
+    );
+    let after = get_job(&s, &key, &id, "0");
+    assert_eq!(after["status"], "succeeded");
+    assert_eq!(after["attempts"], 2);
+    assert_eq!(
+        after["timings"], done["timings"],
+        "one result: the first end"
+    );
+    let r = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "awake\n");
+    assert_eq!(
+        redis_command(redis.port, &["XLEN", "t:lane:default"]).unwrap(),
+        ":0\r\n"
+    );
+    assert_eq!(pending_idle_ms(redis.port, "t:lane:default"), None);
+}

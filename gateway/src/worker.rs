@@ -548,7 +548,7 @@ async fn run_one(
         ms = began.elapsed().as_millis() as u64,
         "job ran"
     );
-    let _: serde_json::Value = server
+    let finished: serde_json::Value = server
         .post(
             &format!("/internal/v1/jobs/{id}/finish"),
             &FinishRequest {
@@ -557,6 +557,18 @@ async fn run_one(
             },
         )
         .await?;
-    queue.ack(claim).await?;
+    if finished["stored"] == false {
+        tracing::info!(
+            job = id,
+            "the job had already ended: this run's end was not kept"
+        );
+    }
+    if !queue.ack(claim).await? {
+        tracing::info!(
+            job = id,
+            delivery = claim.delivery,
+            "the delivery is no longer this worker's: not acked"
+        );
+    }
     Ok(())
 }
