@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use wafer_core::{JobEnd, WorkOrder};
@@ -179,13 +179,52 @@ fn tsc_khz() -> u64 {
         .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
 }
 
+/// The longest ready line a guest agent may send.
+const MAX_READY_LINE: usize = 64 << 10;
+
+/// The longest answer a guest agent may send for `order`: its whole output (base64), its
+/// whole log (JSON-escaped, at worst six bytes a byte) and 64 KiB for the rest.
+fn answer_line_limit(order: &WorkOrder) -> usize {
+    let output = order.response_bytes.max(order.stdout_bytes);
+    output.div_ceil(3) * 4 + order.stderr_bytes * 6 + (64 << 10)
+}
+
+/// The guest's side of the channel, read a line at a time, each line bounded: a guest that
+/// sends an endless line is cut off, not buffered.
+struct GuestLines<R = BufReader<OwnedReadHalf>>(R);
+
+impl<R: tokio::io::AsyncBufRead + Unpin> GuestLines<R> {
+    /// The next line (without its newline), None at the end of the channel; an error for a
+    /// line longer than `most` bytes or one that is not UTF-8.
+    async fn next_line(&mut self, most: usize) -> Result<Option<String>> {
+        let mut buf = Vec::new();
+        let n = (&mut self.0)
+            .take(most as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        } else if buf.len() > most {
+            bail!("the guest sent a line longer than {most} bytes");
+        }
+        Ok(Some(
+            String::from_utf8(buf).context("the guest sent a line that is not UTF-8")?,
+        ))
+    }
+}
+
 /// A booted VM whose agent has said ready.
 struct Guest {
     qemu: tokio::process::Child,
-    lines: Lines<BufReader<OwnedReadHalf>>,
+    lines: GuestLines,
     writer: OwnedWriteHalf,
-    /// Holds the agent's socket and the console log.
-    dir: tempfile::TempDir,
+    /// Holds the agent's socket (removed with the guest).
+    _dir: tempfile::TempDir,
+    /// The tail of the guest's console.
+    console: Console,
     /// The agent's ready line.
     ready: Value,
     /// From qemu's start to the ready line, ms.
@@ -210,29 +249,32 @@ impl Guest {
         let dir = tempfile::tempdir().context("a directory for the VM's socket")?;
         let socket = dir.path().join("agent.sock");
         let booted = Instant::now();
-        let mut qemu = spawn(opts, accel, &image, &socket, memory_mb, dir.path(), label)?;
+        let mut qemu = spawn(opts, accel, &image, &socket, memory_mb, label)?;
+        let console = Console::drain(qemu.stdout.take());
         let stream = connect(&socket, &mut qemu).await?;
         let (reader, writer) = stream.into_split();
-        let mut lines = BufReader::new(reader).lines();
-        let ready = match tokio::time::timeout(within, lines.next_line()).await {
+        let mut lines = GuestLines(BufReader::new(reader));
+        let ready = match tokio::time::timeout(within, lines.next_line(MAX_READY_LINE)).await {
             Ok(Ok(Some(line))) => {
                 serde_json::from_str::<Value>(&line).context("the agent's ready line")?
             }
-            Ok(_) => bail!(
+            Ok(Err(e)) => return Err(e.context("the agent's ready line")),
+            Ok(Ok(None)) => bail!(
                 "the VM stopped before its agent was ready{}",
-                console_tail(dir.path())
+                console.tail()
             ),
             Err(_) => bail!(
                 "the VM's agent was not ready within {} ms{}",
                 within.as_millis(),
-                console_tail(dir.path())
+                console.tail()
             ),
         };
         Ok(Guest {
             qemu,
             lines,
             writer,
-            dir,
+            _dir: dir,
+            console,
             ready,
             ready_ms: booted.elapsed().as_millis() as u64,
         })
@@ -335,12 +377,10 @@ async fn exchange(
     // The guest ends the job at its deadline; a VM that does not answer by then (and a
     // margin for compiling under emulation) is given up.
     let bound = Duration::from_millis(order.timeout_ms) + Duration::from_secs(120);
-    let answer = match tokio::time::timeout(bound, guest.lines.next_line()).await {
+    let most = answer_line_limit(order);
+    let answer = match tokio::time::timeout(bound, guest.lines.next_line(most)).await {
         Ok(line) => line?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "the VM stopped during the job{}",
-                console_tail(guest.dir.path())
-            )
+            anyhow::anyhow!("the VM stopped during the job{}", guest.console.tail())
         })?,
         Err(_) => bail!("the VM did not answer within {} ms", bound.as_millis()),
     };
@@ -467,7 +507,6 @@ fn spawn(
     image: &Image,
     socket: &Path,
     memory_mb: u64,
-    dir: &Path,
     label: &str,
 ) -> Result<tokio::process::Child> {
     let (accel, cpu) = match accel {
@@ -492,8 +531,9 @@ fn spawn(
         .arg(memory_mb.to_string())
         .arg("-smp")
         .arg(opts.vcpus.max(1).to_string())
+        // The console goes to qemu's standard output, a pipe that `Console` drains.
         .arg("-serial")
-        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("file:/dev/stdout")
         .arg("-kernel")
         .arg(&image.kernel)
         .arg("-initrd")
@@ -510,7 +550,7 @@ fn spawn(
         ))
         .args(["-device", "virtserialport,chardev=agent,name=wafer.0"])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
     // SAFETY: prctl between fork and exec is async-signal-safe; the VM dies with this runner.
@@ -540,18 +580,92 @@ async fn connect(socket: &Path, qemu: &mut tokio::process::Child) -> Result<Unix
     }
 }
 
-/// What the guest's console says of a failure: its kernel panic line when there is one,
-/// else its last lines.
-fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-    if let Some(panic) = text.lines().find(|l| l.contains("Kernel panic")) {
-        return format!("; its console says: {}", panic.trim());
+/// How much of a guest's console is kept: its last 64 KiB.
+const CONSOLE_KEPT: usize = 64 << 10;
+
+/// The tail of a guest's console, read from qemu's output as it comes (so a guest that
+/// floods its console neither fills a disk nor stalls on a full pipe).
+#[derive(Clone, Default)]
+struct Console(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>);
+
+impl Console {
+    /// Drains `out` into a new console tail, in the background, until qemu closes it.
+    fn drain(out: Option<tokio::process::ChildStdout>) -> Console {
+        let console = Console::default();
+        if let Some(mut out) = out {
+            let kept = console.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = out.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.push(&buf[..n]);
+                }
+            });
+        }
+        console
     }
-    let tail: Vec<&str> = text.lines().rev().take(3).collect();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("; its console ended: {}", tail.join(" | "))
+
+    fn push(&self, bytes: &[u8]) {
+        let mut q = self.0.lock().expect("console");
+        q.extend(bytes);
+        let over = q.len().saturating_sub(CONSOLE_KEPT);
+        q.drain(..over);
+    }
+
+    fn text(&self) -> String {
+        let q = self.0.lock().expect("console");
+        String::from_utf8_lossy(&q.iter().copied().collect::<Vec<u8>>()).into_owned()
+    }
+
+    /// What the console says of a failure: its kernel panic line when there is one, else
+    /// its last lines.
+    fn tail(&self) -> String {
+        let text = self.text();
+        if let Some(panic) = text.lines().find(|l| l.contains("Kernel panic")) {
+            return format!("; its console says: {}", panic.trim());
+        }
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        if tail.is_empty() {
+            String::new()
+        } else {
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("; its console ended: {}", tail.join(" | "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_keeps_its_last_64_kib() {
+        let c = Console::default();
+        for i in 0..100 {
+            c.push(format!("line {i} {}\n", "x".repeat(2000)).as_bytes());
+        }
+        c.push(b"Kernel panic - not syncing: the end\n");
+        let text = c.text();
+        assert_eq!(text.len(), CONSOLE_KEPT);
+        assert!(text.ends_with("the end\n"));
+        assert_eq!(
+            c.tail(),
+            "; its console says: Kernel panic - not syncing: the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn lines_from_the_guest_are_bounded() {
+        let mut lines = GuestLines(&b"{\"a\":1}\nshort\nthis one is far too long\n"[..]);
+        assert_eq!(lines.next_line(10).await.unwrap().unwrap(), "{\"a\":1}");
+        assert_eq!(lines.next_line(10).await.unwrap().unwrap(), "short");
+        let e = lines.next_line(10).await.unwrap_err();
+        assert!(e.to_string().contains("longer than 10 bytes"), "{e}");
+        let mut end = GuestLines(&b"exactly10!\nlast"[..]);
+        assert_eq!(end.next_line(10).await.unwrap().unwrap(), "exactly10!");
+        assert_eq!(end.next_line(10).await.unwrap().unwrap(), "last");
+        assert_eq!(end.next_line(10).await.unwrap(), None);
     }
 }
