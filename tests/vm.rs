@@ -385,6 +385,13 @@ fn a_server_kills_the_vms_an_earlier_run_left_and_says_how_it_chose_tcg() {
     // Another name is not this server's: left alone.
     let mut other = paused_qemu("wafer-test-other:job_x");
     wait_for_qemu(name, Duration::from_secs(10));
+    // And its scratch directory, with another server's beside it.
+    let scratch = std::env::temp_dir().join(format!("{name}-vm-leftover"));
+    let theirs = std::env::temp_dir().join("wafer-test-other-vm-leftover");
+    for d in [&scratch, &theirs] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("agent.sock"), b"").unwrap();
+    }
     let s = TestServer::start_with_config(&format!(
         "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\n\
          name = \"{name}\"\nkvm_device = \"/nonexistent/kvm\"\n",
@@ -414,6 +421,15 @@ fn a_server_kills_the_vms_an_earlier_run_left_and_says_how_it_chose_tcg() {
         "{}",
         s.log()
     );
+    assert!(
+        !scratch.exists(),
+        "the earlier run's scratch directory is left"
+    );
+    assert!(
+        theirs.exists(),
+        "another server's scratch directory was removed"
+    );
+    std::fs::remove_dir_all(&theirs).unwrap();
     // No KVM device: emulation, and the metrics say why.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !s

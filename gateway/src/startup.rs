@@ -236,6 +236,10 @@ impl Gateway {
         if swept > 0 {
             tracing::warn!(vms = swept, name = %vm.name, "killed VMs left by an earlier run");
         }
+        let removed = crate::vm::sweep_scratch(&vm.name);
+        if removed > 0 {
+            tracing::warn!(dirs = removed, name = %vm.name, "removed VM scratch directories left by an earlier run");
+        }
         Ok(vm)
     }
 

@@ -246,7 +246,10 @@ impl Guest {
                 .with_context(|| format!("reading the VM image {}", opts.image.display()))?,
         )
         .context("the VM image's image.json")?;
-        let dir = tempfile::tempdir().context("a directory for the VM's socket")?;
+        let dir = tempfile::Builder::new()
+            .prefix(&scratch_prefix(&opts.name))
+            .tempdir()
+            .context("a directory for the VM's socket")?;
         let socket = dir.path().join("agent.sock");
         let booted = Instant::now();
         let mut qemu = spawn(opts, accel, &image, &socket, memory_mb, label)?;
@@ -469,6 +472,31 @@ pub async fn choose_accel(opts: &VmOptions) -> AccelChoice {
             format!("a probe guest did not boot under KVM: {e:#}"),
         ),
     }
+}
+
+/// The prefix of the scratch directories (in the system's temporary directory) of the VMs
+/// named `name`.
+fn scratch_prefix(name: &str) -> String {
+    format!("{name}-vm-")
+}
+
+/// Removes the scratch directories of VMs named `name` that an earlier run left (their
+/// qemus are gone: [`sweep`] killed them); says how many.
+pub fn sweep_scratch(name: &str) -> usize {
+    let prefix = scratch_prefix(name);
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+        .count()
 }
 
 /// Kills every qemu named `name` or `name:…` (the VMs of a server, left by an earlier run of
