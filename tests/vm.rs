@@ -105,6 +105,17 @@ fn ready_agent(vm: &Vm) -> Agent {
     agent
 }
 
+/// The agent's answers to a run request: first that the job started (once compiled), then its
+/// end, which is returned.
+fn job_end(agent: &mut Agent) -> Value {
+    let started = agent
+        .read(Duration::from_secs(120))
+        .expect("the job's start");
+    assert_eq!(started["op"], "started", "{started}");
+    assert!(started["compile_ms"].is_u64(), "{started}");
+    agent.read(Duration::from_secs(120)).expect("the job's end")
+}
+
 #[test]
 fn a_job_runs_inside_the_guest_under_the_same_limits() {
     use base64::Engine as _;
@@ -116,7 +127,7 @@ fn a_job_runs_inside_the_guest_under_the_same_limits() {
     let mut stress = run_request("stress", br#"{"force":1000,"section":10}"#, 30_000);
     stress["compiled"] = json!({"fingerprint": "0123456789abcdef01234567", "code_base64": "AAAA"});
     agent.send(&stress);
-    let end = agent.read(Duration::from_secs(120)).expect("the job's end");
+    let end = job_end(&mut agent);
     assert_eq!(end["op"], "end", "{end}");
     assert_eq!(end["end"]["status"], "succeeded", "{end}");
     assert_eq!(end["precompiled"], false, "{end}");
@@ -139,9 +150,7 @@ fn a_job_runs_inside_the_guest_under_the_same_limits() {
     let mut spin = run_request("spin", b"", 1000);
     spin["compiled"] = json!({"fingerprint": fingerprint, "code_base64": "bm90IGNvZGU="});
     agent.send(&spin);
-    let end = agent
-        .read(Duration::from_secs(120))
-        .expect("the spin's end");
+    let end = job_end(&mut agent);
     assert_eq!(end["end"]["status"], "failed", "{end}");
     assert_eq!(
         end["end"]["error"]["type"], "https://wafer.dev/problems/timeout",
@@ -521,4 +530,40 @@ fn a_bad_provisioner_in_the_environment_or_a_bad_vm_name_stops_the_server_with_t
         &[],
     );
     assert!(err.contains("jobs.long.vm.name \"a,b\" must be"), "{err}");
+}
+
+#[test]
+fn a_guest_that_stops_answering_is_given_up_at_its_deadline_and_a_short_grace() {
+    let name = "wafer-test-hang";
+    // The guest agent says the job started, then never answers.
+    let s = TestServer::start_with(
+        &format!(
+            "[jobs.long]\nprovisioner = \"vm\"\n[jobs.long.vm]\nimage = \"{}\"\naccel = \"tcg\"\n\
+             name = \"{name}\"\n",
+            image().json.display()
+        ),
+        &[("WAFER_CRASH_AT", "guest-hang")],
+    );
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
+    let job = submit(
+        &s,
+        &key,
+        json!({"function": "batch", "input": 1, "timeout_ms": 2_000}),
+    );
+    let id = job["id"].as_str().unwrap();
+    // Boot and compile under emulation take seconds; the run then has 2 s and 5 s of grace,
+    // far inside this wait (the old bound was the timeout and two minutes).
+    let done = get_job(&s, &key, id, "60s");
+    assert_eq!(done["status"], "failed", "{done}");
+    let detail = done["error"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("did not answer within the job's timeout"),
+        "{done}"
+    );
+    wait_no_qemu(
+        name,
+        Duration::from_secs(15),
+        "the guest that stopped answering",
+    );
 }

@@ -7,7 +7,9 @@
 //! Protocol: the agent first writes `{"agent":"ready","kernel":…,"boot_ms":…}` (the kernel
 //! release and the time since the kernel started), then answers each request line:
 //! - `{"op":"run","order":<WorkOrder>,"module_base64":…,"input_base64":…,"engine":<EngineConfig>?}`
-//!   → `{"op":"end","end":<JobEnd>,"output_base64":…,"compile_ms":…,"run_ms":…}`: the job run
+//!   → `{"op":"started","compile_ms":…}` once the module is compiled and the job starts (the
+//!   host then gives the guest the job's timeout and a short grace, no more), then
+//!   `{"op":"end","end":<JobEnd>,"output_base64":…,"compile_ms":…,"run_ms":…}`: the job run
 //!   with the same runner, limits and outcome mapping as `wafer worker`; the guest compiles the
 //!   module itself, since its CPU (qemu's) need not have the host's features;
 //! - `{"op":"ping"}` → `{"op":"pong","uptime_ms":…}`;
@@ -109,7 +111,7 @@ fn run() -> Result<()> {
         let answer = match serde_json::from_str::<Value>(&line) {
             Ok(req) => match req["op"].as_str() {
                 Some("run") => runtime
-                    .block_on(run_job(&mut runner, req))
+                    .block_on(run_job(&mut runner, req, &mut out))
                     .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
                 Some("ping") => json!({"op": "pong", "uptime_ms": uptime_ms()}),
                 Some("poweroff") => return Ok(()),
@@ -123,7 +125,11 @@ fn run() -> Result<()> {
 }
 
 /// Runs one job: its module stored and compiled here, then the order run as a worker would.
-async fn run_job(runner: &mut Option<Runner>, req: Value) -> Result<Value> {
+async fn run_job(
+    runner: &mut Option<Runner>,
+    req: Value,
+    out: &mut std::fs::File,
+) -> Result<Value> {
     let req: RunRequest = serde_json::from_value(req).context("a run request")?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let module = b64
@@ -174,6 +180,17 @@ async fn run_job(runner: &mut Option<Runner>, req: Value) -> Result<Value> {
         );
     }
     let compile_ms = compiling.elapsed().as_millis() as u64;
+    writeln!(
+        out,
+        "{}",
+        json!({"op": "started", "compile_ms": compile_ms})
+    )?;
+    // Tests of the host's bound: a guest that stops answering once its job started.
+    if std::env::var("WAFER_CRASH_AT").as_deref() == Ok("guest-hang") {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     let running = Instant::now();
     let result = wafer_gateway::worker::execute_order(runner, &req.order, input).await;
     let run_ms = running.elapsed().as_millis() as u64;
