@@ -9,6 +9,17 @@ ensure_wasm_targets() {
     done
 }
 
+# Installs cargo-nextest when it is missing: the test groups and per-test timeouts of
+# .config/nextest.toml apply only under it.
+ensure_nextest() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        return
+    fi
+    echo "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+    cargo nextest --version >/dev/null 2>&1 || { echo "cargo-nextest could not be installed" >&2; exit 1; }
+}
+
 # The cargo target directory in use.
 target_dir() {
     local d="${CARGO_TARGET_DIR:-target}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: builds the wasm functions, the wafer binary, then unit and end-to-end tests.
-# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server, qemu, the
-# Python SDK's venv; the vm tests fetch Debian's kernel package); reuses
+# Installs what it needs (wasm targets, componentize-py, schemathesis, redis-server, qemu,
+# cargo-nextest, the Python SDK's venv; the vm tests fetch Debian's kernel package); reuses
 # $CARGO_TARGET_DIR when set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ ensure_wasm_targets
 ensure_componentize_py
 ensure_redis
 ensure_qemu
+ensure_nextest
 
 echo "== building functions (wasm)"
 bash functions/build.sh
@@ -28,11 +29,7 @@ cargo test --manifest-path sdk/rust/Cargo.toml --features http
 
 echo "== tests"
 status=0
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast || status=$?
-else
-    cargo test --workspace --no-fail-fast || status=$?
-fi
+cargo nextest run --workspace --no-fail-fast || status=$?
 # Every VM the tests start (servers' and the tests' own) is named wafer-…: none may outlive them.
 if pgrep -a -f '^qemu-system-x86_64 -name wafer-'; then
     echo "these qemu processes outlived the tests" >&2

@@ -178,12 +178,7 @@ fn a_failing_job_keeps_its_problem_and_stderr() {
         .unwrap();
     assert_eq!(r.headers()["x-wafer-job-status"], "failed");
     assert_problem(r, 502, "nonzero-exit");
-    let logs = s
-        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/logs"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let logs = job_logs(&s, &key, id);
     assert!(logs.contains("something went wrong: \"boom\""), "{logs}");
     // A job that traps keeps what it wrote before too.
     let job = submit(
@@ -198,13 +193,17 @@ fn a_failing_job_keeps_its_problem_and_stderr() {
         done["error"]["type"],
         "https://wafer.dev/problems/unreachable"
     );
-    let logs = s
-        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/logs"))
+    let logs = job_logs(&s, &key, id);
+    assert!(logs.contains("a deliberate panic"), "{logs}");
+}
+
+/// What job `id` wrote to stderr.
+fn job_logs(s: &TestServer, key: &str, id: &str) -> String {
+    s.with_key(key, Method::GET, &format!("/v1/jobs/{id}/logs"))
         .send()
         .unwrap()
         .text()
-        .unwrap();
-    assert!(logs.contains("a deliberate panic"), "{logs}");
+        .unwrap()
 }
 
 #[test]
@@ -1043,25 +1042,11 @@ fn jobs_wait_shows_a_spinner_with_the_elapsed_time_on_a_terminal() {
     );
 }
 
-/// A key of `tenant` with only `scopes`, made by the admin.
-fn key_with(s: &TestServer, tenant: &str, scopes: &[&str]) -> String {
-    let r = s
-        .admin(Method::POST, "/v1/keys")
-        .json(&json!({"tenant": tenant, "scopes": scopes}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn only_a_key_that_may_deploy_gets_the_webhook_signing_secret() {
     let s = TestServer::start_with_config(HOOKS);
-    let deployer = key_with(&s, "acme", &["deploy", "invoke", "read"]);
-    let invoker = key_with(&s, "acme", &["invoke", "read"]);
+    let deployer = s.key_with_scopes("acme", &["deploy", "invoke", "read"]);
+    let invoker = s.key_with_scopes("acme", &["invoke", "read"]);
     s.deploy_as(&deployer, "echo", "echo", json!({}));
     let hook = Receiver::start(vec![]);
     let body = json!({"function": "echo", "input": 1, "webhook": hook.url});

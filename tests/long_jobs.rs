@@ -79,6 +79,27 @@ fn a_long_job_runs_on_a_runner_of_its_own_that_goes_away_after() {
     );
 }
 
+/// Waits for each of `jobs` (key, id) to succeed on a dedicated runner and asserts that no two
+/// ran at once; their (start, end) times, in order.
+fn one_at_a_time(s: &TestServer, jobs: &[(String, String)]) -> Vec<(u64, u64)> {
+    let mut spans = Vec::new();
+    for (k, id) in jobs {
+        let j = get_job(s, k, id, "60s");
+        assert_eq!(j["status"], "succeeded", "{j}");
+        assert_eq!(j["route"], "dedicated");
+        let t = &j["timings"];
+        spans.push((
+            t["started_at_ms"].as_u64().unwrap(),
+            t["finished_at_ms"].as_u64().unwrap(),
+        ));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "long jobs overlapped: {spans:?}");
+    }
+    spans
+}
+
 #[test]
 fn the_long_lane_is_throttled_per_tenant_and_overall_and_short_jobs_are_not_delayed() {
     let s = TestServer::start_with_config(
@@ -115,21 +136,9 @@ fn the_long_lane_is_throttled_per_tenant_and_overall_and_short_jobs_are_not_dela
         2,
         "the long lane is still busy"
     );
-    let mut spans = Vec::new();
-    for id in &a_jobs {
-        let j = get_job(&s, &a, id, "30s");
-        assert_eq!(j["status"], "succeeded", "{j}");
-        let t = &j["timings"];
-        spans.push((
-            t["started_at_ms"].as_u64().unwrap(),
-            t["finished_at_ms"].as_u64().unwrap(),
-        ));
-    }
     // One runner at a time for alpha: its jobs never overlap.
-    spans.sort();
-    for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "alpha's long jobs overlapped: {spans:?}");
-    }
+    let a_jobs: Vec<(String, String)> = a_jobs.into_iter().map(|id| (a.clone(), id)).collect();
+    let spans = one_at_a_time(&s, &a_jobs);
     // Beta did not wait for all of alpha's jobs.
     let bj = get_job(&s, &b, &b_job, "30s");
     assert_eq!(bj["status"], "succeeded");
@@ -159,21 +168,7 @@ fn the_long_lane_s_overall_cap_holds_below_the_per_tenant_caps() {
             jobs.push((k.clone(), id));
         }
     }
-    let mut spans = Vec::new();
-    for (k, id) in &jobs {
-        let j = get_job(&s, k, id, "60s");
-        assert_eq!(j["status"], "succeeded", "{j}");
-        assert_eq!(j["route"], "dedicated");
-        let t = &j["timings"];
-        spans.push((
-            t["started_at_ms"].as_u64().unwrap(),
-            t["finished_at_ms"].as_u64().unwrap(),
-        ));
-    }
-    spans.sort();
-    for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "long jobs overlapped: {spans:?}");
-    }
+    one_at_a_time(&s, &jobs);
     wait_dedicated(&s, 0);
 }
 

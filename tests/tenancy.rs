@@ -145,18 +145,7 @@ fn scopes_are_enforced_and_only_admins_create_keys() {
         .send()
         .unwrap();
     assert_problem(r, 403, "forbidden");
-    let deployer = {
-        let r = s
-            .admin(Method::POST, "/v1/keys")
-            .json(&json!({"tenant": "alpha", "scopes": ["deploy"]}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        r.json::<Value>().unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let deployer = s.key_with_scopes("alpha", &["deploy"]);
     s.deploy_as(&deployer, "f", "echo", json!({}));
     assert_problem(
         s.with_key(&deployer, Method::POST, "/fn/f").send().unwrap(),

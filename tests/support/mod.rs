@@ -230,9 +230,14 @@ impl TestServer {
 
     /// Creates a key for `tenant` with deploy, invoke and read scopes.
     pub fn tenant_key(&self, tenant: &str) -> String {
+        self.key_with_scopes(tenant, &["deploy", "invoke", "read"])
+    }
+
+    /// Creates a key for `tenant` with exactly `scopes`.
+    pub fn key_with_scopes(&self, tenant: &str, scopes: &[&str]) -> String {
         let r = self
             .admin(reqwest::Method::POST, "/v1/keys")
-            .json(&json!({"tenant": tenant, "scopes": ["deploy", "invoke", "read"]}))
+            .json(&json!({"tenant": tenant, "scopes": scopes}))
             .send()
             .expect("create key");
         assert_eq!(r.status(), 201);

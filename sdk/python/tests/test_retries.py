@@ -108,6 +108,29 @@ class LosingProxy:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    @staticmethod
+    def _message(sock: socket.socket) -> bytes:
+        """One whole HTTP/1.1 message with a Content-Length (head and body may come in
+        several reads); b"" when the peer closed before one began."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
     def _serve(self, conn: socket.socket) -> None:
         up = socket.create_connection(("127.0.0.1", self.upstream_port))
         losing = self.lose > 0
@@ -116,18 +139,16 @@ class LosingProxy:
         conn.settimeout(5)
         up.settimeout(5)
         try:
-            request = conn.recv(65536)
-            up.sendall(request)
-            answer = up.recv(65536)  # the server has handled it
-            self.delivered += 1
-            if not losing:
+            while True:
+                request = self._message(conn)
+                if not request:
+                    break
+                up.sendall(request)
+                answer = self._message(up)  # the server has handled it
+                self.delivered += 1
+                if losing:
+                    break
                 conn.sendall(answer)
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    up.sendall(data)
-                    conn.sendall(up.recv(65536))
         except OSError:
             pass
         finally:
