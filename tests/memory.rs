@@ -262,3 +262,46 @@ fn large_job_inputs_are_never_built_into_trees_and_submits_are_bounded_together(
     assert!(grown < 512, "peak RSS grew by {grown} MiB");
     s.assert_still_serving();
 }
+
+#[test]
+fn what_the_server_s_pool_could_never_admit_is_refused_not_left_waiting() {
+    // A budget of 64 MiB: a tenant's share is 48.
+    let s = TestServer::start_with_config("memory_budget_mb = 64\n[jobs]\nworkers = 0\n");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "wide", "echo", json!({"memory_mb": 56}));
+    let r = s
+        .with_key(&key, Method::POST, "/fn/wide")
+        .body("x")
+        .send()
+        .unwrap();
+    let p = assert_problem(r, 422, "memory-over-budget");
+    assert_eq!(p["limit"], 48);
+    let r = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .json(&json!({"function": "wide", "input": 1}))
+        .send()
+        .unwrap();
+    assert_problem(r, 422, "memory-over-budget");
+    // Within the share it runs; declared long, it goes to a runner of its own.
+    s.deploy_as(&key, "narrow", "echo", json!({"memory_mb": 48}));
+    let r = s
+        .with_key(&key, Method::POST, "/fn/narrow")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.deploy_as(
+        &key,
+        "wide",
+        "echo",
+        json!({"memory_mb": 56, "class": "long"}),
+    );
+    let r = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .json(&json!({"function": "wide", "input": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: serde_json::Value = r.json().unwrap();
+    assert_eq!(job["route"], "dedicated");
+}

@@ -66,8 +66,29 @@ impl Admission {
         self.budget_mb
     }
 
+    /// 422 `memory-over-budget` when an invocation that may use `memory_mb` MiB can never be
+    /// admitted here: it needs more than one tenant's share of the memory budget.
+    pub fn check_fits(&self, memory_mb: u64) -> Result<(), ApiError> {
+        if memory_mb <= self.tenant_budget_mb {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "memory-over-budget",
+            "Memory over budget",
+            format!(
+                "the function may use {memory_mb} MiB, more than a tenant's share of this \
+                 server's memory budget ({} MiB): it can never run here; lower its memory_mb, \
+                 or declare it long to run it on a runner of its own",
+                self.tenant_budget_mb
+            ),
+        )
+        .with("limit", self.tenant_budget_mb))
+    }
+
     /// Admits one invocation of `tenant`'s function that may use up to `memory_mb` MiB.
     pub fn admit(&self, tenant: &TenantId, memory_mb: u64) -> Result<Admitted, ApiError> {
+        self.check_fits(memory_mb)?;
         let slot = self
             .slots
             .clone()

@@ -612,6 +612,10 @@ pub async fn submit(
         };
     }
     let (lane, reason) = (planned.lane, planned.reason);
+    // What the server's own pool could never admit is refused now, not left waiting.
+    if jobs.route_of(lane) == Route::Inline {
+        state.admission.check_fits(version.spec.memory_mb)?;
+    }
     let rec = JobRecord {
         id: JobId::generate(),
         tenant: caller.tenant.clone(),
@@ -927,7 +931,11 @@ async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
         Err(e) => return failed(ApiError::internal(e), String::new()),
     };
     let call = Call::replay(&rec.request, input);
-    // Jobs wait for a slot instead of being refused: a busy server delays them.
+    // Jobs wait for a slot instead of being refused: a busy server delays them. One that can
+    // never be admitted (its version needs more than a tenant's share) fails instead.
+    if let Err(e) = state.admission.check_fits(version.spec.memory_mb) {
+        return failed(e, String::new());
+    }
     let _admitted = loop {
         match state
             .admission
