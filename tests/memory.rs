@@ -206,17 +206,6 @@ fn components_with_several_memories_cannot_exhaust_the_pool_for_others() {
     });
 }
 
-/// A field of the server's `/proc/PID/status`, in bytes.
-fn proc_status_bytes(s: &TestServer, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect(field)
-        * 1024
-}
-
 #[test]
 fn large_job_inputs_are_never_built_into_trees_and_submits_are_bounded_together() {
     // The long lane's launcher fails at once: the jobs never run, only their submits cost.
@@ -257,7 +246,7 @@ fn large_job_inputs_are_never_built_into_trees_and_submits_are_bounded_together(
             assert_eq!(h.join().unwrap(), 202);
         }
     });
-    let grown = proc_status_bytes(&s, "VmHWM:").saturating_sub(before) >> 20;
+    let grown = s.status_bytes("VmHWM:").saturating_sub(before) >> 20;
     println!("eight concurrent 16 MiB submits: the server's peak RSS grew by {grown} MiB");
     assert!(grown < 512, "peak RSS grew by {grown} MiB");
     s.assert_still_serving();

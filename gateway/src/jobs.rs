@@ -982,6 +982,13 @@ async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
     (end, output)
 }
 
+/// The most bytes a runner's message with a job's end may take: a whole output of up to
+/// `output_bytes` (base64), a whole log of up to `log_bytes` (JSON-escaped, at worst six bytes
+/// a byte), and 64 KiB for the rest. The runners' API and the VM's channel both read it.
+pub fn end_message_bytes(output_bytes: usize, log_bytes: usize) -> usize {
+    output_bytes.div_ceil(3) * 4 + log_bytes * 6 + (64 << 10)
+}
+
 /// A job's end and output from what its invocation returned: the response (status, headers,
 /// body) or, for a command, stdout with its content type; a problem when it failed.
 pub fn end_of(result: Result<wafer_runner::Outcome, wafer_runner::InvokeError>) -> (JobEnd, Bytes) {

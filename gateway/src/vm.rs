@@ -188,11 +188,13 @@ const RUN_GRACE: Duration = Duration::from_secs(5);
 /// The longest ready line a guest agent may send.
 const MAX_READY_LINE: usize = 64 << 10;
 
-/// The longest answer a guest agent may send for `order`: its whole output (base64), its
-/// whole log (JSON-escaped, at worst six bytes a byte) and 64 KiB for the rest.
+/// The longest answer a guest agent may send for `order`: its end with a whole output and a
+/// whole log.
 fn answer_line_limit(order: &WorkOrder) -> usize {
-    let output = order.response_bytes.max(order.stdout_bytes);
-    output.div_ceil(3) * 4 + order.stderr_bytes * 6 + (64 << 10)
+    crate::jobs::end_message_bytes(
+        order.response_bytes.max(order.stdout_bytes),
+        order.stderr_bytes,
+    )
 }
 
 /// The guest's side of the channel, read a line at a time, each line bounded: a guest that

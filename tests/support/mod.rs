@@ -163,13 +163,18 @@ impl TestServer {
 
     /// The server's resident memory now, in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// A size field of the server's `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in bytes.
+    pub fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
+            .expect(field)
             * 1024
     }
 

@@ -70,11 +70,10 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
     }
 }
 
-/// The largest body a runner sends: a finish with a whole response (base64) and a whole log
-/// (JSON-escaped, at worst six bytes a byte), and room for the rest.
+/// The largest body a runner sends: a finish with a whole response and a whole log.
 pub fn body_limit(config: &crate::config::Config) -> usize {
     let f = &config.functions;
-    f.max_response_bytes.div_ceil(3) * 4 + f.max_log_bytes * 6 + (64 << 10)
+    crate::jobs::end_message_bytes(f.max_response_bytes, f.max_log_bytes)
 }
 
 /// A JSON body of the runners' API, read within the body timeout and up to [`body_limit`].
