@@ -312,8 +312,7 @@ fn a_stale_worker_s_finish_and_ack_are_refused_after_another_finished_the_job() 
         get_job(&s, &key, other["id"].as_str().unwrap(), "30s")["status"],
         "succeeded"
     );
-    // The stopped worker goes on: its nap ends, it hands back its end and acks. Both are
-    // refused; it then idles and exits.
+    // The stopped worker goes on; it then idles and exits.
     unsafe { libc::kill(stale, libc::SIGCONT) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while wafer_e2e::jobs::worker_pids(&s).contains(&stale) {
@@ -323,13 +322,14 @@ fn a_stale_worker_s_finish_and_ack_are_refused_after_another_finished_the_job() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Both refusals are the stale worker's, in its log (the server's stderr).
+    // The stale worker is refused, as its log (the server's stderr) says: either its first
+    // heartbeat after the pause is refused and it stops the guest, or its guest ended first
+    // and its finish and ack are refused. Which comes first is the scheduler's choice.
     let log = s.log();
-    assert!(log.contains("this run's end was not kept"), "{log}");
-    assert!(
-        log.contains("the delivery is no longer this worker's"),
-        "{log}"
-    );
+    let stopped = log.contains("the job was cancelled or delivered again: stopped");
+    let refused = log.contains("this run's end was not kept")
+        && log.contains("the delivery is no longer this worker's");
+    assert!(stopped || refused, "{log}");
     let after = get_job(&s, &key, &id, "0");
     assert_eq!(after["status"], "succeeded");
     assert_eq!(after["attempts"], 2);
