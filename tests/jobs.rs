@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 use wafer_e2e::jobs::{
-    get_job, kill_a_worker_mid_job, status, submit, wait_status, wait_workers, worker_pids,
+    a_flood_leaves_room_for_another_tenant, get_job, kill_a_worker_mid_job, status, submit,
+    wait_status, wait_workers, worker_pids,
 };
 use wafer_e2e::{TestServer, assert_problem};
 
@@ -703,6 +704,62 @@ fn workers_start_when_jobs_wait_and_go_away_when_idle() {
         wait_workers(&s, 0);
         assert!(worker_pids(&s).is_empty());
     }
+}
+
+#[test]
+fn one_tenant_s_flood_of_long_jobs_leaves_room_for_another_tenant_s_jobs() {
+    let s = TestServer::start_with_config(
+        "[jobs]\nworkers = 1\nworker_concurrency = 4\ntenant_share_percent = 50\n",
+    );
+    a_flood_leaves_room_for_another_tenant(&s);
+}
+
+#[test]
+fn a_job_its_tenant_has_no_room_for_gives_its_lane_slot_to_another_tenant() {
+    // One slot in the server's lanes; a tenant may have one invocation in flight.
+    let s = TestServer::start_with_config(
+        "max_inflight = 4\nmax_inflight_per_tenant = 1\n[jobs]\nworkers = 0\ninline_concurrency = 1\n",
+    );
+    let a = s.tenant_key("busy");
+    let b = s.tenant_key("other");
+    s.deploy_as(&a, "slow", "hello", json!({"timeout_ms": 20000}));
+    s.deploy_as(&a, "quick-a", "echo", json!({"timeout_ms": 1000}));
+    s.deploy_as(&b, "quick-b", "echo", json!({"timeout_ms": 1000}));
+    // The busy tenant's synchronous call holds its one place for 10 s.
+    let call = {
+        let (url, key) = (format!("http://{}", s.addr()), a.clone());
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap()
+                .get(format!("{url}/fn/slow?name=x&sleep_ms=10000"))
+                .bearer_auth(key)
+                .send()
+                .unwrap()
+                .status()
+        })
+    };
+    assert!(s.wait_in_flight(1), "the call never started");
+    let waiting = submit(&s, &a, json!({"function": "quick-a", "input": "a"}));
+    let waiting = waiting["id"].as_str().unwrap();
+    let other = submit(&s, &b, json!({"function": "quick-b", "input": "b"}));
+    let other = get_job(&s, &b, other["id"].as_str().unwrap(), "5s");
+    assert_eq!(other["status"], "succeeded", "{other}");
+    assert!(
+        !call.is_finished(),
+        "the call ended before the other tenant's job ran"
+    );
+    let held = get_job(&s, &a, waiting, "0");
+    assert_eq!(
+        (held["status"].as_str(), held["attempts"].as_u64()),
+        (Some("queued"), Some(0)),
+        "{held}"
+    );
+    assert_eq!(call.join().unwrap(), 200);
+    let done = get_job(&s, &a, waiting, "20s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
 }
 
 #[test]

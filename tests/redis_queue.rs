@@ -5,7 +5,10 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use wafer_e2e::jobs::{get_job, kill_a_worker_mid_job, status, submit, wait_status, wait_workers};
+use wafer_e2e::jobs::{
+    a_flood_leaves_room_for_another_tenant, get_job, kill_a_worker_mid_job, status, submit,
+    wait_status, wait_workers,
+};
 use wafer_e2e::{RedisServer, TestServer, redis_command};
 
 /// A server whose queue is `redis`, with `extra` lines in its `[jobs]` table.
@@ -45,12 +48,11 @@ fn jobs_run_through_redis_streams_inline_and_on_workers() {
         (Some("succeeded"), Some("worker")),
         "{slow}"
     );
-    // The queue is Redis's: streams per lane, emptied as jobs are acked; no embedded file.
+    // The queue is Redis's: a stream per tenant and lane, emptied as jobs are acked; no
+    // embedded file.
     assert!(!s.data_dir().join("queue.redb").exists());
-    let groups = redis_command(redis.port, &["XINFO", "GROUPS", "t:lane:default"]).unwrap();
-    assert!(groups.contains("runners"), "{groups}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_command(redis.port, &["XLEN", "t:lane:default"]).unwrap() != ":0\r\n" {
+    while redis_command(redis.port, &["XLEN", "t:lane:default:t:acme"]).unwrap() != ":0\r\n" {
         assert!(Instant::now() < deadline, "the acked entry stays");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -82,6 +84,16 @@ fn jobs_run_through_redis_streams_inline_and_on_workers() {
         assert_eq!(r.json::<Value>().unwrap(), json!(i));
     }
     wait_workers(&s, 0);
+}
+
+#[test]
+fn through_redis_one_tenant_s_flood_leaves_room_for_another_tenant_s_jobs() {
+    let redis = RedisServer::start();
+    let s = server(
+        &redis,
+        "workers = 1\nworker_concurrency = 4\ntenant_share_percent = 50",
+    );
+    a_flood_leaves_room_for_another_tenant(&s);
 }
 
 #[test]
@@ -174,7 +186,7 @@ fn a_job_that_kills_its_worker_every_time_is_dead_lettered_by_redis() {
     assert_eq!(dead["attempts"], 3);
     assert_eq!(dead["error"]["deliveries"], 3);
     assert_eq!(
-        redis_command(redis.port, &["XLEN", "wafer:lane:default"]).unwrap(),
+        redis_command(redis.port, &["XLEN", "wafer:lane:default:t:acme"]).unwrap(),
         ":0\r\n"
     );
 }
@@ -227,11 +239,13 @@ fn entries_that_are_not_jobs_are_dead_lettered_and_counted_and_the_lane_goes_on(
     let s = server(&redis, "");
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "quick", "echo", json!({"timeout_ms": 1000}));
-    // Whoever can write to the Redis puts entries that are not jobs first in the fast lane.
+    // Whoever can write to the Redis puts entries that are not jobs first in a tenant's
+    // stream of the fast lane (and names the tenant in the lane's set).
+    redis_command(redis.port, &["SADD", "t:lane:fast:tenants", "acme"]).unwrap();
     for fields in [["job", "not json"], ["other", "1"]] {
         redis_command(
             redis.port,
-            &["XADD", "t:lane:fast", "*", fields[0], fields[1]],
+            &["XADD", "t:lane:fast:t:acme", "*", fields[0], fields[1]],
         )
         .unwrap();
     }
@@ -251,7 +265,7 @@ fn entries_that_are_not_jobs_are_dead_lettered_and_counted_and_the_lane_goes_on(
     assert!(dead.contains("no job field"), "{dead}");
     // Nothing is left in the lane once the job is acked.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_command(redis.port, &["XLEN", "t:lane:fast"]).unwrap() != ":0\r\n" {
+    while redis_command(redis.port, &["XLEN", "t:lane:fast:t:acme"]).unwrap() != ":0\r\n" {
         assert!(Instant::now() < deadline, "entries stay in the lane");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -293,7 +307,7 @@ fn a_stale_worker_s_finish_and_ack_are_refused_after_another_finished_the_job() 
     // Its lease runs out (Redis says so), then new work brings a second worker, which takes
     // the job over and finishes it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pending_idle_ms(redis.port, "t:lane:default").is_none_or(|idle| idle < 1000) {
+    while pending_idle_ms(redis.port, "t:lane:default:t:acme").is_none_or(|idle| idle < 1000) {
         assert!(
             Instant::now() < deadline,
             "the stopped worker's lease never ran out"
@@ -343,8 +357,8 @@ fn a_stale_worker_s_finish_and_ack_are_refused_after_another_finished_the_job() 
         .unwrap();
     assert_eq!(r.text().unwrap(), "awake\n");
     assert_eq!(
-        redis_command(redis.port, &["XLEN", "t:lane:default"]).unwrap(),
+        redis_command(redis.port, &["XLEN", "t:lane:default:t:acme"]).unwrap(),
         ":0\r\n"
     );
-    assert_eq!(pending_idle_ms(redis.port, "t:lane:default"), None);
+    assert_eq!(pending_idle_ms(redis.port, "t:lane:default:t:acme"), None);
 }

@@ -51,9 +51,10 @@ fn a_runner_s_body_that_does_not_arrive_is_cut_at_the_body_timeout() {
     assert!(head.contains("body-timeout"), "{head}");
 }
 
-/// Workers for jobs estimated above 100 ms, and the long lane on local runners.
+/// Workers for every job not in the long lane (however fast its runs: no fast lane), and the
+/// long lane on local runners.
 const RUNNERS: &str =
-    "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 2000\nfast_lane_ms = 100\n";
+    "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 2000\nfast_lane_ms = 0\n";
 
 /// Runs `hello` with `pad` bytes of padding as a job of `function` and checks the whole
 /// result came back, from a runner of `route`.

@@ -21,7 +21,9 @@ pub use jobs::{
 };
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
-pub use queue::{Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, QueueError, QueuedJob};
+pub use queue::{
+    Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, LaneShares, QueueError, QueuedJob,
+};
 pub use records::{
     Abi, CacheSpec, FunctionRecord, JobClass, KeyRecord, ModuleRecord, Quotas, Scope,
     VersionRecord, VersionSpec,

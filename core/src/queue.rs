@@ -15,6 +15,7 @@
 use crate::names::TenantId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,14 +153,48 @@ pub enum Claimed {
     Dead { job: QueuedJob, deliveries: u32 },
 }
 
+/// How many of a lane's jobs one tenant may hold (leased) at once, per lane: the tenant's
+/// share. A claim skips a tenant at its share and, among the others, serves the one holding
+/// the fewest, so one tenant's flood leaves room for everyone else's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneShares {
+    /// The fast lane's share.
+    pub fast: u32,
+    /// The default lane's share.
+    pub default: u32,
+    /// The long lane's share.
+    pub long: u32,
+}
+
+impl LaneShares {
+    /// No tenant is held back: every share is unbounded.
+    pub const UNBOUNDED: LaneShares = LaneShares {
+        fast: u32::MAX,
+        default: u32::MAX,
+        long: u32::MAX,
+    };
+
+    /// The share of `lane` (at least one).
+    pub fn of(&self, lane: Lane) -> u32 {
+        match lane {
+            Lane::Fast => self.fast,
+            Lane::Default => self.default,
+            Lane::Long => self.long,
+        }
+        .max(1)
+    }
+}
+
 /// A queue of jobs per lane, with leases and re-delivery.
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// Adds a job at the end of its lane, unless it is queued already; durable once this
     /// returns.
     async fn enqueue(&self, job: QueuedJob) -> Result<(), QueueError>;
-    /// The oldest job of `lane` that nobody holds (or whose lease ran out), leased to the
-    /// caller for `lease`; None when there is none.
+    /// A job of `lane` that nobody holds (or whose lease ran out), leased to the caller for
+    /// `lease`; None when there is none. Fair across tenants: a tenant holding its share of
+    /// the lane is skipped, and of the others the one holding fewest jobs is served (first
+    /// in, first out within a tenant).
     async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError>;
     /// Like [`JobQueue::claim`], but a backend that can wait for an enqueue (a blocking
     /// read) waits up to `wait` for one; the default does not wait.
@@ -180,6 +215,16 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Extends the lease of `claim`; false when it was lost (expired and re-delivered, acked
     /// or cancelled).
     async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError>;
+    /// Gives the job of `claim` back without running it (its runner could not admit it now):
+    /// it may be claimed again after `delay`, and this delivery does not count towards
+    /// `max_deliveries`. `lease` is the lease claims of the lane are made with. False when
+    /// the claim no longer holds it.
+    async fn release(
+        &self,
+        claim: &Claim,
+        lease: Duration,
+        delay: Duration,
+    ) -> Result<bool, QueueError>;
     /// Removes the job of `claim` after its result is stored; false when the claim no longer
     /// holds it.
     async fn ack(&self, claim: &Claim) -> Result<bool, QueueError>;
@@ -220,12 +265,17 @@ pub struct EmbeddedJobQueue {
     db: Arc<Database>,
     writer: crate::batch::BatchWriter,
     max_deliveries: u32,
+    shares: LaneShares,
 }
 
 impl EmbeddedJobQueue {
     /// Opens or creates the queue in `path`; a job delivered `max_deliveries` times without an
-    /// ack is dead-lettered.
-    pub fn open(path: impl AsRef<Path>, max_deliveries: u32) -> Result<Self, QueueError> {
+    /// ack is dead-lettered; a tenant holds at most its `shares` of each lane.
+    pub fn open(
+        path: impl AsRef<Path>,
+        max_deliveries: u32,
+        shares: LaneShares,
+    ) -> Result<Self, QueueError> {
         let db = Database::create(path.as_ref()).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(ENTRIES).map_err(storage)?;
@@ -237,6 +287,7 @@ impl EmbeddedJobQueue {
             writer: crate::batch::BatchWriter::new(db.clone(), "queue"),
             db,
             max_deliveries: max_deliveries.max(1),
+            shares,
         })
     }
 
@@ -343,24 +394,37 @@ impl JobQueue for EmbeddedJobQueue {
 
     async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError> {
         let max = self.max_deliveries;
+        let share = self.shares.of(lane);
         self.write(move |txn| {
             let mut t = txn.open_table(ENTRIES).map_err(storage)?;
             let now = now_ms();
-            let mut found = None;
+            // One pass over the lane: per tenant, the jobs it holds and its oldest waiting one.
+            let mut tenants: HashMap<TenantId, (u32, Option<(u64, Entry)>)> = HashMap::new();
             for item in t
                 .range((lane.index(), 0)..=(lane.index(), u64::MAX))
                 .map_err(storage)?
             {
                 let (k, v) = item.map_err(storage)?;
                 let entry = decode(v.value())?;
-                if entry.lease.is_none_or(|(_, until)| until < now) {
-                    found = Some((k.value(), entry));
-                    break;
+                let held = entry.lease.is_some_and(|(_, until)| until >= now);
+                let slot = tenants.entry(entry.job.tenant.clone()).or_default();
+                if held {
+                    slot.0 += 1;
+                } else if slot.1.is_none() {
+                    slot.1 = Some((k.value().1, entry));
                 }
             }
-            let Some(((lane_index, seq), mut entry)) = found else {
+            // Fewest held first; the oldest job breaks a tie.
+            let found = tenants
+                .into_values()
+                .filter(|(held, _)| *held < share)
+                .filter_map(|(held, first)| first.map(|f| (held, f)))
+                .min_by_key(|(held, (seq, _))| (*held, *seq))
+                .map(|(_, f)| f);
+            let Some((seq, mut entry)) = found else {
                 return Ok(None);
             };
+            let lane_index = lane.index();
             if entry.deliveries >= max {
                 t.remove((lane_index, seq)).map_err(storage)?;
                 txn.open_table(BY_ID)
@@ -394,6 +458,29 @@ impl JobQueue for EmbeddedJobQueue {
             };
             with_held(txn, &claim, |t, mut entry| {
                 entry.lease = Some((token, now_ms() + lease.as_millis() as u64));
+                t.insert((claim.job.lane.index(), seq), encode(&entry).as_slice())
+                    .map_err(storage)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        claim: &Claim,
+        _lease: Duration,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let claim = claim.clone();
+        self.write(move |txn| {
+            let Some((seq, _)) = claim.seq_token() else {
+                return Ok(false);
+            };
+            with_held(txn, &claim, |t, mut entry| {
+                // Nobody holds token 0: the entry waits out `delay`, then anyone may claim it.
+                entry.lease = Some((0, now_ms() + delay.as_millis() as u64));
+                entry.deliveries = entry.deliveries.saturating_sub(1);
                 t.insert((claim.job.lane.index(), seq), encode(&entry).as_slice())
                     .map_err(storage)?;
                 Ok(())
@@ -467,7 +554,7 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> EmbeddedJobQueue {
-        EmbeddedJobQueue::open(dir.path().join("q.redb"), 3).unwrap()
+        EmbeddedJobQueue::open(dir.path().join("q.redb"), 3, LaneShares::UNBOUNDED).unwrap()
     }
 
     fn job_of(c: Option<Claimed>) -> Claim {
@@ -579,6 +666,61 @@ mod tests {
         let again = job_of(q.claim(Lane::Default, LEASE).await.unwrap());
         assert_eq!((again.job, again.delivery), (held.job.clone(), 2));
         assert!(!q.ack(&held).await.unwrap(), "the released claim is stale");
+    }
+
+    fn job_for(tenant: &str, lane: Lane) -> QueuedJob {
+        QueuedJob {
+            id: JobId::generate(),
+            tenant: TenantId::new(tenant).unwrap(),
+            lane,
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_are_fair_across_tenants_and_stop_at_a_tenant_s_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = LaneShares {
+            fast: 2,
+            default: 2,
+            long: 1,
+        };
+        let q = EmbeddedJobQueue::open(dir.path().join("q.redb"), 3, shares).unwrap();
+        let flood: Vec<QueuedJob> = (0..4).map(|_| job_for("a", Lane::Default)).collect();
+        for j in &flood {
+            q.enqueue(j.clone()).await.unwrap();
+        }
+        let late: Vec<QueuedJob> = (0..3).map(|_| job_for("b", Lane::Default)).collect();
+        for j in &late {
+            q.enqueue(j.clone()).await.unwrap();
+        }
+        let mut order = Vec::new();
+        while let Some(c) = q.claim(Lane::Default, LEASE).await.unwrap() {
+            order.push(job_of(Some(c)));
+        }
+        let ids: Vec<&JobId> = order.iter().map(|c| &c.job.id).collect();
+        assert_eq!(
+            ids,
+            [&flood[0].id, &late[0].id, &flood[1].id, &late[1].id],
+            "turns alternate, and each tenant stops at its share of 2"
+        );
+        // A job that ends frees its tenant's place.
+        assert!(q.ack(&order[0]).await.unwrap());
+        let next = job_of(q.claim(Lane::Default, LEASE).await.unwrap());
+        assert_eq!(next.job.id, flood[2].id);
+        // Released jobs wait out their delay and do not count as a delivery.
+        assert!(
+            q.release(&next, LEASE, Duration::from_millis(50))
+                .await
+                .unwrap()
+        );
+        assert!(!q.ack(&next).await.unwrap(), "a released claim is over");
+        assert_eq!(q.claim(Lane::Default, LEASE).await.unwrap(), None);
+        std::thread::sleep(Duration::from_millis(60));
+        let again = job_of(q.claim(Lane::Default, LEASE).await.unwrap());
+        assert_eq!(
+            (again.job.id.clone(), again.delivery),
+            (flood[2].id.clone(), 1)
+        );
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! The job queue on Redis Streams, for more than one server or runners on other machines.
 //!
-//! Each lane is a stream (`<prefix>:lane:<lane>`) read by one consumer group. A job is an
-//! entry; an index hash (`<prefix>:index`) maps job ids to their entries, so enqueueing is
-//! idempotent and a job can be cancelled. Claiming takes back first an entry whose holder
-//! stopped heartbeating for a lease (XAUTOCLAIM), else a new one (XREADGROUP); the delivery
-//! count Redis keeps per pending entry decides when a job is dead-lettered. Heartbeats reset
-//! the entry's idle time (XCLAIM … JUSTID) and the ack (XACK, then XDEL) happens only after
-//! the result is stored, both only for the consumer and delivery that still hold the entry,
-//! checked in one script so they cannot race with a re-delivery.
+//! Each tenant has a stream per lane (`<prefix>:lane:<lane>:t:<tenant>`) read by one consumer
+//! group, and a set per lane (`<prefix>:lane:<lane>:tenants`) names the tenants with jobs
+//! there. A job is an entry; an index hash (`<prefix>:index`) maps job ids to their entries,
+//! so enqueueing is idempotent and a job can be cancelled. A claim is one script: of the
+//! tenants below their share of the lane (pending entries not idle for a lease), it serves
+//! the one holding fewest, ties going to the one served least recently
+//! (`<prefix>:lane:<lane>:served`); within a tenant, an entry whose holder stopped
+//! heartbeating for a lease is taken back first (XCLAIM), else a new one is read
+//! (XREADGROUP). The delivery count Redis keeps per pending entry decides when a job is
+//! dead-lettered. Heartbeats reset the entry's idle time (XCLAIM … JUSTID) and the ack (XACK,
+//! then XDEL) happens only after the result is stored, both only for the consumer and
+//! delivery that still hold the entry, checked in one script so they cannot race with a
+//! re-delivery. Enqueues and acks push a token on `<prefix>:lane:<lane>:wake`, which blocked
+//! claims wait on (BLPOP). The scripts touch keys they derive, so the queue needs one Redis
+//! (or a primary), not Redis Cluster.
 //!
 //! An entry that is not a job (damaged, or written by something else) is moved to the
 //! dead-letter stream (`<prefix>:dead-letter`, the newest 10 000 kept) and counted, so it
@@ -16,7 +23,8 @@
 //! Durability is Redis's: with AOF (`appendonly yes`, `appendfsync always`) no enqueued job
 //! is lost to a restart of Redis.
 
-use crate::queue::{Claim, Claimed, JobId, JobQueue, Lane, QueueError, QueuedJob};
+use crate::names::TenantId;
+use crate::queue::{Claim, Claimed, JobId, JobQueue, Lane, LaneShares, QueueError, QueuedJob};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,24 +36,98 @@ fn backend(e: impl std::fmt::Display) -> QueueError {
 
 const GROUP: &str = "runners";
 
-/// Adds a job unless its id is indexed already.
+/// Adds a job unless its id is indexed already. KEYS: index, the tenant's stream, the lane's
+/// tenant set, the lane's wake list; ARGV: job id, payload, tenant, group.
 const ENQUEUE: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[4], '0', 'MKSTREAM')
+end
 local eid = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], KEYS[2] .. '|' .. eid)
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 63)
 return 1
 ";
 
-/// Heartbeats or acks an entry, only for the consumer and delivery that hold it.
+/// Claims fairly across a lane's tenants. KEYS: the lane's tenant set, served hash, clock,
+/// wake list; ARGV: the lane's stream prefix, group, consumer, lease (ms), share. Returns
+/// nil, or {stream, entry, deliveries} where entry is {id, fields} (nil when the entry was
+/// deleted under its pending record).
+const CLAIM: &str = r"
+local share = tonumber(ARGV[5])
+local best, best_held, best_served, best_stale
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local s = ARGV[1] .. t
+  local len = redis.call('XLEN', s)
+  if len == 0 then
+    redis.call('SREM', KEYS[1], t)
+    redis.call('HDEL', KEYS[2], t)
+    redis.call('DEL', s)
+  else
+    local ok, summary = pcall(redis.call, 'XPENDING', s, ARGV[2])
+    if not ok then
+      redis.call('XGROUP', 'CREATE', s, ARGV[2], '0')
+      summary = {0}
+    end
+    local pending = tonumber(summary[1])
+    local stale = {}
+    if pending > 0 then
+      stale = redis.call('XPENDING', s, ARGV[2], 'IDLE', ARGV[4], '-', '+', pending)
+    end
+    local held = pending - #stale
+    if held < share and (len > pending or #stale > 0) then
+      local served = tonumber(redis.call('HGET', KEYS[2], t) or '0')
+      if best == nil or held < best_held or (held == best_held and served < best_served) then
+        best, best_held, best_served, best_stale = t, held, served, stale[1]
+      end
+    end
+  end
+end
+if best == nil then return nil end
+redis.call('HSET', KEYS[2], best, redis.call('INCR', KEYS[3]))
+local s = ARGV[1] .. best
+if best_stale then
+  local got = redis.call('XCLAIM', s, ARGV[2], ARGV[3], 0, best_stale[1])
+  return {s, got[1] or {best_stale[1]}, tonumber(best_stale[4]) + 1}
+end
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', 1, 'STREAMS', s, '>')
+if not r then return nil end
+return {s, r[1][2][1], 1}
+";
+
+/// Jobs in a lane: the lengths of its tenants' streams. KEYS: the lane's tenant set; ARGV:
+/// the lane's stream prefix.
+const LEN: &str = r"
+local n = 0
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  n = n + redis.call('XLEN', ARGV[1] .. t)
+end
+return n
+";
+
+/// Heartbeats, releases or acks an entry, only for the consumer and delivery that hold it.
+/// KEYS: the stream, index, the lane's wake list; ARGV: group, entry id, consumer, delivery,
+/// mode, job id, lease (ms), release delay (ms).
 const HELD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[3] or tonumber(p[1][4]) ~= tonumber(ARGV[4]) then return 0 end
 if ARGV[5] == 'heartbeat' then
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+elseif ARGV[5] == 'release' then
+  local idle = math.max(0, tonumber(ARGV[7]) - tonumber(ARGV[8]))
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', idle,
+    'RETRYCOUNT', math.max(0, tonumber(ARGV[4]) - 1), 'JUSTID')
 else
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[1], ARGV[2])
   redis.call('HDEL', KEYS[2], ARGV[6])
+  if redis.call('XLEN', KEYS[1]) > 0 then
+    redis.call('LPUSH', KEYS[3], '1')
+    redis.call('LTRIM', KEYS[3], 0, 63)
+  end
 end
 return 1
 ";
@@ -72,7 +154,10 @@ pub struct RedisJobQueue {
     max_deliveries: u32,
     /// Connections for blocking reads, which must not hold up the shared one.
     blocking: tokio::sync::Mutex<Vec<MultiplexedConnection>>,
+    shares: LaneShares,
     enqueue: Script,
+    claim: Script,
+    len: Script,
     held: Script,
     remove: Script,
     /// Entries that were not jobs, moved to the dead-letter stream by this process.
@@ -102,8 +187,13 @@ struct Corrupt {
 
 impl RedisJobQueue {
     /// Connects to `url`, keeping keys under `prefix`; a job delivered `max_deliveries`
-    /// times without an ack is dead-lettered. Creates the consumer groups if needed.
-    pub async fn connect(url: &str, prefix: &str, max_deliveries: u32) -> Result<Self, QueueError> {
+    /// times without an ack is dead-lettered; a tenant holds at most its `shares` of a lane.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        max_deliveries: u32,
+        shares: LaneShares,
+    ) -> Result<Self, QueueError> {
         let client = redis::Client::open(url).map_err(backend)?;
         let manager = client
             .get_connection_manager_with_config(
@@ -121,31 +211,30 @@ impl RedisJobQueue {
             consumer: format!("{}-{}", std::process::id(), hex::encode(bytes)),
             max_deliveries: max_deliveries.max(1),
             blocking: tokio::sync::Mutex::new(Vec::new()),
+            shares,
             enqueue: Script::new(ENQUEUE),
+            claim: Script::new(CLAIM),
+            len: Script::new(LEN),
             held: Script::new(HELD),
             remove: Script::new(REMOVE),
             corrupt: AtomicU64::new(0),
         };
-        for lane in Lane::ALL {
-            let created: Result<Value, _> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(q.stream(lane))
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut q.manager.clone())
-                .await;
-            match created {
-                Ok(_) => {}
-                Err(e) if e.to_string().contains("BUSYGROUP") => {}
-                Err(e) => return Err(backend(e)),
-            }
-        }
         Ok(q)
     }
 
-    fn stream(&self, lane: Lane) -> String {
-        format!("{}:lane:{}", self.prefix, lane.as_str())
+    /// A key of `lane`'s: `tenants`, `served`, `clock` or `wake`.
+    fn lane_key(&self, lane: Lane, what: &str) -> String {
+        format!("{}:lane:{}:{what}", self.prefix, lane.as_str())
+    }
+
+    /// The prefix of `lane`'s tenant streams.
+    fn tenant_streams(&self, lane: Lane) -> String {
+        format!("{}:lane:{}:t:", self.prefix, lane.as_str())
+    }
+
+    /// The stream of `tenant`'s jobs in `lane`.
+    fn stream(&self, lane: Lane, tenant: &TenantId) -> String {
+        format!("{}{}", self.tenant_streams(lane), tenant.as_str())
     }
 
     fn index(&self) -> String {
@@ -156,9 +245,9 @@ impl RedisJobQueue {
         format!("{}:dead-letter", self.prefix)
     }
 
-    /// Moves an entry that is not a job from `lane` to the dead-letter stream (with why, and
-    /// what it held), and counts it.
-    async fn bury_corrupt(&self, lane: Lane, c: Corrupt) -> Result<(), QueueError> {
+    /// Moves an entry that is not a job from `stream` of `lane` to the dead-letter stream
+    /// (with why, and what it held), and counts it.
+    async fn bury_corrupt(&self, lane: Lane, stream: &str, c: Corrupt) -> Result<(), QueueError> {
         tracing::error!(lane = lane.as_str(), entry = %c.eid, why = %c.why, "a queue entry is not a job: moved to the dead-letter stream");
         redis::pipe()
             .atomic()
@@ -177,11 +266,11 @@ impl RedisJobQueue {
             .arg("raw")
             .arg(&c.raw)
             .cmd("XACK")
-            .arg(self.stream(lane))
+            .arg(stream)
             .arg(GROUP)
             .arg(&c.eid)
             .cmd("XDEL")
-            .arg(self.stream(lane))
+            .arg(stream)
             .arg(&c.eid)
             .query_async::<Value>(&mut self.con())
             .await
@@ -197,7 +286,7 @@ impl RedisJobQueue {
     /// Turns a claimed stream entry into a job or a dead letter.
     async fn delivered(
         &self,
-        lane: Lane,
+        stream: &str,
         eid: String,
         job: QueuedJob,
         count: u32,
@@ -215,11 +304,11 @@ impl RedisJobQueue {
                 // An entry without its index entry (not made by this queue) goes too.
                 redis::pipe()
                     .cmd("XACK")
-                    .arg(self.stream(lane))
+                    .arg(stream)
                     .arg(GROUP)
                     .arg(&eid)
                     .cmd("XDEL")
-                    .arg(self.stream(lane))
+                    .arg(stream)
                     .arg(&eid)
                     .query_async::<Value>(&mut self.con())
                     .await
@@ -234,131 +323,93 @@ impl RedisJobQueue {
         Ok(Claimed::Job(Claim::new(job, count, receipt)))
     }
 
-    /// The delivery count of a pending entry.
-    async fn deliveries(&self, lane: Lane, eid: &str) -> Result<u32, QueueError> {
-        let v: Value = redis::cmd("XPENDING")
-            .arg(self.stream(lane))
-            .arg(GROUP)
-            .arg(eid)
-            .arg(eid)
-            .arg(1)
-            .query_async(&mut self.con())
-            .await
-            .map_err(backend)?;
-        let count = items(&v)
-            .and_then(|rows| rows.first())
-            .and_then(items)
-            .and_then(|row| row.get(3))
-            .and_then(int)
-            .unwrap_or(1);
-        Ok(count.max(1) as u32)
-    }
-
-    /// An entry whose holder stopped heartbeating for `lease`, taken over by this consumer.
-    async fn reclaim(&self, lane: Lane, lease: Duration) -> Result<Option<Step>, QueueError> {
-        let v: Value = redis::cmd("XAUTOCLAIM")
-            .arg(self.stream(lane))
+    /// One claim (the script): a job, a dead letter or a buried entry; None when no tenant
+    /// below its share has a job waiting.
+    async fn claim_once(&self, lane: Lane, lease: Duration) -> Result<Option<Step>, QueueError> {
+        let v: Value = self
+            .claim
+            .key(self.lane_key(lane, "tenants"))
+            .key(self.lane_key(lane, "served"))
+            .key(self.lane_key(lane, "clock"))
+            .arg(self.tenant_streams(lane))
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(lease.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.con())
+            .arg(self.shares.of(lane))
+            .invoke_async(&mut self.con())
             .await
             .map_err(backend)?;
-        let Some(entry) = items(&v)
-            .and_then(|r| r.get(1))
-            .and_then(items)
-            .and_then(|e| e.first())
-        else {
+        let Some(parts) = items(&v) else {
             return Ok(None);
         };
+        let bad = || QueueError::Storage("redis: malformed claim reply".into());
+        let stream = parts.first().and_then(text).ok_or_else(bad)?;
+        let entry = parts.get(1).ok_or_else(bad)?;
+        let count = parts.get(2).and_then(int).ok_or_else(bad)?.max(1) as u32;
         let (eid, job) = match parse_entry(entry)? {
             Ok(found) => found,
             Err(c) => {
-                self.bury_corrupt(lane, c).await?;
+                self.bury_corrupt(lane, &stream, c).await?;
                 return Ok(Some(Step::Buried));
             }
         };
-        let count = self.deliveries(lane, &eid).await?;
-        self.delivered(lane, eid, job, count)
+        self.delivered(&stream, eid, job, count)
             .await
             .map(|c| Some(Step::Got(c)))
     }
 
-    /// A new entry, waiting up to `block` for one (None: do not wait).
-    async fn read_new(
+    /// Waits up to `wait` for an enqueue or an ack in `lane` (a token on its wake list).
+    async fn await_wake(&self, lane: Lane, wait: Duration) -> Result<(), QueueError> {
+        let mut con = match self.blocking.lock().await.pop() {
+            Some(c) => c,
+            None => self
+                .client
+                .get_multiplexed_async_connection_with_config(
+                    &AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(2)))
+                        .set_response_timeout(None),
+                )
+                .await
+                .map_err(backend)?,
+        };
+        let secs = wait.as_secs_f64().max(0.001);
+        let _: Value = tokio::time::timeout(
+            wait + Duration::from_secs(5),
+            redis::cmd("BLPOP")
+                .arg(self.lane_key(lane, "wake"))
+                .arg(format!("{secs:.3}"))
+                .query_async(&mut con),
+        )
+        .await
+        .map_err(|_| backend("a blocking read did not return"))?
+        .map_err(backend)?;
+        self.blocking.lock().await.push(con);
+        Ok(())
+    }
+
+    async fn run_held(
         &self,
-        lane: Lane,
-        block: Option<Duration>,
-    ) -> Result<Option<Step>, QueueError> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(1);
-        if let Some(b) = block {
-            cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(self.stream(lane)).arg(">");
-        let v: Value = match block {
-            None => cmd.query_async(&mut self.con()).await.map_err(backend)?,
-            Some(b) => {
-                let mut con = match self.blocking.lock().await.pop() {
-                    Some(c) => c,
-                    None => self
-                        .client
-                        .get_multiplexed_async_connection_with_config(
-                            &AsyncConnectionConfig::new()
-                                .set_connection_timeout(Some(Duration::from_secs(2)))
-                                .set_response_timeout(None),
-                        )
-                        .await
-                        .map_err(backend)?,
-                };
-                let v = tokio::time::timeout(b + Duration::from_secs(5), cmd.query_async(&mut con))
-                    .await
-                    .map_err(|_| backend("a blocking read did not return"))?
-                    .map_err(backend)?;
-                self.blocking.lock().await.push(con);
-                v
-            }
-        };
-        let entry = streams(&v)
-            .into_iter()
-            .next()
-            .and_then(|entries| entries.into_iter().next());
-        let Some(entry) = entry else {
-            return Ok(None);
-        };
-        let (eid, job) = match parse_entry(entry)? {
-            Ok(found) => found,
-            Err(c) => {
-                self.bury_corrupt(lane, c).await?;
-                return Ok(Some(Step::Buried));
-            }
-        };
-        self.delivered(lane, eid, job, 1)
-            .await
-            .map(|c| Some(Step::Got(c)))
-    }
-
-    async fn run_held(&self, claim: &Claim, mode: &str) -> Result<bool, QueueError> {
+        claim: &Claim,
+        mode: &str,
+        lease: Duration,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
         let Some((eid, consumer)) = claim.receipt().split_once('|') else {
             return Ok(false);
         };
         let done: i64 = self
             .held
-            .key(self.stream(claim.job.lane))
+            .key(self.stream(claim.job.lane, &claim.job.tenant))
             .key(self.index())
+            .key(self.lane_key(claim.job.lane, "wake"))
             .arg(GROUP)
             .arg(eid)
             .arg(consumer)
             .arg(claim.delivery)
             .arg(mode)
             .arg(claim.job.id.as_str())
+            .arg(lease.as_millis() as u64)
+            .arg(delay.as_millis() as u64)
             .invoke_async(&mut self.con())
             .await
             .map_err(backend)?;
@@ -387,25 +438,6 @@ fn text(v: &Value) -> Option<String> {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-/// The entries of each stream in an XREADGROUP reply (RESP2 arrays or RESP3 maps).
-fn streams(v: &Value) -> Vec<Vec<&Value>> {
-    match v {
-        Value::Array(per_stream) => per_stream
-            .iter()
-            .filter_map(items)
-            .filter_map(|pair| pair.get(1))
-            .filter_map(items)
-            .map(|entries| entries.iter().collect())
-            .collect(),
-        Value::Map(pairs) => pairs
-            .iter()
-            .filter_map(|(_, entries)| items(entries))
-            .map(|entries| entries.iter().collect())
-            .collect(),
-        _ => Vec::new(),
     }
 }
 
@@ -451,9 +483,13 @@ impl JobQueue for RedisJobQueue {
         let payload = serde_json::to_string(&job).expect("jobs serialize");
         self.enqueue
             .key(self.index())
-            .key(self.stream(job.lane))
+            .key(self.stream(job.lane, &job.tenant))
+            .key(self.lane_key(job.lane, "tenants"))
+            .key(self.lane_key(job.lane, "wake"))
             .arg(job.id.as_str())
             .arg(payload)
+            .arg(job.tenant.as_str())
+            .arg(GROUP)
             .invoke_async::<i64>(&mut self.con())
             .await
             .map_err(backend)?;
@@ -471,16 +507,16 @@ impl JobQueue for RedisJobQueue {
         wait: Duration,
     ) -> Result<Option<Claimed>, QueueError> {
         // Entries that are not jobs are buried on the way; a claim buries a bounded number.
+        let mut waited = false;
         for _ in 0..MAX_CORRUPT_PER_CLAIM {
-            let found = match self.reclaim(lane, lease).await? {
-                Some(c) => Some(c),
-                None if wait.is_zero() => self.read_new(lane, None).await?,
-                None => self.read_new(lane, Some(wait)).await?,
-            };
-            match found {
+            match self.claim_once(lane, lease).await? {
                 Some(Step::Got(c)) => return Ok(Some(c)),
                 Some(Step::Buried) => continue,
-                None => return Ok(None),
+                None if waited || wait.is_zero() => return Ok(None),
+                None => {
+                    self.await_wake(lane, wait).await?;
+                    waited = true;
+                }
             }
         }
         Ok(None)
@@ -494,12 +530,23 @@ impl JobQueue for RedisJobQueue {
         true
     }
 
-    async fn heartbeat(&self, claim: &Claim, _lease: Duration) -> Result<bool, QueueError> {
-        self.run_held(claim, "heartbeat").await
+    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError> {
+        self.run_held(claim, "heartbeat", lease, Duration::ZERO)
+            .await
+    }
+
+    async fn release(
+        &self,
+        claim: &Claim,
+        lease: Duration,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        self.run_held(claim, "release", lease, delay).await
     }
 
     async fn ack(&self, claim: &Claim) -> Result<bool, QueueError> {
-        self.run_held(claim, "ack").await
+        self.run_held(claim, "ack", Duration::ZERO, Duration::ZERO)
+            .await
     }
 
     async fn cancel(&self, id: &JobId) -> Result<bool, QueueError> {
@@ -515,9 +562,11 @@ impl JobQueue for RedisJobQueue {
     }
 
     async fn len(&self, lane: Lane) -> Result<u64, QueueError> {
-        let n: u64 = redis::cmd("XLEN")
-            .arg(self.stream(lane))
-            .query_async(&mut self.con())
+        let n: u64 = self
+            .len
+            .key(self.lane_key(lane, "tenants"))
+            .arg(self.tenant_streams(lane))
+            .invoke_async(&mut self.con())
             .await
             .map_err(backend)?;
         Ok(n)

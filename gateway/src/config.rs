@@ -115,6 +115,16 @@ pub struct JobsConfig {
     pub max_deliveries: u32,
     /// Jobs the server runs at once in each of its lanes (0: half of `max_inflight`).
     pub inline_concurrency: usize,
+    /// The share of a lane's slots one tenant's jobs may hold at once, percent (at least one
+    /// slot): the rest stays for other tenants, whose jobs start while one floods the lane.
+    /// The long lane's share is `long.max_per_tenant`.
+    pub tenant_share_percent: u32,
+    /// Jobs of one tenant that have not ended (queued or running), at most; a submit beyond
+    /// is refused (429 too-many-jobs).
+    pub max_jobs_per_tenant: u64,
+    /// MiB one tenant's kept jobs may store (inputs and results); a submit beyond is refused
+    /// (429 job-storage-full) until jobs are deleted or expire.
+    pub max_job_storage_mb_per_tenant: u64,
     /// Jobs whose estimate (p95 of recent runs; before any run, their timeout) is at most
     /// this go to the fast lane, ms.
     pub fast_lane_ms: u64,
@@ -279,6 +289,36 @@ impl Default for LongLaneConfig {
     }
 }
 
+impl JobsConfig {
+    /// Jobs the server runs at once in each of its own lanes.
+    pub fn inline_per_lane(&self, max_inflight: usize) -> usize {
+        match self.inline_concurrency {
+            0 => (max_inflight / 2).max(1),
+            n => n,
+        }
+    }
+
+    /// Each lane's per-tenant share: `tenant_share_percent` of the lane's slots (the server's
+    /// own for the fast lane, and for the default lane without workers; the workers' for the
+    /// default lane), and `long.max_per_tenant` for the long lane.
+    pub fn shares(&self, max_inflight: usize) -> wafer_core::LaneShares {
+        let share = |slots: usize| {
+            let n = slots as u64 * u64::from(self.tenant_share_percent.min(100)) / 100;
+            n.clamp(1, u64::from(u32::MAX)) as u32
+        };
+        let inline = self.inline_per_lane(max_inflight);
+        let default = match self.workers {
+            0 => inline,
+            w => w * self.worker_concurrency.max(1),
+        };
+        wafer_core::LaneShares {
+            fast: share(inline),
+            default: share(default),
+            long: self.long.max_per_tenant.clamp(1, u32::MAX as usize) as u32,
+        }
+    }
+}
+
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
@@ -286,6 +326,9 @@ impl Default for JobsConfig {
             lease_ms: 30_000,
             max_deliveries: 3,
             inline_concurrency: 0,
+            tenant_share_percent: 75,
+            max_jobs_per_tenant: 10_000,
+            max_job_storage_mb_per_tenant: 1_024,
             fast_lane_ms: 5_000,
             max_timeout_ms: 900_000,
             max_wait_s: 60,

@@ -3,8 +3,9 @@
 //! from other tenants nor touches the fast and default lanes, which have runners of their own.
 //!
 //! The dispatcher claims a long job and holds its claim (heartbeating) while a provisioner
-//! launches a runner and hands it the claim. A job whose tenant is at its limit waits, claim
-//! held, until one of that tenant's runners ends. A runner that does not start its job within
+//! launches a runner and hands it the claim. The per-tenant limit is the tenant's share of
+//! the long lane, which the queue applies when claiming: a job whose tenant is at its limit
+//! stays in the queue, unclaimed, until one of that tenant's runners ends. A runner that does not start its job within
 //! `jobs.long.start_timeout_ms` is torn down and the job fails with the reason; one that dies
 //! mid-job loses its lease and the job is delivered again (dead after `max_deliveries`).
 
@@ -12,15 +13,11 @@ use crate::problem::ApiError;
 use crate::provision::{LaunchRequest, Provisioner, RunnerHandle};
 use crate::state::AppState;
 use crate::supervisor::Launch;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Mutex, Semaphore};
-use wafer_core::{Claim, Claimed, JobEnd, JobStatus, Lane, Route, TenantId};
-
-/// Claims waiting for their tenant's turn, heartbeated meanwhile.
-type Parked = Arc<Mutex<Vec<Claim>>>;
+use tokio::sync::Semaphore;
+use wafer_core::{Claim, Claimed, JobEnd, JobStatus, Lane, Route};
 
 /// Runs the long lane for as long as the process runs.
 ///
@@ -34,73 +31,34 @@ pub async fn dispatch(
     let vm = Arc::new(vm);
     let cfg = state.jobs.config().long.clone();
     let slots = Arc::new(Semaphore::new(cfg.max_runners.max(1)));
-    let per_tenant: Arc<std::sync::Mutex<HashMap<TenantId, usize>>> = Default::default();
-    let parked: Parked = Default::default();
-    tokio::spawn(heartbeat_parked(state.clone(), parked.clone()));
-    let tenant_limit = cfg.max_per_tenant.max(1);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        // A parked job whose tenant has room goes first.
-        let ready = {
-            let counts = per_tenant.lock().expect("tenants").clone();
-            let mut parked = parked.lock().await;
-            let pos = parked
-                .iter()
-                .position(|c| counts.get(&c.job.tenant).copied().unwrap_or(0) < tenant_limit);
-            pos.map(|i| parked.remove(i))
-        };
-        let claim = match ready {
-            Some(c) => c,
-            None => {
-                let claimed = state
-                    .jobs
-                    .claim_waiting(Lane::Long, state.jobs.lease(), Duration::from_secs(1))
-                    .await;
-                match claimed {
-                    Ok(Some(Claimed::Job(c))) => c,
-                    Ok(Some(Claimed::Dead { job, deliveries })) => {
-                        crate::jobs::bury(&state, &job.id, deliveries).await;
-                        continue;
-                    }
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e.detail, "claiming a long job failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                }
-            }
-        };
-        let admitted = {
-            let mut counts = per_tenant.lock().expect("tenants");
-            let n = counts.entry(claim.job.tenant.clone()).or_default();
-            let room = *n < tenant_limit;
-            if room {
-                *n += 1;
-            }
-            room
-        };
-        {
-            if !admitted {
-                parked.lock().await.push(claim);
-                drop(slot);
-                // Wait for a runner to end before looking again.
-                let _ = tokio::time::timeout(Duration::from_secs(1), state.jobs.demand.notified())
-                    .await;
+        let claimed = state
+            .jobs
+            .claim_waiting(Lane::Long, state.jobs.lease(), Duration::from_secs(1))
+            .await;
+        let claim = match claimed {
+            Ok(Some(Claimed::Job(c))) => c,
+            Ok(Some(Claimed::Dead { job, deliveries })) => {
+                crate::jobs::bury(&state, &job.id, deliveries).await;
                 continue;
             }
-        }
-        let (state, launch, provisioner, per_tenant, vm) = (
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e.detail, "claiming a long job failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (state, launch, provisioner, vm) = (
             state.clone(),
             launch.clone(),
             provisioner.clone(),
-            per_tenant.clone(),
             vm.clone(),
         );
         tokio::spawn(async move {
-            let tenant = claim.job.tenant.clone();
             run_dedicated(
                 &state,
                 &launch,
@@ -109,26 +67,9 @@ pub async fn dispatch(
                 vm.as_ref().as_ref(),
             )
             .await;
-            if let Some(n) = per_tenant.lock().expect("tenants").get_mut(&tenant) {
-                *n = n.saturating_sub(1);
-            }
             drop(slot);
             state.jobs.demand.notify_one();
         });
-    }
-}
-
-/// Keeps the leases of parked claims alive.
-async fn heartbeat_parked(state: Arc<AppState>, parked: Parked) {
-    loop {
-        tokio::time::sleep(state.jobs.heartbeat()).await;
-        let claims = parked.lock().await.clone();
-        for c in claims {
-            if let Ok(false) = state.jobs.queue.heartbeat(&c, state.jobs.lease()).await {
-                // Cancelled meanwhile.
-                parked.lock().await.retain(|p| p.job.id != c.job.id);
-            }
-        }
     }
 }
 
@@ -154,7 +95,7 @@ async fn give_up(state: &AppState, claim: &Claim, slug: &'static str, detail: St
         .jobs
         .finish(&claim.job.id, end, bytes::Bytes::new())
         .await;
-    let _ = state.jobs.queue.ack(claim).await;
+    let _ = state.jobs.ack(claim).await;
 }
 
 /// Launches a runner for one claimed job and sees it through: it must start within the
@@ -171,7 +112,7 @@ async fn run_dedicated(
     match state.jobs.store.get(&id).await {
         Ok(Some(rec)) if !rec.status.is_terminal() => {}
         _ => {
-            let _ = state.jobs.queue.ack(&claim).await;
+            let _ = state.jobs.ack(&claim).await;
             return;
         }
     }

@@ -318,6 +318,16 @@ impl Jobs {
         })
     }
 
+    /// Acks `claim` (its job's end is stored) and wakes its lane's claimers: the tenant's
+    /// share has room again.
+    pub async fn ack(&self, claim: &Claim) -> Result<bool, wafer_core::QueueError> {
+        let acked = self.queue.ack(claim).await?;
+        if let Some(n) = self.wake.get(&claim.job.lane) {
+            n.notify_waiters();
+        }
+        Ok(acked)
+    }
+
     /// Puts a stored job in its queue and wakes its lane.
     async fn enqueue(&self, rec: &JobRecord) -> Result<(), ApiError> {
         self.queue
@@ -757,10 +767,7 @@ pub fn view(r: &JobRecord) -> Value {
 
 /// Starts the dispatchers of the inline lanes and the sweeper of expired jobs.
 pub fn start(state: &Arc<AppState>) {
-    let per_lane = match state.jobs.config.inline_concurrency {
-        0 => (state.config.max_inflight / 2).max(1),
-        n => n,
-    };
+    let per_lane = state.jobs.config.inline_per_lane(state.config.max_inflight);
     for lane in state.jobs.inline_lanes() {
         let permits = Arc::new(Semaphore::new(per_lane));
         tokio::spawn(dispatch(state.clone(), lane, permits));
@@ -828,16 +835,35 @@ pub async fn bury(state: &AppState, id: &JobId, deliveries: u32) {
     }
 }
 
-/// Runs one claimed job: marks it running, runs it while heartbeating, stores the end and
-/// acks the claim. A cancel or a lost lease stops the guest.
+/// How long a job the server could not admit (its tenant's memory share is in use) stays in
+/// the queue before it may be claimed again.
+const READMIT_DELAY: Duration = Duration::from_millis(250);
+
+/// Runs one claimed job: admits it, marks it running, runs it while heartbeating, stores the
+/// end and acks the claim. A cancel or a lost lease stops the guest. A job its tenant's share
+/// of the server's memory has no room for now goes back to the queue for a moment instead of
+/// waiting here, so it never holds one of the lane's slots while it waits.
 async fn run_claimed(state: &AppState, claim: Claim) {
     let jobs = &state.jobs;
     let id = claim.job.id.clone();
+    let admitted = match admit(state, &claim).await {
+        Admit::Now(a) => a,
+        Admit::Later => {
+            if let Err(e) = jobs
+                .queue
+                .release(&claim, jobs.lease(), READMIT_DELAY)
+                .await
+            {
+                tracing::warn!(job = id.as_str(), error = %e, "releasing a job failed");
+            }
+            return;
+        }
+    };
     let rec = match jobs.start(&id, Route::Inline, claim.delivery).await {
         Ok(Some(rec)) => rec,
         Ok(None) => {
             // Cancelled (or ended) while it waited: nothing to run.
-            let _ = jobs.queue.ack(&claim).await;
+            let _ = jobs.ack(&claim).await;
             return;
         }
         Err(e) => {
@@ -865,7 +891,7 @@ async fn run_claimed(state: &AppState, claim: Claim) {
         }
     };
     let outcome = tokio::select! {
-        end = execute_job(state, &rec) => Some(end),
+        end = execute_job(state, &rec, admitted) => Some(end),
         () = token.cancelled() => None,
         () = heartbeat => None,
     };
@@ -875,7 +901,7 @@ async fn run_claimed(state: &AppState, claim: Claim) {
     };
     match jobs.finish(&id, end, output).await {
         Ok(_) => {
-            if let Err(e) = jobs.queue.ack(&claim).await {
+            if let Err(e) = jobs.ack(&claim).await {
                 tracing::warn!(job = id.as_str(), error = %e, "acking a job failed");
             }
         }
@@ -898,8 +924,45 @@ fn failed(e: ApiError, stderr: String) -> (JobEnd, Bytes) {
     )
 }
 
-/// Runs a job's function on its input in the server's pool.
-async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
+/// Whether a claimed job may run now.
+enum Admit {
+    /// Yes: with its place in the tenant's memory share, or None when the job is to fail
+    /// anyway (its function is gone, or it can never fit) and `execute_job` says why.
+    Now(Option<crate::admission::Admitted>),
+    /// Not now: the tenant's share is in use.
+    Later,
+}
+
+/// Takes a place in the server's memory budget for the job of `claim`, without waiting.
+async fn admit(state: &AppState, claim: &Claim) -> Admit {
+    let rec = match state.jobs.store.get(&claim.job.id).await {
+        Ok(Some(rec)) => rec,
+        _ => return Admit::Now(None),
+    };
+    let version = match state
+        .meta
+        .resolve(&rec.function, &VersionRef::Number(rec.version))
+        .await
+    {
+        Ok(Some((f, v))) if f.tenant == rec.tenant && f.incarnation == rec.incarnation => v,
+        _ => return Admit::Now(None),
+    };
+    if state.admission.check_fits(version.spec.memory_mb).is_err() {
+        return Admit::Now(None);
+    }
+    match state.admission.admit(&rec.tenant, version.spec.memory_mb) {
+        Ok(a) => Admit::Now(Some(a)),
+        Err(_) => Admit::Later,
+    }
+}
+
+/// Runs a job's function on its input in the server's pool, `admitted` to its memory
+/// budget (None: it fails before it runs).
+async fn execute_job(
+    state: &AppState,
+    rec: &JobRecord,
+    admitted: Option<crate::admission::Admitted>,
+) -> (JobEnd, Bytes) {
     let resolved = match state
         .meta
         .resolve(&rec.function, &VersionRef::Number(rec.version))
@@ -931,19 +994,20 @@ async fn execute_job(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
         Err(e) => return failed(ApiError::internal(e), String::new()),
     };
     let call = Call::replay(&rec.request, input);
-    // Jobs wait for a slot instead of being refused: a busy server delays them. One that can
-    // never be admitted (its version needs more than a tenant's share) fails instead.
+    // One that can never be admitted (its version needs more than a tenant's share) fails.
     if let Err(e) = state.admission.check_fits(version.spec.memory_mb) {
         return failed(e, String::new());
     }
-    let _admitted = loop {
-        match state
-            .admission
-            .admit(&function.tenant, version.spec.memory_mb)
-        {
-            Ok(a) => break a,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+    let Some(_admitted) = admitted else {
+        return failed(
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Overloaded",
+                "the job could not be given a place in the server's memory budget",
+            ),
+            String::new(),
+        );
     };
     let span = tracing::info_span!(
         "job",

@@ -76,11 +76,13 @@ impl Gateway {
             mb => mb,
         };
         let job_store = Arc::new(EmbeddedJobStore::open(config.data_dir.join("jobs.redb"))?);
+        let shares = config.jobs.shares(config.max_inflight);
         let queue: Arc<dyn wafer_core::JobQueue> = match config.queue.backend {
             QueueBackend::Embedded => {
                 let queue = EmbeddedJobQueue::open(
                     config.data_dir.join("queue.redb"),
                     config.jobs.max_deliveries,
+                    shares,
                 )?;
                 // With local runners (children, which die with this process) none survived
                 // its last run: their jobs can run again at once.
@@ -97,6 +99,7 @@ impl Gateway {
                     &config.queue.url,
                     &config.queue.prefix,
                     config.jobs.max_deliveries,
+                    shares,
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("connecting to the Redis queue: {e}"))?,

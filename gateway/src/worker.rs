@@ -268,9 +268,14 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let queue: Arc<dyn Deliveries> = match (&setup.redis_prefix, &opts.redis_url) {
         (None, _) => Arc::new(RemoteQueue::new(server.clone())),
         (Some(prefix), Some(url)) => Arc::new(DirectQueue(Arc::new(
-            wafer_core::RedisJobQueue::connect(url.expose(), prefix, setup.max_deliveries)
-                .await
-                .map_err(|e| anyhow::anyhow!("connecting to the Redis queue: {e}"))?,
+            wafer_core::RedisJobQueue::connect(
+                url.expose(),
+                prefix,
+                setup.max_deliveries,
+                setup.shares,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to the Redis queue: {e}"))?,
         ))),
         (Some(_), None) => {
             anyhow::bail!("the server's queue is Redis: give its URL in WAFER_QUEUE_URL")

@@ -2,7 +2,7 @@
 
 use crate::TestServer;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// Submits a job as `key`; panics unless it is accepted. Returns the job.
@@ -117,4 +117,53 @@ pub fn kill_a_worker_mid_job(s: &TestServer) -> (Value, i32) {
         .unwrap();
     assert_eq!(r.text().unwrap(), "awake\n");
     (done, pids[0])
+}
+
+/// Tenant `flood` fills the default lane with naps of 50 s; tenant `other`'s jobs, submitted
+/// after, must start within a second and end while the flood still holds its share, which
+/// is half of the lane's four slots (the caller's configuration: `workers = 1`,
+/// `worker_concurrency = 4`, `tenant_share_percent = 50`). The flood is cancelled at the end.
+pub fn a_flood_leaves_room_for_another_tenant(s: &TestServer) {
+    let a = s.tenant_key("flood");
+    let b = s.tenant_key("other");
+    s.deploy_as(&a, "sleepers", "nap", json!({"timeout_ms": 60000}));
+    s.deploy_as(&b, "short-naps", "nap", json!({"timeout_ms": 60000}));
+    let nap = |key: &str, function: &str, ms: u64| -> String {
+        let job = submit(s, key, json!({"function": function, "input": ms}));
+        assert_eq!(job["lane"], "default", "{job}");
+        job["id"].as_str().unwrap().to_owned()
+    };
+    let flood: Vec<String> = (0..6).map(|_| nap(&a, "sleepers", 50_000)).collect();
+    wait_status(s, &a, &flood[0], "running");
+    wait_status(s, &a, &flood[1], "running");
+    let others: Vec<String> = (0..2).map(|_| nap(&b, "short-naps", 50)).collect();
+    for id in &others {
+        let j = get_job(s, &b, id, "20s");
+        assert_eq!(j["status"], "succeeded", "{j}");
+        let waited = j["timings"]["wait_ms"].as_u64().unwrap();
+        assert!(waited < 1000, "the other tenant's job waited {waited} ms");
+    }
+    let states: Vec<String> = flood
+        .iter()
+        .map(|id| {
+            get_job(s, &a, id, "0")["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let running = states.iter().filter(|st| *st == "running").count();
+    let queued = states.iter().filter(|st| *st == "queued").count();
+    assert_eq!(
+        (running, queued),
+        (2, 4),
+        "the flood holds its share only: {states:?}"
+    );
+    for id in &flood {
+        let r = s
+            .with_key(&a, Method::DELETE, &format!("/v1/jobs/{id}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
 }

@@ -115,6 +115,8 @@ pub struct RunnerSetup {
     /// The queue's key prefix when it is Redis (whose URL runners get from their
     /// environment), None for the embedded queue (reached through this API).
     pub redis_prefix: Option<String>,
+    /// Each lane's per-tenant share, which claims respect.
+    pub shares: wafer_core::LaneShares,
 }
 
 /// `GET /internal/v1/setup`.
@@ -130,6 +132,7 @@ pub async fn setup(State(state): State<Arc<AppState>>) -> Result<Json<RunnerSetu
         hot_modules: state.config.hot_modules,
         redis_prefix: (state.config.queue.backend == crate::config::QueueBackend::Redis)
             .then(|| state.config.queue.prefix.clone()),
+        shares: state.jobs.config().shares(state.config.max_inflight),
     }))
 }
 
@@ -185,12 +188,7 @@ pub async fn ack(
     State(state): State<Arc<AppState>>,
     RunnerJson(claim): RunnerJson<Claim>,
 ) -> Result<Json<Value>, ApiError> {
-    let acked = state
-        .jobs
-        .queue
-        .ack(&claim)
-        .await
-        .map_err(ApiError::internal)?;
+    let acked = state.jobs.ack(&claim).await.map_err(ApiError::internal)?;
     Ok(Json(json!({ "acked": acked })))
 }
 
