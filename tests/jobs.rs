@@ -763,6 +763,159 @@ fn a_job_its_tenant_has_no_room_for_gives_its_lane_slot_to_another_tenant() {
 }
 
 #[test]
+fn a_tenant_s_jobs_and_stored_bytes_are_held_to_its_quotas() {
+    let s = TestServer::start_with_config(
+        "[jobs]\nworkers = 0\nmax_jobs_per_tenant = 2\nmax_job_storage_mb_per_tenant = 1\n",
+    );
+    let a = s.tenant_key("acme");
+    let b = s.tenant_key("other");
+    s.deploy_as(&a, "nap", "nap", json!({"timeout_ms": 60000}));
+    s.deploy_as(&a, "echo", "echo", json!({"timeout_ms": 10000}));
+    s.deploy_as(&b, "echo-b", "echo", json!({"timeout_ms": 10000}));
+    let naps: Vec<String> = (0..2)
+        .map(|_| {
+            submit(&s, &a, json!({"function": "nap", "input": 30000}))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let over = |body: Value| {
+        s.with_key(&a, Method::POST, "/v1/jobs")
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let r = over(json!({"function": "echo", "input": 1}));
+    assert!(r.headers().contains_key("retry-after"));
+    let p = assert_problem(r, 429, "too-many-jobs");
+    assert_eq!(
+        (p["limit"].as_u64(), p["jobs"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // A call answered with a job meets the same quota.
+    let r = s
+        .with_key(&a, Method::POST, "/fn/echo")
+        .header("prefer", "respond-async")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_problem(r, 429, "too-many-jobs");
+    // Other tenants are not held back.
+    let other = submit(&s, &b, json!({"function": "echo-b", "input": 1}));
+    assert_eq!(
+        get_job(&s, &b, other["id"].as_str().unwrap(), "10s")["status"],
+        "succeeded"
+    );
+    // Ended jobs free their places; their bytes stay until they expire.
+    for id in &naps {
+        let r = s
+            .with_key(&a, Method::DELETE, &format!("/v1/jobs/{id}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let big = submit(
+        &s,
+        &a,
+        json!({"function": "echo", "input": "a".repeat(700 << 10)}),
+    );
+    let big = get_job(&s, &a, big["id"].as_str().unwrap(), "10s");
+    assert_eq!(big["status"], "succeeded", "{big}");
+    let p = assert_problem(
+        over(json!({"function": "echo", "input": "b".repeat(400 << 10)})),
+        429,
+        "job-storage-full",
+    );
+    assert_eq!(p["limit_bytes"], 1 << 20);
+    assert!(p["stored_bytes"].as_u64().unwrap() > 700 << 10, "{p}");
+    // Past the limit, nothing more fits until the kept jobs expire.
+    assert_problem(
+        over(json!({"function": "echo", "input": 1})),
+        429,
+        "job-storage-full",
+    );
+}
+
+/// Bytes free on the file system of `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs(3) on a NUL-terminated path into a zeroed struct.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
+#[test]
+fn a_submit_to_a_nearly_full_disk_is_503_and_nothing_of_it_is_kept() {
+    let s = TestServer::start_on_tmpfs(64, "[jobs]\nworkers = 0\nmin_free_disk_mb = 8\n");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 10000}));
+    // Fill the disk but for 12 MiB, of which 8 are kept free, then submit 512 KiB jobs (each
+    // also has a 512 KiB result) until one is refused.
+    let filler = s.data_dir().join("filler");
+    let room = free_bytes(&s.data_dir()).saturating_sub(12 << 20);
+    std::fs::write(&filler, vec![1u8; room as usize]).unwrap();
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let r = s
+            .with_key(&key, Method::POST, "/v1/jobs")
+            .header("idempotency-key", format!("fill-{i}"))
+            .json(&json!({"function": "echo", "input": "x".repeat(512 << 10)}))
+            .send()
+            .unwrap();
+        if r.status() == 202 {
+            accepted.push(
+                r.json::<Value>().unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            continue;
+        }
+        assert!(r.headers().contains_key("retry-after"));
+        assert_problem(r, 503, "storage-full");
+        refused = Some(i);
+        break;
+    }
+    let refused = refused.expect("the disk never filled");
+    // Every accepted job is whole; the refused one left nothing, not even its key.
+    let listed: Value = s
+        .with_key(&key, Method::GET, "/v1/jobs?limit=100")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut ids: Vec<String> = listed["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}\n{}", s.log()))
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want = accepted.clone();
+    want.sort();
+    assert_eq!(ids, want);
+    s.assert_still_serving();
+    // With room again the same submission goes through, as a new job.
+    std::fs::remove_file(&filler).unwrap();
+    let again = s
+        .with_key(&key, Method::POST, "/v1/jobs")
+        .header("idempotency-key", format!("fill-{refused}"))
+        .json(&json!({"function": "echo", "input": "again"}))
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().unwrap();
+    assert!(!accepted.contains(&again["id"].as_str().unwrap().to_owned()));
+    let done = get_job(&s, &key, again["id"].as_str().unwrap(), "20s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
+
+#[test]
 fn a_worker_killed_mid_job_loses_nothing_and_the_job_has_one_result() {
     let s = TestServer::start_with_config(WORKERS);
     let (done, killed) = kill_a_worker_mid_job(&s);

@@ -12,7 +12,7 @@
 use crate::names::{FunctionName, TenantId};
 use crate::queue::{JobId, Lane, QueuedJob};
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -260,6 +260,41 @@ pub struct JobEnd {
     pub runner: Option<serde_json::Value>,
 }
 
+/// What one tenant may keep in the job store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobQuota {
+    /// Jobs not ended (queued or running), at most.
+    pub max_active: u64,
+    /// Bytes of kept jobs' inputs and outputs, at most.
+    pub max_bytes: u64,
+}
+
+impl JobQuota {
+    /// No limit.
+    pub const UNLIMITED: JobQuota = JobQuota {
+        max_active: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+}
+
+/// What one tenant keeps in the job store now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    /// Jobs not ended.
+    pub active: u64,
+    /// Bytes of its jobs' inputs and outputs.
+    pub bytes: u64,
+}
+
+/// Which quota a submission would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverQuota {
+    /// The tenant has `max_active` jobs not ended.
+    Jobs,
+    /// The job's input would take the tenant's stored bytes past `max_bytes`.
+    Bytes,
+}
+
 /// What [`JobStore::create`] did.
 #[derive(Debug, Clone)]
 pub enum Created {
@@ -267,6 +302,8 @@ pub enum Created {
     New(JobRecord),
     /// A job with the same idempotency key exists (the caller compares request hashes).
     Existing(JobRecord),
+    /// Nothing was stored: the tenant is at a quota (its usage as it stands).
+    Refused(OverQuota, JobUsage),
 }
 
 /// Which jobs a listing shows.
@@ -291,8 +328,15 @@ pub struct JobPage {
 #[async_trait::async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Stores a new job with its input, unless the tenant already has a job under the same
-    /// idempotency key.
-    async fn create(&self, rec: JobRecord, input: Bytes) -> Result<Created, JobError>;
+    /// idempotency key, or the job would take the tenant past `quota`.
+    async fn create(
+        &self,
+        rec: JobRecord,
+        input: Bytes,
+        quota: JobQuota,
+    ) -> Result<Created, JobError>;
+    /// What `tenant` keeps in the store now.
+    async fn usage(&self, tenant: &TenantId) -> Result<JobUsage, JobError>;
     /// A job, whoever owns it (callers check the tenant).
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, JobError>;
     /// A job's input.
@@ -365,6 +409,50 @@ const IDEMPOTENCY: TableDefinition<(&str, &str), &str> = TableDefinition::new("j
 const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("webhook_secrets");
 /// (expiry in Unix ms, id): jobs in the order they are to be removed.
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs_expiry");
+/// Tenant → (jobs not ended, bytes of inputs and outputs), kept with every change, for quotas.
+const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("jobs_usage");
+
+/// Adds `active` and `bytes` (either may be negative) to `tenant`'s usage.
+fn adjust_usage(
+    txn: &redb::WriteTransaction,
+    tenant: &str,
+    active: i64,
+    bytes: i64,
+) -> Result<(), JobError> {
+    let mut t = txn.open_table(USAGE).map_err(storage)?;
+    let (a, b) = t
+        .get(tenant)
+        .map_err(storage)?
+        .map_or((0, 0), |v| v.value());
+    let add = |x: u64, d: i64| x.saturating_add_signed(d);
+    t.insert(tenant, (add(a, active), add(b, bytes)))
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Counts every tenant's usage from the jobs themselves (a store written before usage was
+/// kept).
+fn rebuild_usage(txn: &redb::WriteTransaction) -> Result<(), JobError> {
+    let jobs = txn.open_table(JOBS).map_err(storage)?;
+    let outputs = txn.open_table(OUTPUTS).map_err(storage)?;
+    let mut usage: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    for entry in jobs.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let rec = decode(v.value())?;
+        let out = outputs
+            .get(k.value())
+            .map_err(storage)?
+            .map_or(0, |o| o.value().len() as u64);
+        let u = usage.entry(rec.tenant.as_str().to_owned()).or_default();
+        u.0 += u64::from(!rec.status.is_terminal());
+        u.1 += rec.input_bytes + out;
+    }
+    let mut t = txn.open_table(USAGE).map_err(storage)?;
+    for (tenant, u) in usage {
+        t.insert(tenant.as_str(), u).map_err(storage)?;
+    }
+    Ok(())
+}
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> u64 {
@@ -426,6 +514,14 @@ impl EmbeddedJobStore {
         txn.open_table(IDEMPOTENCY).map_err(storage)?;
         txn.open_table(EXPIRY).map_err(storage)?;
         txn.open_table(SECRETS).map_err(storage)?;
+        let fresh = txn
+            .open_table(USAGE)
+            .map_err(storage)?
+            .is_empty()
+            .map_err(storage)?;
+        if fresh {
+            rebuild_usage(&txn)?;
+        }
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         Ok(Self {
@@ -504,11 +600,16 @@ fn mark_ended(rec: &mut JobRecord, ttl: Duration) {
 
 #[async_trait::async_trait]
 impl JobStore for EmbeddedJobStore {
-    async fn create(&self, rec: JobRecord, input: Bytes) -> Result<Created, JobError> {
+    async fn create(
+        &self,
+        rec: JobRecord,
+        input: Bytes,
+        quota: JobQuota,
+    ) -> Result<Created, JobError> {
         self.write(move |txn| {
             let mut jobs = txn.open_table(JOBS).map_err(storage)?;
             if let Some(key) = &rec.idempotency_key {
-                let mut idem = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+                let idem = txn.open_table(IDEMPOTENCY).map_err(storage)?;
                 let existing = idem
                     .get((rec.tenant.as_str(), key.as_str()))
                     .map_err(storage)?
@@ -518,9 +619,27 @@ impl JobStore for EmbeddedJobStore {
                 {
                     return Ok(Created::Existing(decode(v.value())?));
                 }
-                idem.insert((rec.tenant.as_str(), key.as_str()), rec.id.as_str())
+            }
+            let (active, bytes) = txn
+                .open_table(USAGE)
+                .map_err(storage)?
+                .get(rec.tenant.as_str())
+                .map_err(storage)?
+                .map_or((0, 0), |v| v.value());
+            let usage = JobUsage { active, bytes };
+            if active >= quota.max_active {
+                return Ok(Created::Refused(OverQuota::Jobs, usage));
+            }
+            if bytes.saturating_add(input.len() as u64) > quota.max_bytes {
+                return Ok(Created::Refused(OverQuota::Bytes, usage));
+            }
+            if let Some(key) = &rec.idempotency_key {
+                txn.open_table(IDEMPOTENCY)
+                    .map_err(storage)?
+                    .insert((rec.tenant.as_str(), key.as_str()), rec.id.as_str())
                     .map_err(storage)?;
             }
+            adjust_usage(txn, rec.tenant.as_str(), 1, input.len() as i64)?;
             jobs.insert(rec.id.as_str(), encode(&rec).as_slice())
                 .map_err(storage)?;
             txn.open_table(INPUTS)
@@ -534,6 +653,16 @@ impl JobStore for EmbeddedJobStore {
             Ok(Created::New(rec))
         })
         .await
+    }
+
+    async fn usage(&self, tenant: &TenantId) -> Result<JobUsage, JobError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(USAGE).map_err(storage)?;
+        let (active, bytes) = t
+            .get(tenant.as_str())
+            .map_err(storage)?
+            .map_or((0, 0), |v| v.value());
+        Ok(JobUsage { active, bytes })
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, JobError> {
@@ -587,6 +716,7 @@ impl JobStore for EmbeddedJobStore {
                 rec.stderr = end.stderr;
                 rec.runner = end.runner;
                 mark_ended(rec, ttl);
+                adjust_usage(txn, rec.tenant.as_str(), -1, output.len() as i64)?;
                 if !output.is_empty() {
                     txn.open_table(OUTPUTS)
                         .map_err(storage)?
@@ -604,9 +734,10 @@ impl JobStore for EmbeddedJobStore {
         id: &JobId,
         ttl: Duration,
     ) -> Result<Option<(JobRecord, bool)>, JobError> {
-        self.update(id, move |rec, _| {
+        self.update(id, move |rec, txn| {
             rec.status = JobStatus::Cancelled;
             mark_ended(rec, ttl);
+            adjust_usage(txn, rec.tenant.as_str(), -1, 0)?;
             rec.error = Some(serde_json::json!({
                 "type": "https://wafer.dev/problems/job-cancelled",
                 "title": "Job cancelled",
@@ -700,6 +831,8 @@ impl JobStore for EmbeddedJobStore {
             else {
                 return Ok(());
             };
+            let active = i64::from(!rec.status.is_terminal());
+            adjust_usage(txn, rec.tenant.as_str(), -active, -(rec.input_bytes as i64))?;
             txn.open_table(INPUTS)
                 .map_err(storage)?
                 .remove(id.as_str())
@@ -810,7 +943,17 @@ impl JobStore for EmbeddedJobStore {
                     None => continue,
                 };
                 inputs.remove(id.as_str()).map_err(storage)?;
-                outputs.remove(id.as_str()).map_err(storage)?;
+                let out = outputs
+                    .remove(id.as_str())
+                    .map_err(storage)?
+                    .map_or(0, |o| o.value().len() as i64);
+                let active = i64::from(!rec.status.is_terminal());
+                adjust_usage(
+                    txn,
+                    rec.tenant.as_str(),
+                    -active,
+                    -(rec.input_bytes as i64) - out,
+                )?;
                 by_tenant
                     .remove((rec.tenant.as_str(), order_of(&rec), id.as_str()))
                     .map_err(storage)?;
@@ -881,7 +1024,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedJobStore::open(dir.path().join("j.redb")).unwrap();
         let rec = record("t", None);
-        s.create(rec.clone(), Bytes::from_static(b"in"))
+        s.create(rec.clone(), Bytes::from_static(b"in"), JobQuota::UNLIMITED)
             .await
             .unwrap();
         let started = s.start(&rec.id, Route::Inline, 1).await.unwrap().unwrap();
@@ -909,16 +1052,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tenant_s_jobs_and_bytes_are_counted_and_held_to_its_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let s = EmbeddedJobStore::open(&path).unwrap();
+        let quota = JobQuota {
+            max_active: 2,
+            max_bytes: 7,
+        };
+        let input = || Bytes::from_static(b"in");
+        let (a, b) = (record("t", None), record("t", None));
+        for r in [&a, &b] {
+            let c = s.create(r.clone(), input(), quota).await.unwrap();
+            assert!(matches!(c, Created::New(_)), "{c:?}");
+        }
+        let usage = JobUsage {
+            active: 2,
+            bytes: 4,
+        };
+        assert_eq!(s.usage(&a.tenant).await.unwrap(), usage);
+        let third = record("t", None);
+        let c = s.create(third.clone(), input(), quota).await.unwrap();
+        assert!(
+            matches!(c, Created::Refused(OverQuota::Jobs, u) if u == usage),
+            "{c:?}"
+        );
+        assert!(s.get(&third.id).await.unwrap().is_none(), "nothing stored");
+        // Another tenant has quotas of its own.
+        let other = s.create(record("u", None), input(), quota).await.unwrap();
+        assert!(matches!(other, Created::New(_)));
+        // An end frees a place and adds its output; a cancel frees a place.
+        s.finish(
+            &a.id,
+            end(JobStatus::Succeeded),
+            Bytes::from("out"),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.usage(&a.tenant).await.unwrap(),
+            JobUsage {
+                active: 1,
+                bytes: 7
+            }
+        );
+        let c = s.create(third.clone(), input(), quota).await.unwrap();
+        assert!(matches!(c, Created::Refused(OverQuota::Bytes, _)), "{c:?}");
+        s.cancel(&b.id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        // Usage is kept on disk, and the ended job's bytes go when it is removed.
+        drop(s);
+        let s = EmbeddedJobStore::open(&path).unwrap();
+        assert_eq!(
+            s.usage(&a.tenant).await.unwrap(),
+            JobUsage {
+                active: 0,
+                bytes: 7
+            }
+        );
+        assert_eq!(s.purge_expired(now_ms() + 1, 10).await.unwrap(), 1);
+        assert_eq!(
+            s.usage(&a.tenant).await.unwrap(),
+            JobUsage {
+                active: 0,
+                bytes: 2
+            }
+        );
+        let c = s.create(third, input(), quota).await.unwrap();
+        assert!(matches!(c, Created::New(_)), "{c:?}");
+    }
+
+    #[tokio::test]
     async fn idempotency_keys_are_per_tenant_and_expire_with_the_job() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedJobStore::open(dir.path().join("j.redb")).unwrap();
         let first = record("a", Some("k"));
         assert!(matches!(
-            s.create(first.clone(), Bytes::new()).await.unwrap(),
+            s.create(first.clone(), Bytes::new(), JobQuota::UNLIMITED)
+                .await
+                .unwrap(),
             Created::New(_)
         ));
         match s
-            .create(record("a", Some("k")), Bytes::new())
+            .create(record("a", Some("k")), Bytes::new(), JobQuota::UNLIMITED)
             .await
             .unwrap()
         {
@@ -927,7 +1147,7 @@ mod tests {
         }
         // The same key of another tenant is another job.
         assert!(matches!(
-            s.create(record("b", Some("k")), Bytes::new())
+            s.create(record("b", Some("k")), Bytes::new(), JobQuota::UNLIMITED)
                 .await
                 .unwrap(),
             Created::New(_)
@@ -941,7 +1161,7 @@ mod tests {
         assert!(s.get(&first.id).await.unwrap().is_none());
         assert!(s.input(&first.id).await.unwrap().is_none());
         assert!(matches!(
-            s.create(record("a", Some("k")), Bytes::new())
+            s.create(record("a", Some("k")), Bytes::new(), JobQuota::UNLIMITED)
                 .await
                 .unwrap(),
             Created::New(_)
@@ -957,9 +1177,13 @@ mod tests {
             let mut r = record("a", None);
             r.created_ms = 1000 + i;
             ids.push(r.id.clone());
-            s.create(r, Bytes::new()).await.unwrap();
+            s.create(r, Bytes::new(), JobQuota::UNLIMITED)
+                .await
+                .unwrap();
         }
-        s.create(record("b", None), Bytes::new()).await.unwrap();
+        s.create(record("b", None), Bytes::new(), JobQuota::UNLIMITED)
+            .await
+            .unwrap();
         s.cancel(&ids[1], TTL).await.unwrap();
         let tenant = TenantId::new("a").unwrap();
         let all = JobFilter::default();
@@ -997,7 +1221,9 @@ mod tests {
             if i == 3 {
                 rare = Some(r.id.clone());
             }
-            s.create(r, Bytes::new()).await.unwrap();
+            s.create(r, Bytes::new(), JobQuota::UNLIMITED)
+                .await
+                .unwrap();
         }
         let rare = rare.unwrap();
         s.cancel(&rare, TTL).await.unwrap();

@@ -16,8 +16,9 @@ pub mod redis_queue;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use jobs::{
-    Created, EmbeddedJobStore, JobEnd, JobError, JobFilter, JobPage, JobRecord, JobResult,
-    JobStatus, JobStore, RequestHead, Route, WebhookState, WorkOrder,
+    Created, EmbeddedJobStore, JobEnd, JobError, JobFilter, JobPage, JobQuota, JobRecord,
+    JobResult, JobStatus, JobStore, JobUsage, OverQuota, RequestHead, Route, WebhookState,
+    WorkOrder,
 };
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};

@@ -125,6 +125,9 @@ pub struct JobsConfig {
     /// MiB one tenant's kept jobs may store (inputs and results); a submit beyond is refused
     /// (429 job-storage-full) until jobs are deleted or expire.
     pub max_job_storage_mb_per_tenant: u64,
+    /// A submission is refused (503 storage-full) when storing it would leave less than this
+    /// free on the data directory's disk, MiB.
+    pub min_free_disk_mb: u64,
     /// Jobs whose estimate (p95 of recent runs; before any run, their timeout) is at most
     /// this go to the fast lane, ms.
     pub fast_lane_ms: u64,
@@ -329,6 +332,7 @@ impl Default for JobsConfig {
             tenant_share_percent: 75,
             max_jobs_per_tenant: 10_000,
             max_job_storage_mb_per_tenant: 1_024,
+            min_free_disk_mb: 256,
             fast_lane_ms: 5_000,
             max_timeout_ms: 900_000,
             max_wait_s: 60,

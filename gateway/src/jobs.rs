@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use wafer_core::{
-    Claim, Claimed, Created, FunctionRecord, JobEnd, JobId, JobQueue, JobRecord, JobResult,
-    JobStatus, JobStore, KeyRecord, Lane, RequestHead, Route, TenantId, VersionRecord, VersionRef,
+    Claim, Claimed, Created, FunctionRecord, JobEnd, JobId, JobQueue, JobQuota, JobRecord,
+    JobResult, JobStatus, JobStore, JobUsage, KeyRecord, Lane, OverQuota, RequestHead, Route,
+    TenantId, VersionRecord, VersionRef,
 };
 use wafer_runner::Output;
 
@@ -576,6 +577,11 @@ pub async fn submit(
         .with("limit", most));
     }
     let timeout_ms = requested;
+    disk_room(
+        &state.config.data_dir,
+        sub.input.len() as u64,
+        cfg.min_free_disk_mb,
+    )?;
     let new_secret = match &sub.webhook {
         Some(url) => {
             crate::webhooks::validate(url)?;
@@ -658,12 +664,20 @@ pub async fn submit(
         webhook_state: None,
     };
     let hash = rec.request_hash.clone();
+    let quota = JobQuota {
+        max_active: jobs.config.max_jobs_per_tenant,
+        max_bytes: jobs
+            .config
+            .max_job_storage_mb_per_tenant
+            .saturating_mul(1 << 20),
+    };
     match jobs
         .store
-        .create(rec, sub.input)
+        .create(rec, sub.input, quota)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(store_unavailable)?
     {
+        Created::Refused(over, usage) => Err(over_quota(over, usage, quota)),
         Created::New(rec) => {
             if let Err(e) = jobs.enqueue(&rec).await {
                 // Not queued, so not accepted: end the record rather than leave it waiting.
@@ -705,6 +719,95 @@ pub async fn submit(
         )
         .with("job", existing.id.as_str())),
     }
+}
+
+/// 503 `storage-full` when storing `bytes` would leave the data directory's disk with less
+/// than `min_free_mb` free: the store is never written to a full disk (where a failed write
+/// would leave it unusable until the server restarts).
+fn disk_room(dir: &std::path::Path, bytes: u64, min_free_mb: u64) -> Result<(), ApiError> {
+    let Some(free) = free_bytes(dir) else {
+        return Ok(());
+    };
+    let reserve = min_free_mb.saturating_mul(1 << 20);
+    if free >= bytes.saturating_add(reserve) {
+        return Ok(());
+    }
+    let mut refusal = ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "storage-full",
+        "Storage full",
+        format!(
+            "the server's disk is nearly full ({} MiB free, {min_free_mb} MiB kept free: \
+             jobs.min_free_disk_mb); nothing was stored: try again later",
+            free >> 20
+        ),
+    );
+    refusal.retry_after = Some(30);
+    Err(refusal)
+}
+
+/// Bytes free to unprivileged writers on the file system of `dir`; None when unknown.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: statvfs(3) with a NUL-terminated path and a buffer of the right type; the
+    // struct is read only when the call succeeded.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// 503 for a job the store could not write (a full disk, say): its transaction did not
+/// commit, so nothing of it is kept, and a retry may succeed once there is room.
+fn store_unavailable(e: wafer_core::JobError) -> ApiError {
+    tracing::error!(error = %e, "storing a submitted job failed");
+    let mut refusal = ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        "Storage unavailable",
+        "the job could not be stored (the server's job store cannot write now); nothing was \
+         kept: try again shortly",
+    );
+    refusal.retry_after = Some(5);
+    refusal
+}
+
+/// 429 for a submission past one of the tenant's job quotas, saying which and where it stands.
+fn over_quota(over: OverQuota, usage: JobUsage, quota: JobQuota) -> ApiError {
+    let mut e = match over {
+        OverQuota::Jobs => ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too-many-jobs",
+            "Too many jobs",
+            format!(
+                "this tenant has {} jobs queued or running, its most \
+                 (jobs.max_jobs_per_tenant); submit again when some have ended",
+                usage.active
+            ),
+        )
+        .with("limit", quota.max_active)
+        .with("jobs", usage.active),
+        OverQuota::Bytes => ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "job-storage-full",
+            "Job storage full",
+            format!(
+                "this tenant's kept jobs hold {} bytes of inputs and results, and this input \
+                 would pass its {} (jobs.max_job_storage_mb_per_tenant); ended jobs are removed \
+                 when their time runs out",
+                usage.bytes, quota.max_bytes
+            ),
+        )
+        .with("limit_bytes", quota.max_bytes)
+        .with("stored_bytes", usage.bytes),
+    };
+    e.retry_after = Some(5);
+    e
 }
 
 /// 202 with the job and where to find it.

@@ -62,6 +62,8 @@ pub struct TestServer {
     /// What the server printed on its first start (the admin key line).
     pub first_stdout: Vec<String>,
     http: Client,
+    /// A file system mounted on the data directory, unmounted when the server goes.
+    mounted: Option<PathBuf>,
 }
 
 impl TestServer {
@@ -77,7 +79,41 @@ impl TestServer {
 
     /// Starts a server with a config file of `config` and extra environment variables.
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), None, config, env)
+    }
+
+    /// Starts a server with a config file of `config` whose data directory is a tmpfs of
+    /// `size_mb` MiB, so that it can be filled. Mounting needs root (CI runs as root); the
+    /// test fails, saying so, where that is not allowed.
+    pub fn start_on_tmpfs(size_mb: u64, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mb}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&data)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the data directory failed (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_in(dir, Some(data), config, &[])
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        mounted: Option<PathBuf>,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = (!config.is_empty()).then(|| config.to_owned());
         let env: Vec<(String, String)> = env
             .iter()
@@ -100,6 +136,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
+            mounted,
         }
     }
 
@@ -370,6 +407,10 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(m) = self.mounted.take() {
+            let _ = self.child.wait();
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
     }
 }
 
