@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::io::Write as _;
 use std::net::TcpStream;
 use std::time::Duration;
-use wafer_e2e::jobs::get_job;
+use wafer_e2e::jobs::{get_job, submit};
 use wafer_e2e::{TestServer, read_head};
 
 /// Sends the head of `POST /internal/v1/queue/claim` announcing a megabyte of body that never
@@ -83,6 +83,30 @@ fn whole_result(s: &TestServer, key: &str, function: &str, pad: usize, route: &s
         .unwrap();
     assert_eq!(body.len(), "Hello, x!\n".len() + pad);
     assert!(body.starts_with(b"Hello, x!\n..."));
+}
+
+#[test]
+fn a_command_s_stdout_above_the_response_limit_comes_back_from_a_worker() {
+    // Stdout may be larger than a response body: the runners' API takes either whole.
+    let s = TestServer::start_with_config(&format!(
+        "{RUNNERS}[functions]\nmax_stdout_bytes = 12582912\n"
+    ));
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 60000}));
+    let input = "a".repeat(10 << 20);
+    let job = submit(&s, &key, json!({"function": "echo", "input": input}));
+    let id = job["id"].as_str().unwrap();
+    let done = get_job(&s, &key, id, "60s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["route"], "worker");
+    assert_eq!(done["attempts"], 1, "no retry: {done}");
+    let body = s
+        .with_key(&key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(body.len() > 10 << 20, "{} bytes", body.len());
 }
 
 #[test]

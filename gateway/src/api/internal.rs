@@ -73,7 +73,11 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
 /// The largest body a runner sends: a finish with a whole response and a whole log.
 pub fn body_limit(config: &crate::config::Config) -> usize {
     let f = &config.functions;
-    crate::jobs::end_message_bytes(f.max_response_bytes, f.max_log_bytes)
+    // A command's output is its stdout, an HTTP function's its response body.
+    crate::jobs::end_message_bytes(
+        f.max_response_bytes.max(f.max_stdout_bytes),
+        f.max_log_bytes,
+    )
 }
 
 /// A JSON body of the runners' API, read within the body timeout and up to [`body_limit`].
