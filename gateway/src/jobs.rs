@@ -42,7 +42,7 @@ pub struct Jobs {
     /// MiB of submission bodies being read and stored at once (`jobs.submit_buffer_mb`).
     submit_room: Arc<Semaphore>,
     /// Waits under way (long polls and event streams): per tenant, and in all.
-    waits: Arc<Mutex<HashMap<TenantId, usize>>>,
+    waits: Arc<Mutex<WaitCounts>>,
     running: Mutex<HashMap<JobId, CancellationToken>>,
     wake: HashMap<Lane, Notify>,
     /// Signalled on every enqueue, for whoever starts runners on demand.
@@ -294,8 +294,8 @@ impl Jobs {
     /// with Retry-After when the tenant, or the server, has as many under way as it may.
     pub fn start_wait(&self, tenant: &TenantId) -> Result<WaitSlot, ApiError> {
         let mut waits = self.waits.lock().expect("waits");
-        let total: usize = waits.values().sum();
-        let mine = waits.get(tenant).copied().unwrap_or(0);
+        let total = waits.total;
+        let mine = waits.per_tenant.get(tenant).copied().unwrap_or(0);
         let (most, per_tenant) = (self.config.max_waits, self.config.max_waits_per_tenant);
         if total >= most || mine >= per_tenant {
             let which = if mine >= per_tenant {
@@ -312,7 +312,8 @@ impl Jobs {
             e.retry_after = Some(1);
             return Err(e.with("retry_after", 1));
         }
-        *waits.entry(tenant.clone()).or_default() += 1;
+        *waits.per_tenant.entry(tenant.clone()).or_default() += 1;
+        waits.total += 1;
         Ok(WaitSlot {
             waits: self.waits.clone(),
             tenant: tenant.clone(),
@@ -461,20 +462,28 @@ impl Drop for JobWatch {
     }
 }
 
+/// Waits under way, per tenant and in all.
+#[derive(Default)]
+struct WaitCounts {
+    per_tenant: HashMap<TenantId, usize>,
+    total: usize,
+}
+
 /// A wait under way, counted against its tenant's and the server's bounds until dropped.
 pub struct WaitSlot {
-    waits: Arc<Mutex<HashMap<TenantId, usize>>>,
+    waits: Arc<Mutex<WaitCounts>>,
     tenant: TenantId,
 }
 
 impl Drop for WaitSlot {
     fn drop(&mut self) {
         let mut waits = self.waits.lock().expect("waits");
-        if let Some(n) = waits.get_mut(&self.tenant) {
+        if let Some(n) = waits.per_tenant.get_mut(&self.tenant) {
             *n -= 1;
             if *n == 0 {
-                waits.remove(&self.tenant);
+                waits.per_tenant.remove(&self.tenant);
             }
+            waits.total -= 1;
         }
     }
 }
