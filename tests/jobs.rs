@@ -1190,21 +1190,26 @@ fn webhooks_to_private_addresses_are_refused_by_default_and_bad_urls_at_submit()
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "echo", "echo", json!({}));
     let hook = Receiver::start(vec![]);
-    let job = submit(&s, &key, json!({"function": "echo", "webhook": hook.url}));
-    let id = job["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let done = loop {
-        let v = get_job(&s, &key, id, "1s");
-        if v["webhook"]["status"] == "failed" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(done["webhook"]["attempts"], 1, "not retried: {done}");
-    let why = done["webhook"]["last_error"].as_str().unwrap();
-    assert!(why.contains("private"), "{why}");
-    assert!(hook.got.try_recv().is_err(), "nothing was sent");
+    // An address in the URL, and a name that resolves to one (checked by the resolver).
+    let by_name = hook.url.replace("127.0.0.1", "localhost");
+    assert_ne!(by_name, hook.url);
+    for url in [&hook.url, &by_name] {
+        let job = submit(&s, &key, json!({"function": "echo", "webhook": url}));
+        let id = job["id"].as_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let done = loop {
+            let v = get_job(&s, &key, id, "1s");
+            if v["webhook"]["status"] == "failed" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "{v}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(done["webhook"]["attempts"], 1, "not retried: {done}");
+        let why = done["webhook"]["last_error"].as_str().unwrap();
+        assert!(why.contains("private"), "{why}");
+        assert!(hook.got.try_recv().is_err(), "nothing was sent");
+    }
     for bad in [
         "ftp://example.com/x",
         "https://user:pw@example.com/",

@@ -180,15 +180,18 @@ impl Webhooks {
     }
 }
 
-/// Resolves the URL's host, refusing addresses webhooks may not reach unless allowed: a
-/// permanent failure with a clear reason before any connection (the shared client's resolver
-/// checks again at connection time).
-async fn target(url: &reqwest::Url, allow_private: bool) -> Result<String, String> {
+/// Checks the URL's host before any connection, refusing addresses webhooks may not reach
+/// unless allowed: a permanent failure with a clear reason. An address in the URL is checked
+/// here, as no resolver sees it; a name is resolved here only when a proxy connects (without
+/// one the shared client's resolver checks each address it hands out, and a second lookup
+/// would be wasted).
+async fn target(url: &reqwest::Url, allow_private: bool, proxied: bool) -> Result<String, String> {
     let host = url.host_str().ok_or("no host")?.to_owned();
     let port = url.port_or_known_default().ok_or("no port")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) if !proxied => return Ok(host),
         Err(_) => tokio::net::lookup_host((bare, port))
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
@@ -235,7 +238,8 @@ async fn attempt(
     attempt_no: u32,
     body: &[u8],
 ) -> Result<(), Failure> {
-    target(url, hooks.config.webhook_allow_private)
+    let proxied = !hooks.config.webhook_proxy.is_empty();
+    target(url, hooks.config.webhook_allow_private, proxied)
         .await
         .map_err(|message| Failure {
             permanent: message.contains(REFUSED),
