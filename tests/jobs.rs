@@ -916,6 +916,42 @@ fn a_submit_to_a_nearly_full_disk_is_503_and_nothing_of_it_is_kept() {
 }
 
 #[test]
+fn a_result_the_disk_has_no_room_for_fails_its_job_and_the_store_goes_on() {
+    let s = TestServer::start_on_tmpfs(64, "[jobs]\nworkers = 0\nmin_free_disk_mb = 2\n");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "hello", "hello", json!({"timeout_ms": 10000}));
+    s.deploy_as(&key, "echo", "echo", json!({"timeout_ms": 10000}));
+    // 5 MiB free, 2 kept free; the answer is 6 MB.
+    let filler = s.data_dir().join("filler");
+    let room = free_bytes(&s.data_dir()).saturating_sub(5 << 20);
+    std::fs::write(&filler, vec![1u8; room as usize]).unwrap();
+    let r = s
+        .with_key(&key, Method::GET, "/fn/hello?name=x&pad=6000000")
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = get_job(&s, &key, &id, "20s");
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(
+        done["error"]["type"], "https://wafer.dev/problems/storage-full",
+        "{done}"
+    );
+    assert_eq!(
+        done["error"]["result_bytes"],
+        6_000_000 + "Hello, x!\n".len()
+    );
+    // The store is whole: jobs go on being stored and run.
+    let next = submit(&s, &key, json!({"function": "echo", "input": "after"}));
+    let next = get_job(&s, &key, next["id"].as_str().unwrap(), "20s");
+    assert_eq!(next["status"], "succeeded", "{next}");
+}
+
+#[test]
 fn a_worker_killed_mid_job_loses_nothing_and_the_job_has_one_result() {
     let s = TestServer::start_with_config(WORKERS);
     let (done, killed) = kill_a_worker_mid_job(&s);

@@ -37,6 +37,8 @@ pub struct Jobs {
     /// Which job runs next.
     pub queue: Arc<dyn JobQueue>,
     config: JobsConfig,
+    /// The data directory, whose disk keeps `jobs.min_free_disk_mb` free.
+    data_dir: std::path::PathBuf,
     /// Per job with someone waiting on it: a counter of its changes.
     watchers: Watchers,
     /// MiB of submission bodies being read and stored at once (`jobs.submit_buffer_mb`).
@@ -61,6 +63,7 @@ impl Jobs {
         store: Arc<dyn JobStore>,
         queue: Arc<dyn JobQueue>,
         config: JobsConfig,
+        data_dir: std::path::PathBuf,
         runner_token: crate::auth::Secret,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
@@ -70,6 +73,7 @@ impl Jobs {
             store,
             queue,
             config,
+            data_dir,
             watchers: Default::default(),
             waits: Default::default(),
             submit_room: Arc::new(Semaphore::new(submit_mb)),
@@ -204,6 +208,33 @@ impl Jobs {
 
     /// Stores a job's end; false when it had already ended.
     pub async fn finish(&self, id: &JobId, end: JobEnd, output: Bytes) -> Result<bool, ApiError> {
+        // An output the disk has no room for is not written (a write that fails on a full
+        // disk would leave the store unusable): the job fails, saying why.
+        let (end, output) = match disk_room(
+            &self.data_dir,
+            output.len() as u64,
+            self.config.min_free_disk_mb,
+        ) {
+            Err(e) if !output.is_empty() => {
+                tracing::error!(
+                    job = id.as_str(),
+                    bytes = output.len(),
+                    "a job's result does not fit on the disk: the job fails"
+                );
+                let e = e.with("result_bytes", output.len());
+                (
+                    JobEnd {
+                        status: JobStatus::Failed,
+                        error: Some(e.body(None)),
+                        result: None,
+                        stderr: end.stderr,
+                        runner: end.runner,
+                    },
+                    Bytes::new(),
+                )
+            }
+            _ => (end, output),
+        };
         let status = end.status;
         let ended = self
             .store

@@ -110,6 +110,7 @@ impl Gateway {
             job_store,
             queue,
             config.jobs.clone(),
+            config.data_dir.clone(),
             runner_token,
             metrics.clone(),
         )
