@@ -989,8 +989,8 @@ const READMIT_DELAY: Duration = Duration::from_millis(250);
 async fn run_claimed(state: &AppState, claim: Claim) {
     let jobs = &state.jobs;
     let id = claim.job.id.clone();
-    let admitted = match admit(state, &claim).await {
-        Admit::Now(a) => a,
+    let ready = match admit(state, &claim).await {
+        Admit::Now(r) => r,
         Admit::Later => {
             if let Err(e) = jobs
                 .queue
@@ -1034,7 +1034,7 @@ async fn run_claimed(state: &AppState, claim: Claim) {
         }
     };
     let outcome = tokio::select! {
-        end = execute_job(state, &rec, admitted) => Some(end),
+        end = execute_job(state, &rec, ready) => Some(end),
         () = token.cancelled() => None,
         () = heartbeat => None,
     };
@@ -1069,11 +1069,19 @@ fn failed(e: ApiError, stderr: String) -> (JobEnd, Bytes) {
 
 /// Whether a claimed job may run now.
 enum Admit {
-    /// Yes: with its place in the tenant's memory share, or None when the job is to fail
-    /// anyway (its function is gone, or it can never fit) and `execute_job` says why.
-    Now(Option<crate::admission::Admitted>),
+    /// Yes: with its function, version and place in the tenant's memory share, or None when
+    /// the job is to fail anyway (its function is gone, or it can never fit) and
+    /// `execute_job` says why.
+    Now(Option<Box<Ready>>),
     /// Not now: the tenant's share is in use.
     Later,
+}
+
+/// A job admitted to run: what it runs, and its place in the memory budget.
+struct Ready {
+    function: FunctionRecord,
+    version: VersionRecord,
+    _admitted: crate::admission::Admitted,
 }
 
 /// Takes a place in the server's memory budget for the job of `claim`, without waiting.
@@ -1082,76 +1090,44 @@ async fn admit(state: &AppState, claim: &Claim) -> Admit {
         Ok(Some(rec)) => rec,
         _ => return Admit::Now(None),
     };
-    let version = match state
+    let (function, version) = match state
         .meta
         .resolve(&rec.function, &VersionRef::Number(rec.version))
         .await
     {
-        Ok(Some((f, v))) if f.tenant == rec.tenant && f.incarnation == rec.incarnation => v,
+        Ok(Some((f, v))) if f.tenant == rec.tenant && f.incarnation == rec.incarnation => (f, v),
         _ => return Admit::Now(None),
     };
     if state.admission.check_fits(version.spec.memory_mb).is_err() {
         return Admit::Now(None);
     }
     match state.admission.admit(&rec.tenant, version.spec.memory_mb) {
-        Ok(a) => Admit::Now(Some(a)),
+        Ok(a) => Admit::Now(Some(Box::new(Ready {
+            function,
+            version,
+            _admitted: a,
+        }))),
         Err(_) => Admit::Later,
     }
 }
 
-/// Runs a job's function on its input in the server's pool, `admitted` to its memory
-/// budget (None: it fails before it runs).
+/// Runs a job's function on its input in the server's pool, as `ready` admitted it (None:
+/// it fails before it runs, saying why).
 async fn execute_job(
     state: &AppState,
     rec: &JobRecord,
-    admitted: Option<crate::admission::Admitted>,
+    ready: Option<Box<Ready>>,
 ) -> (JobEnd, Bytes) {
-    let resolved = match state
-        .meta
-        .resolve(&rec.function, &VersionRef::Number(rec.version))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return failed(e.into(), String::new()),
+    let Some(ready) = ready else {
+        return not_admitted(state, rec).await;
     };
-    let Some((function, version)) =
-        resolved.filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation)
-    else {
-        return failed(
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "function-not-found",
-                "Function not found",
-                format!(
-                    "function {:?} version {} was deleted after the job was submitted",
-                    rec.function.as_str(),
-                    rec.version
-                ),
-            ),
-            String::new(),
-        );
-    };
+    let (function, version) = (&ready.function, &ready.version);
     let input = match state.jobs.store.input(&rec.id).await {
         Ok(Some(b)) => b,
         Ok(None) => Bytes::new(),
         Err(e) => return failed(ApiError::internal(e), String::new()),
     };
     let call = Call::replay(&rec.request, input);
-    // One that can never be admitted (its version needs more than a tenant's share) fails.
-    if let Err(e) = state.admission.check_fits(version.spec.memory_mb) {
-        return failed(e, String::new());
-    }
-    let Some(_admitted) = admitted else {
-        return failed(
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "Overloaded",
-                "the job could not be given a place in the server's memory budget",
-            ),
-            String::new(),
-        );
-    };
     let span = tracing::info_span!(
         "job",
         tenant = %function.tenant,
@@ -1160,8 +1136,8 @@ async fn execute_job(
         job = rec.id.as_str(),
     );
     let started = Instant::now();
-    let limits = execute::limits_of(state, &version, Some(Duration::from_millis(rec.timeout_ms)));
-    let result = execute::run(state, &function, &version, call, limits, &span).await;
+    let limits = execute::limits_of(state, version, Some(Duration::from_millis(rec.timeout_ms)));
+    let result = execute::run(state, function, version, call, limits, &span).await;
     let seconds = started.elapsed().as_secs_f64();
     let cold = matches!(&result, Ok((_, true)));
     let fuel = result.as_ref().map_or(0, |(o, _)| o.fuel);
@@ -1178,8 +1154,8 @@ async fn execute_job(
     if !end.stderr.is_empty() || slug != "ok" {
         execute::keep_log(
             state,
-            &function,
-            &version,
+            function,
+            version,
             rec.id.as_str(),
             slug,
             started,
@@ -1187,6 +1163,49 @@ async fn execute_job(
         );
     }
     (end, output)
+}
+
+/// Why a job that [`admit`] found no way to run fails: its function is gone, or it can
+/// never fit a tenant's share of the memory budget.
+async fn not_admitted(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
+    let resolved = match state
+        .meta
+        .resolve(&rec.function, &VersionRef::Number(rec.version))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return failed(e.into(), String::new()),
+    };
+    let Some((_, version)) =
+        resolved.filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation)
+    else {
+        return failed(
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "function-not-found",
+                "Function not found",
+                format!(
+                    "function {:?} version {} was deleted after the job was submitted",
+                    rec.function.as_str(),
+                    rec.version
+                ),
+            ),
+            String::new(),
+        );
+    };
+    // One that can never be admitted (its version needs more than a tenant's share) fails.
+    if let Err(e) = state.admission.check_fits(version.spec.memory_mb) {
+        return failed(e, String::new());
+    }
+    failed(
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "the job could not be given a place in the server's memory budget",
+        ),
+        String::new(),
+    )
 }
 
 /// The most bytes a runner's message with a job's end may take: a whole output of up to
