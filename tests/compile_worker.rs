@@ -44,6 +44,20 @@ fn the_waiting_worker_has_no_environment_descriptors_or_privileges_of_the_server
             c.first().copied()
         })
         .expect("a waiting compile worker");
+    // Found right after its fork it is still the server's image (with the pipe that reports
+    // a failed exec): look once it runs the worker's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read(format!("/proc/{worker}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .any(|arg| arg == b"__compile")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
     let names: Vec<String> = environ
         .split(|b| *b == 0)
