@@ -6,29 +6,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use wafer_e2e::wasm::bombs;
-use wafer_e2e::{TestServer, function_bytes, wafer_bin};
-
-/// The pids of `parent`'s live children (zombies, killed and not yet reaped, run nothing).
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …; comm may hold spaces, so split after the last ')'.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let mut fields = after.split(' ');
-        let state = fields.next().unwrap();
-        let ppid: u32 = fields.next().unwrap().parse().unwrap();
-        if ppid == parent && state != "Z" {
-            out.push(pid);
-        }
-    }
-    out
-}
+use wafer_e2e::{TestServer, children, function_bytes, wafer_bin};
 
 #[test]
 fn the_waiting_worker_has_no_environment_descriptors_or_privileges_of_the_server() {

@@ -10,7 +10,7 @@ use wafer_e2e::jobs::{
     a_flood_leaves_room_for_another_tenant, get_job, kill_a_worker_mid_job, status, submit,
     wait_status, wait_workers, worker_pids,
 };
-use wafer_e2e::{TestServer, assert_problem};
+use wafer_e2e::{TestServer, assert_problem, function_bytes};
 
 #[test]
 fn a_command_job_runs_and_keeps_its_record_and_result() {
@@ -899,9 +899,14 @@ fn a_submit_to_a_nearly_full_disk_is_503_and_nothing_of_it_is_kept() {
     let mut want = accepted.clone();
     want.sort();
     assert_eq!(ids, want);
-    s.assert_still_serving();
+    // An upload to the full disk is refused the same way (before it is compiled).
+    let r = s.upload(&key, function_bytes("spin"));
+    assert!(r.headers().contains_key("retry-after"));
+    assert_problem(r, 503, "storage-full");
     // With room again the same submission goes through, as a new job.
     std::fs::remove_file(&filler).unwrap();
+    assert_eq!(s.upload(&key, function_bytes("spin")).status(), 201);
+    s.assert_still_serving();
     let again = s
         .with_key(&key, Method::POST, "/v1/jobs")
         .header("idempotency-key", format!("fill-{refused}"))

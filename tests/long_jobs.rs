@@ -216,11 +216,12 @@ fn a_dedicated_runner_that_never_starts_fails_the_job_with_the_reason() {
         "[jobs.long]\nprovisioner = \"command\"\n\
          [jobs.long.command]\nlaunch = [\"/bin/sh\", \"-c\", \"echo quota exceeded >&2; echo token=$WAFER_RUNNER_TOKEN >&2; exit 3\"]\n",
     );
-    let token = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
-    let token = token.trim();
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "batch", "nap", json!({"class": "long"}));
     let job = submit(&s, &key, json!({"function": "batch", "input": 1}));
+    // What the runner was given: its claim's credential.
+    let token = format!("wrc.{}.", job["id"].as_str().unwrap());
+    let token = token.as_str();
     let failed = get_job(&s, &key, job["id"].as_str().unwrap(), "20s");
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(
@@ -234,7 +235,7 @@ fn a_dedicated_runner_that_never_starts_fails_the_job_with_the_reason() {
     let log = s.log();
     assert!(log.contains("quota exceeded"), "{log}");
     assert!(log.contains("token=***"), "{log}");
-    assert!(!log.contains(token), "the token never reaches the log");
+    assert!(!log.contains(token), "the credential never reaches the log");
 }
 
 #[test]
@@ -273,7 +274,7 @@ fn the_kubernetes_provisioner_applies_a_rendered_job_and_deletes_it() {
     std::fs::write(
         &kubectl,
         format!(
-            "#!/bin/sh\ncase \"$1\" in\n  apply) cat > {d}/applied.json ;;\n  delete) echo \"$3 $5\" > {d}/deleted ;;\nesac\n",
+            "#!/bin/sh\ncase \"$1\" in\n  apply) cat > {d}/applied.json ;;\n  delete) echo \"$2 $3 $5\" > {d}/deleted ;;\nesac\n",
             d = dir.path().display()
         ),
     )
@@ -297,9 +298,20 @@ fn the_kubernetes_provisioner_applies_a_rendered_job_and_deletes_it() {
         failed["error"]["type"], "https://wafer.dev/problems/runner-start-timeout",
         "{failed}"
     );
-    let applied: Value =
+    let list: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("applied.json")).unwrap())
             .unwrap();
+    assert_eq!(list["kind"], "List");
+    // The job's own Secret holds its claim's credential; the Job refers to it.
+    let secret = &list["items"][0];
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["namespace"], "batch");
+    let credential = secret["stringData"]["credential"].as_str().unwrap();
+    assert!(
+        credential.starts_with(&format!("wrc.{id}.")),
+        "{credential}"
+    );
+    let applied = &list["items"][1];
     assert_eq!(applied["kind"], "Job");
     assert_eq!(applied["metadata"]["namespace"], "batch");
     assert_eq!(applied["metadata"]["labels"]["wafer.dev/job"], id);
@@ -307,20 +319,29 @@ fn the_kubernetes_provisioner_applies_a_rendered_job_and_deletes_it() {
         .as_array()
         .unwrap()
         .clone();
+    let token = env
+        .iter()
+        .find(|e| e["name"] == "WAFER_RUNNER_TOKEN")
+        .unwrap();
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"]["name"],
+        secret["metadata"]["name"]
+    );
+    assert!(!applied.to_string().contains(credential));
     let claim = env.iter().find(|e| e["name"] == "WAFER_CLAIM").unwrap();
     let claim: Value = serde_json::from_str(claim["value"].as_str().unwrap()).unwrap();
     assert_eq!(claim["job"]["id"], id);
     let token = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
     assert!(
-        !applied.to_string().contains(token.trim()),
-        "the token is not in the object"
+        !list.to_string().contains(token.trim()),
+        "the runner key is not in the objects"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let name = applied["metadata"]["name"].as_str().unwrap();
     while std::fs::read_to_string(dir.path().join("deleted"))
         .unwrap_or_default()
         .trim()
-        != format!("{name} batch")
+        != format!("job/{name} secret/{name} batch")
     {
         assert!(Instant::now() < deadline, "the Job was never deleted");
         std::thread::sleep(Duration::from_millis(20));

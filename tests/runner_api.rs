@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::io::Write as _;
 use std::net::TcpStream;
 use std::time::Duration;
-use wafer_e2e::jobs::{get_job, submit};
+use wafer_e2e::jobs::{get_job, submit, wait_status};
 use wafer_e2e::{TestServer, read_head};
 
 /// Sends the head of `POST /internal/v1/queue/claim` announcing a megabyte of body that never
@@ -161,4 +161,391 @@ fn the_runners_api_can_have_a_listener_of_its_own() {
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "big", "hello", json!({"timeout_ms": 60000}));
     whole_result(&s, &key, "big", 10, "worker");
+}
+
+/// A request of the runners' API with `credential`.
+fn internal(
+    s: &TestServer,
+    credential: &str,
+    method: Method,
+    path: &str,
+) -> reqwest::blocking::RequestBuilder {
+    s.anon(method, path).bearer_auth(credential)
+}
+
+/// A succeeded end whose result is `body`.
+fn finish_body(body: &str) -> Value {
+    use base64::Engine as _;
+    json!({
+        "end": {
+            "status": "succeeded",
+            "error": null,
+            "result": {"status": 200, "headers": [["content-type", "text/plain"]], "bytes": body.len()},
+            "stderr": "",
+        },
+        "output_base64": base64::engine::general_purpose::STANDARD.encode(body),
+    })
+}
+
+/// The module digest of `function`'s newest version.
+fn module_of(s: &TestServer, key: &str, function: &str) -> String {
+    let v: Value = s
+        .with_key(
+            key,
+            Method::GET,
+            &format!("/v1/functions/{function}/versions"),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["versions"][0]["module"].as_str().unwrap().to_owned()
+}
+
+/// The variables of a `env` dump.
+fn env_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_dedicated_runner_s_credential_reaches_its_own_job_and_nothing_else() {
+    // The long lane on a provisioner that only writes down what a runner would be given;
+    // the test then is that runner, and a taken-over one.
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with_config(&format!(
+        "[jobs.long]\nprovisioner = \"command\"\nstart_timeout_ms = 120000\n\
+         [jobs.long.command]\nlaunch = [\"/bin/sh\", \"-c\", \"env > {d}/$WAFER_JOB_ID.env; echo box-$WAFER_JOB_ID\"]\n",
+        d = dir.path().display()
+    ));
+    let acme = s.tenant_key("acme");
+    let rival = s.tenant_key("rival");
+    s.deploy_as(&acme, "batch", "nap", json!({"class": "long"}));
+    s.deploy_as(&rival, "theirs", "hello", json!({"class": "long"}));
+    let mine = submit(&s, &acme, json!({"function": "batch", "input": 1}));
+    let mine = mine["id"].as_str().unwrap().to_owned();
+    let theirs = submit(&s, &rival, json!({"function": "theirs", "input": ""}));
+    let theirs = theirs["id"].as_str().unwrap().to_owned();
+    let launched = |id: &str| {
+        let path = dir.path().join(format!("{id}.env"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains("WAFER_CLAIM=")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no runner launched for {id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env_file(&path)
+    };
+    let env = launched(&mine);
+    let their_env = launched(&theirs);
+    let runner_key = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
+    let dump = std::fs::read_to_string(dir.path().join(format!("{mine}.env"))).unwrap();
+    assert!(
+        !dump.contains(runner_key.trim()),
+        "the runner key stays with the server"
+    );
+    assert!(!env.contains_key("WAFER_QUEUE_URL"));
+    let cred = env["WAFER_RUNNER_TOKEN"].as_str();
+    assert!(cred.starts_with("wrc."), "{cred}");
+    let claim: Value = serde_json::from_str(&env["WAFER_CLAIM"]).unwrap();
+    let their_claim: Value = serde_json::from_str(&their_env["WAFER_CLAIM"]).unwrap();
+    let status = |r: reqwest::blocking::Response| r.status().as_u16();
+
+    // Taken over: it reaches nothing of another job.
+    let start = |delivery: &Value| json!({"route": "dedicated", "attempt": delivery});
+    let r = internal(
+        &s,
+        cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{theirs}/start"),
+    )
+    .json(&start(&their_claim["delivery"]))
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "another job's input and secrets");
+    let r = internal(
+        &s,
+        cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{theirs}/finish"),
+    )
+    .json(&finish_body("planted"))
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "another job's end");
+    for path in ["/internal/v1/queue/heartbeat", "/internal/v1/queue/ack"] {
+        let body = if path.ends_with("ack") {
+            their_claim.clone()
+        } else {
+            json!({"claim": their_claim, "lease_ms": 1000})
+        };
+        let r = internal(&s, cred, Method::POST, path)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(status(r), 403, "{path} of another claim");
+    }
+    let their_module = module_of(&s, &rival, "theirs");
+    let my_module = module_of(&s, &acme, "batch");
+    let fingerprint: Value = internal(&s, cred, Method::GET, "/internal/v1/setup")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let fingerprint = fingerprint["fingerprint"].as_str().unwrap();
+    for path in [
+        format!("/internal/v1/modules/{their_module}"),
+        format!("/internal/v1/artifacts/{fingerprint}/{their_module}"),
+    ] {
+        let r = internal(&s, cred, Method::GET, &path).send().unwrap();
+        assert_eq!(status(r), 403, "{path}: another tenant's module");
+    }
+    for lane in ["long", "default", "fast"] {
+        let r = internal(&s, cred, Method::POST, "/internal/v1/queue/claim")
+            .json(&json!({"lane": lane, "lease_ms": 1000, "wait_ms": 0}))
+            .send()
+            .unwrap();
+        assert_eq!(status(r), 403, "claiming from the {lane} lane");
+    }
+    let forged = format!("{}0", &cred[..cred.len() - 1]);
+    let forged = if forged == cred {
+        format!("{}1", &cred[..cred.len() - 1])
+    } else {
+        forged
+    };
+    let r = internal(&s, &forged, Method::GET, "/internal/v1/setup")
+        .send()
+        .unwrap();
+    assert_eq!(status(r), 404, "an altered credential is none");
+    let r = get_job(&s, &rival, &theirs, "0s");
+    assert_eq!(r["status"], "queued", "the other job was not touched: {r}");
+
+    // Its own job: all of it.
+    let r = internal(
+        &s,
+        cred,
+        Method::GET,
+        &format!("/internal/v1/modules/{my_module}"),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().unwrap().starts_with(b"\0asm"));
+    let started: Value = internal(
+        &s,
+        cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{mine}/start"),
+    )
+    .json(&start(&claim["delivery"]))
+    .send()
+    .unwrap()
+    .json()
+    .unwrap();
+    assert_eq!(started["order"]["function"], "batch", "{started}");
+    let r: Value = internal(&s, cred, Method::POST, "/internal/v1/queue/heartbeat")
+        .json(&json!({"claim": claim, "lease_ms": 30000}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["held"], true);
+    let r: Value = internal(
+        &s,
+        cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{mine}/finish"),
+    )
+    .json(&finish_body("done by hand"))
+    .send()
+    .unwrap()
+    .json()
+    .unwrap();
+    assert_eq!(r["stored"], true);
+    let done = get_job(&s, &acme, &mine, "10s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let body = s
+        .with_key(&acme, Method::GET, &format!("/v1/jobs/{mine}/result"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(body, "done by hand");
+    // Once the job has ended, the credential reaches nothing more of it.
+    let r = internal(
+        &s,
+        cred,
+        Method::GET,
+        &format!("/internal/v1/modules/{my_module}"),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "a module after its job ended");
+}
+
+#[test]
+fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_through_its_claim() {
+    // One worker slot, taken by a long sleep; the test reads the worker's credential and
+    // uses it as a taken-over worker would.
+    let s = TestServer::start_with_config(
+        "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 60000\nfast_lane_ms = 0\n",
+    );
+    let acme = s.tenant_key("acme");
+    let rival = s.tenant_key("rival");
+    s.deploy_as(
+        &acme,
+        "nap",
+        "nap",
+        json!({"timeout_ms": 120000, "class": "short"}),
+    );
+    s.deploy_as(&rival, "hello", "hello", json!({}));
+    let sleeper = submit(&s, &acme, json!({"function": "nap", "input": 90000}));
+    let sleeper = sleeper["id"].as_str().unwrap().to_owned();
+    wait_status(&s, &acme, &sleeper, "running");
+    let worker = wafer_e2e::children(s.pid())
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.windows(6).any(|w| w == b"worker"))
+        })
+        .expect("a worker process");
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let cred = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| v.strip_prefix(b"WAFER_RUNNER_TOKEN="))
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        .next()
+        .expect("the worker's credential");
+    assert!(
+        cred.starts_with("wrl.default."),
+        "a lane's credential: {cred}"
+    );
+    let status = |r: reqwest::blocking::Response| r.status().as_u16();
+
+    let other = submit(&s, &rival, json!({"function": "hello", "input": ""}));
+    let other = other["id"].as_str().unwrap().to_owned();
+    let r = internal(&s, &cred, Method::POST, "/internal/v1/queue/claim")
+        .json(&json!({"lane": "long", "lease_ms": 1000, "wait_ms": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(status(r), 403, "another lane");
+    let module = module_of(&s, &rival, "hello");
+    let r = internal(
+        &s,
+        &cred,
+        Method::GET,
+        &format!("/internal/v1/modules/{module}"),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "a module, outside a claim");
+    let r = internal(
+        &s,
+        &cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{other}/start"),
+    )
+    .json(&json!({"route": "worker", "attempt": 1}))
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "a job it did not claim");
+    let r = internal(
+        &s,
+        &cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{other}/finish"),
+    )
+    .json(&finish_body("planted"))
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "an end without a claim");
+
+    // Claimed from its lane, the job is its own.
+    let claimed: Value = internal(&s, &cred, Method::POST, "/internal/v1/queue/claim")
+        .json(&json!({"lane": "default", "lease_ms": 30000, "wait_ms": 10000}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let claim = claimed["claimed"]["job"].clone();
+    assert_eq!(claim["job"]["id"], other.as_str(), "{claimed}");
+    let r = internal(&s, &cred, Method::POST, &format!("/internal/v1/jobs/{other}/start"))
+        .json(&json!({"route": "worker", "attempt": claim["delivery"].as_u64().unwrap() + 1, "claim": claim}))
+        .send()
+        .unwrap();
+    assert_eq!(status(r), 403, "a delivery it does not hold");
+    let started: Value = internal(
+        &s,
+        &cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{other}/start"),
+    )
+    .json(&json!({"route": "worker", "attempt": claim["delivery"], "claim": claim}))
+    .send()
+    .unwrap()
+    .json()
+    .unwrap();
+    assert_eq!(started["order"]["function"], "hello", "{started}");
+    let claim_cred = started["credential"].as_str().unwrap().to_owned();
+    assert!(claim_cred.starts_with("wrc."), "{claim_cred}");
+    let r = internal(
+        &s,
+        &cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{other}/finish"),
+    )
+    .json(&finish_body("by the lane"))
+    .send()
+    .unwrap();
+    assert_eq!(status(r), 403, "an end needs the claim's credential");
+    let r = internal(
+        &s,
+        &claim_cred,
+        Method::GET,
+        &format!("/internal/v1/modules/{module}"),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 200, "the claimed job's module");
+    let r: Value = internal(
+        &s,
+        &claim_cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{other}/finish"),
+    )
+    .json(&finish_body("by the claim"))
+    .send()
+    .unwrap()
+    .json()
+    .unwrap();
+    assert_eq!(r["stored"], true);
+    let r: Value = internal(&s, &claim_cred, Method::POST, "/internal/v1/queue/ack")
+        .json(&claim)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["acked"], true);
+    assert_eq!(get_job(&s, &rival, &other, "5s")["status"], "succeeded");
+    let r = internal(
+        &s,
+        &claim_cred,
+        Method::POST,
+        &format!("/internal/v1/jobs/{sleeper}/finish"),
+    )
+    .json(&finish_body("planted"))
+    .send()
+    .unwrap();
+    assert_eq!(
+        status(r),
+        403,
+        "the claim's credential reaches no other job"
+    );
+    assert_eq!(get_job(&s, &acme, &sleeper, "0s")["status"], "running");
 }

@@ -425,15 +425,20 @@ fn a_server_kills_the_vms_an_earlier_run_left_and_says_how_it_chose_tcg() {
     );
     let _ = other.kill();
     let _ = other.wait();
-    assert!(
-        s.log().contains("killed VMs left by an earlier run"),
-        "{}",
-        s.log()
-    );
-    assert!(
-        !scratch.exists(),
-        "the earlier run's scratch directory is left"
-    );
+    // The server says so once it has killed them: the kill may be seen before the line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.log().contains("killed VMs left by an earlier run") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its scratch directories go next, at the same start.
+    while scratch.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the earlier run's scratch directory is left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         theirs.exists(),
         "another server's scratch directory was removed"

@@ -244,7 +244,8 @@ pub struct KubernetesProvisionerConfig {
     pub namespace: String,
     /// The container image with the `wafer` binary.
     pub image: String,
-    /// The Secret holding `runner-token` (and `queue-url` for Redis).
+    /// No longer used: each runner gets a Secret of its own with its claim's credential.
+    /// Accepted so that older configuration files still load.
     pub secret: String,
     /// The server's URL as runners in the cluster reach it.
     pub server_url: String,

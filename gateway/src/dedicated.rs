@@ -132,7 +132,16 @@ async fn run_dedicated(
         "--scratch-dir".into(),
         data.join("scratch").to_string_lossy().into_owned(),
     ];
-    let mut env = crate::supervisor::runner_env(state);
+    // The runner gets its claim's credential and nothing else: no runner key, no queue URL
+    // (it heartbeats and acks through the server).
+    let credential = state
+        .jobs
+        .runner_keys()
+        .claim(&claim.job.id, claim.delivery);
+    let mut env = vec![(
+        "WAFER_RUNNER_TOKEN".to_owned(),
+        credential.expose().to_owned(),
+    )];
     env.push((
         "WAFER_CLAIM".into(),
         serde_json::to_string(&claim).expect("claims serialize"),

@@ -49,7 +49,7 @@ pub struct Jobs {
     wake: HashMap<Lane, Notify>,
     /// Signalled on every enqueue, for whoever starts runners on demand.
     pub demand: Notify,
-    runner_token: crate::auth::Secret,
+    runner_keys: crate::credentials::RunnerKeys,
     metrics: Arc<crate::metrics::Metrics>,
     /// Duration estimates per function version.
     pub estimates: crate::routing::Estimates,
@@ -83,7 +83,7 @@ impl Jobs {
                 .map(|l| (l, Notify::new()))
                 .collect(),
             demand: Notify::new(),
-            runner_token,
+            runner_keys: crate::credentials::RunnerKeys::new(runner_token),
             metrics,
             estimates: Default::default(),
             webhooks,
@@ -132,9 +132,9 @@ impl Jobs {
         Ok(pending.len())
     }
 
-    /// The secret runners in other processes authenticate with.
-    pub fn runner_token(&self) -> &crate::auth::Secret {
-        &self.runner_token
+    /// The runner key and the credentials runners in other processes get from it.
+    pub fn runner_keys(&self) -> &crate::credentials::RunnerKeys {
+        &self.runner_keys
     }
 
     /// How often a runner heartbeats a running job: often enough that a cancel reaches it
@@ -764,7 +764,11 @@ pub async fn submit(
 /// 503 `storage-full` when storing `bytes` would leave the data directory's disk with less
 /// than `min_free_mb` free: the store is never written to a full disk (where a failed write
 /// would leave it unusable until the server restarts).
-fn disk_room(dir: &std::path::Path, bytes: u64, min_free_mb: u64) -> Result<(), ApiError> {
+pub(crate) fn disk_room(
+    dir: &std::path::Path,
+    bytes: u64,
+    min_free_mb: u64,
+) -> Result<(), ApiError> {
     let Some(free) = free_bytes(dir) else {
         return Ok(());
     };

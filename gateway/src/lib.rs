@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod credentials;
 pub mod dedicated;
 pub mod execute;
 pub mod gc;

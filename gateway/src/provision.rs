@@ -1,8 +1,9 @@
 //! Provisioners: how a dedicated runner for one long job comes into being and goes away.
 //!
 //! The server holds the job's claim and hands it to the runner it launches: the runner
-//! (`wafer worker --lane long --max-jobs 1` with the claim in `WAFER_CLAIM`) starts the job,
-//! heartbeats, finishes and acks it like any worker, then exits. A provisioner only launches
+//! (`wafer worker --lane long --max-jobs 1` with the claim in `WAFER_CLAIM` and the claim's
+//! credential in `WAFER_RUNNER_TOKEN`, which reaches that job only) starts the job,
+//! heartbeats, finishes and acks it through the server, then exits. A provisioner only launches
 //! that command somewhere and tears it down: [`LocalProvisioner`] as a child process,
 //! [`CommandProvisioner`] through operator commands (a cloud CLI that creates a VM, say), and
 //! [`KubernetesProvisioner`] as a batch/v1 Job rendered from a template. A provisioner that
@@ -23,8 +24,8 @@ pub struct LaunchRequest {
     pub job: JobId,
     /// The runner's command line (program first), for provisioners that run it as is.
     pub command: Vec<String>,
-    /// The runner's environment: the server URL, the runner token, the claim (and the queue
-    /// URL for Redis). Secrets among them never go on a command line or into logs.
+    /// The runner's environment: the server URL, the claim and the claim's credential.
+    /// Secrets among them never go on a command line or into logs.
     pub env: Vec<(String, String)>,
 }
 
@@ -264,8 +265,10 @@ impl Provisioner for CommandProvisioner {
 
 /// A Kubernetes batch/v1 Job per long job, rendered from a JSON template whose string values
 /// may hold `{{name}}`, `{{namespace}}`, `{{image}}`, `{{job_id}}`, `{{server_url}}`,
-/// `{{claim}}` and `{{secret}}`, and applied with `kubectl apply -f -`. Secrets (the runner
-/// token, the queue URL) are not rendered: the template refers to a Secret for them.
+/// `{{claim}}` and `{{secret}}`, and applied with `kubectl apply -f -` together with a Secret
+/// of the same name that holds the claim's credential (key `credential`): the credential is
+/// not rendered into the Job, whose template refers to the Secret (`{{secret}}`). Both go
+/// at teardown.
 pub struct KubernetesProvisioner {
     config: KubernetesProvisionerConfig,
     template: serde_json::Value,
@@ -295,24 +298,45 @@ impl KubernetesProvisioner {
         format!("wafer-runner-{}", &hex[..hex.len().min(20)])
     }
 
-    /// The rendered Job object for `req`.
+    /// What is applied for `req`: a `v1` List of the Secret with the claim's credential and
+    /// the rendered Job.
     pub fn render(&self, req: &LaunchRequest) -> serde_json::Value {
-        let claim = req
-            .env
-            .iter()
-            .find(|(k, _)| k == "WAFER_CLAIM")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let var = |name: &str| {
+            req.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let name = Self::name_of(&req.job);
         let values: HashMap<&str, String> = HashMap::from([
-            ("name", Self::name_of(&req.job)),
+            ("name", name.clone()),
             ("namespace", self.config.namespace.clone()),
             ("image", self.config.image.clone()),
             ("job_id", req.job.as_str().to_owned()),
             ("server_url", self.config.server_url.clone()),
-            ("claim", claim),
-            ("secret", self.config.secret.clone()),
+            ("claim", var("WAFER_CLAIM")),
+            ("secret", name.clone()),
         ]);
-        substitute(&self.template, &values)
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": self.config.namespace,
+                "labels": {
+                    "app.kubernetes.io/part-of": "wafer",
+                    "wafer.dev/job": req.job.as_str(),
+                },
+            },
+            "type": "Opaque",
+            "stringData": { "credential": var("WAFER_RUNNER_TOKEN") },
+        });
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [secret, substitute(&self.template, &values)],
+        })
     }
 }
 
@@ -357,8 +381,8 @@ impl Provisioner for KubernetesProvisioner {
         let mut argv = self.config.kubectl.clone();
         argv.extend([
             "delete".into(),
-            "job".into(),
-            handle.0.clone(),
+            format!("job/{}", handle.0),
+            format!("secret/{}", handle.0),
             "--namespace".into(),
             self.config.namespace.clone(),
             "--ignore-not-found".into(),
@@ -394,10 +418,15 @@ mod tests {
             command: vec!["wafer".into()],
             env: vec![
                 ("WAFER_CLAIM".into(), "{\"a\":\"b\"}".into()),
-                ("WAFER_RUNNER_TOKEN".into(), "wrn_secret".into()),
+                ("WAFER_RUNNER_TOKEN".into(), "wrc.credential".into()),
             ],
         };
-        let o = p.render(&req);
+        let list = p.render(&req);
+        assert_eq!(list["kind"], "List");
+        let secret = &list["items"][0];
+        assert_eq!(secret["kind"], "Secret");
+        assert_eq!(secret["stringData"]["credential"], "wrc.credential");
+        let o = &list["items"][1];
         assert_eq!(o["apiVersion"], "batch/v1");
         assert_eq!(o["kind"], "Job");
         let name = KubernetesProvisioner::name_of(&job);
@@ -422,12 +451,12 @@ mod tests {
         let env = c["env"].as_array().unwrap();
         let find = |n: &str| env.iter().find(|e| e["name"] == n).cloned().unwrap();
         assert_eq!(find("WAFER_CLAIM")["value"], "{\"a\":\"b\"}");
-        // The token comes from a Secret, never rendered into the object.
-        assert_eq!(
-            find("WAFER_RUNNER_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
-            "wafer-runner"
-        );
-        assert!(!o.to_string().contains("wrn_secret"));
+        // The credential comes from the job's Secret, never rendered into the Job.
+        let from = &find("WAFER_RUNNER_TOKEN")["valueFrom"]["secretKeyRef"];
+        assert_eq!(from["name"], secret["metadata"]["name"]);
+        assert_eq!(from["key"], "credential");
+        assert_eq!(secret["metadata"]["name"], name.as_str());
+        assert!(!o.to_string().contains("wrc.credential"));
         assert!(
             !o.to_string().contains("{{"),
             "every placeholder is filled: {o}"

@@ -92,7 +92,7 @@ fn spawn_worker(state: &Arc<AppState>, launch: &Launch) -> std::io::Result<()> {
         .arg(data.join("artifacts"))
         .arg("--scratch-dir")
         .arg(data.join("scratch"));
-    child_environment(&mut cmd, &runner_env(state));
+    child_environment(&mut cmd, &worker_env(state, Lane::Default));
     let mut child = cmd.spawn()?;
     let fleet = state.clone();
     fleet.fleet.workers.fetch_add(1, Ordering::Relaxed);
@@ -118,12 +118,13 @@ fn spawn_worker(state: &Arc<AppState>, launch: &Launch) -> std::io::Result<()> {
     Ok(())
 }
 
-/// What every runner needs in its environment: the runner token, and the queue URL when the
-/// queue is Redis (a URL may hold a password: environment, never the command line).
-pub fn runner_env(state: &AppState) -> Vec<(String, String)> {
+/// What a worker of `lane` needs in its environment: its lane's credential, and the queue
+/// URL when the queue is Redis (a URL may hold a password: environment, never the command
+/// line).
+pub fn worker_env(state: &AppState, lane: Lane) -> Vec<(String, String)> {
     let mut env = vec![(
         "WAFER_RUNNER_TOKEN".to_owned(),
-        state.jobs.runner_token().expose().to_owned(),
+        state.jobs.runner_keys().lane(lane).expose().to_owned(),
     )];
     if state.config.queue.backend == crate::config::QueueBackend::Redis {
         env.push(("WAFER_QUEUE_URL".into(), state.config.queue.url.clone()));

@@ -4,9 +4,14 @@
 //! acks the delivery. It exits after an idle time, so with no work no worker exists.
 //!
 //! Deliveries come from a [`Deliveries`] source: the embedded queue through the server's
-//! internal API ([`RemoteQueue`]). Job records are the server's: a worker starts and finishes
-//! jobs through the same internal API and never opens the server's files except the
-//! content-addressed artifact directory.
+//! internal API ([`RemoteQueue`]), or Redis directly ([`DirectQueue`]). Job records are the
+//! server's: a worker starts and finishes jobs through the same internal API and never opens
+//! the server's files except the content-addressed artifact directory.
+//!
+//! A worker holds its lane's credential; starting a job it claimed gets it that claim's
+//! credential, with which it does everything else for that job (heartbeats, module, end,
+//! ack). A dedicated runner holds only its claim's credential, and reaches the queue through
+//! the server whatever the backend ([`crate::credentials`]).
 
 use crate::api::internal::{
     ClaimRequest, DeadRequest, FinishRequest, HeartbeatRequest, RunnerSetup, StartRequest, Started,
@@ -34,7 +39,7 @@ use wafer_runner::{CompileMode, Invocation, Limits, Runner, RunnerConfig};
 pub struct WorkerOptions {
     /// The server's base URL.
     pub server: String,
-    /// The runner token.
+    /// The runner credential: a lane's, a claim's (a dedicated runner) or the runner key.
     pub token: Secret,
     /// The lane to serve.
     pub lane: Lane,
@@ -95,6 +100,15 @@ impl ServerClient {
         resp.json().await.context("the server's answer is not JSON")
     }
 
+    /// A client of the same server that presents `token` (a claim's credential).
+    pub fn scoped(&self, token: Secret) -> Self {
+        Self {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token,
+        }
+    }
+
     /// GETs `path` of the internal API.
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
         self.send(self.http.get(format!("{}{path}", self.base)))
@@ -128,39 +142,38 @@ impl ServerClient {
     }
 }
 
-/// Where a runner gets deliveries: claim, heartbeat, ack. The embedded queue through the
-/// server ([`RemoteQueue`]); a queue a runner reaches directly (Redis Streams) fits the same.
+/// Where a runner gets deliveries: claim, heartbeat, ack. The server's queue through its
+/// internal API ([`RemoteQueue`]), where `server` presents the credential each call needs; a
+/// queue a runner reaches directly (Redis Streams) fits the same.
 #[async_trait::async_trait]
 pub trait Deliveries: Send + Sync + 'static {
     /// The next job of `lane`, waiting up to `wait` for one.
     async fn claim(
         &self,
+        server: &ServerClient,
         lane: Lane,
         lease: Duration,
         wait: Duration,
     ) -> anyhow::Result<Option<Claimed>>;
     /// Extends the lease; false when it was lost (cancelled or delivered again).
-    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> anyhow::Result<bool>;
+    async fn heartbeat(
+        &self,
+        server: &ServerClient,
+        claim: &Claim,
+        lease: Duration,
+    ) -> anyhow::Result<bool>;
     /// Removes the delivery after the end is stored.
-    async fn ack(&self, claim: &Claim) -> anyhow::Result<bool>;
+    async fn ack(&self, server: &ServerClient, claim: &Claim) -> anyhow::Result<bool>;
 }
 
-/// The server's embedded queue, through its internal API.
-pub struct RemoteQueue {
-    server: Arc<ServerClient>,
-}
-
-impl RemoteQueue {
-    /// The queue of the server `server` talks to.
-    pub fn new(server: Arc<ServerClient>) -> Self {
-        Self { server }
-    }
-}
+/// The server's queue (whatever its backend), through its internal API.
+pub struct RemoteQueue;
 
 #[async_trait::async_trait]
 impl Deliveries for RemoteQueue {
     async fn claim(
         &self,
+        server: &ServerClient,
         lane: Lane,
         lease: Duration,
         wait: Duration,
@@ -169,8 +182,7 @@ impl Deliveries for RemoteQueue {
         struct Answer {
             claimed: Option<Claimed>,
         }
-        let a: Answer = self
-            .server
+        let a: Answer = server
             .post(
                 "/internal/v1/queue/claim",
                 &ClaimRequest {
@@ -183,9 +195,13 @@ impl Deliveries for RemoteQueue {
         Ok(a.claimed)
     }
 
-    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> anyhow::Result<bool> {
-        let v: serde_json::Value = self
-            .server
+    async fn heartbeat(
+        &self,
+        server: &ServerClient,
+        claim: &Claim,
+        lease: Duration,
+    ) -> anyhow::Result<bool> {
+        let v: serde_json::Value = server
             .post(
                 "/internal/v1/queue/heartbeat",
                 &HeartbeatRequest {
@@ -197,8 +213,8 @@ impl Deliveries for RemoteQueue {
         Ok(v["held"].as_bool().unwrap_or(false))
     }
 
-    async fn ack(&self, claim: &Claim) -> anyhow::Result<bool> {
-        let v: serde_json::Value = self.server.post("/internal/v1/queue/ack", claim).await?;
+    async fn ack(&self, server: &ServerClient, claim: &Claim) -> anyhow::Result<bool> {
+        let v: serde_json::Value = server.post("/internal/v1/queue/ack", claim).await?;
         Ok(v["acked"].as_bool().unwrap_or(false))
     }
 }
@@ -210,6 +226,7 @@ pub struct DirectQueue(pub Arc<dyn wafer_core::JobQueue>);
 impl Deliveries for DirectQueue {
     async fn claim(
         &self,
+        _server: &ServerClient,
         lane: Lane,
         lease: Duration,
         wait: Duration,
@@ -217,11 +234,16 @@ impl Deliveries for DirectQueue {
         Ok(self.0.claim_wait(lane, lease, wait).await?)
     }
 
-    async fn heartbeat(&self, claim: &Claim, lease: Duration) -> anyhow::Result<bool> {
+    async fn heartbeat(
+        &self,
+        _server: &ServerClient,
+        claim: &Claim,
+        lease: Duration,
+    ) -> anyhow::Result<bool> {
         Ok(self.0.heartbeat(claim, lease).await?)
     }
 
-    async fn ack(&self, claim: &Claim) -> anyhow::Result<bool> {
+    async fn ack(&self, _server: &ServerClient, claim: &Claim) -> anyhow::Result<bool> {
         Ok(self.0.ack(claim).await?)
     }
 }
@@ -266,7 +288,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         tracing::warn!("this worker's engine differs from the server's: modules are recompiled");
     }
     let queue: Arc<dyn Deliveries> = match (&setup.redis_prefix, &opts.redis_url) {
-        (None, _) => Arc::new(RemoteQueue::new(server.clone())),
+        // A dedicated runner reaches the queue through the server: its credential is its
+        // claim's, and it gets no queue URL.
+        _ if opts.claim.is_some() => Arc::new(RemoteQueue),
+        (None, _) => Arc::new(RemoteQueue),
         (Some(prefix), Some(url)) => Arc::new(DirectQueue(Arc::new(
             wafer_core::RedisJobQueue::connect(
                 url.expose(),
@@ -320,7 +345,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             .idle
             .saturating_sub(idle_for)
             .clamp(Duration::from_millis(10), Duration::from_secs(5));
-        let claimed = match queue.claim(opts.lane, timing.lease, wait).await {
+        let claimed = match queue.claim(&server, opts.lane, timing.lease, wait).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "claiming failed");
@@ -467,12 +492,22 @@ async fn run_one(
             &StartRequest {
                 route,
                 attempt: claim.delivery,
+                claim: Some(claim.clone()),
             },
         )
         .await?;
+    // Everything else for this job goes with the claim's own credential.
+    let scoped;
+    let server = match started.credential {
+        Some(c) => {
+            scoped = server.scoped(Secret::new(c));
+            &scoped
+        }
+        None => server,
+    };
     let Some(order) = started.order else {
         // It ended or was cancelled while it waited.
-        queue.ack(claim).await?;
+        queue.ack(server, claim).await?;
         return Ok(());
     };
     // Crash tests stop the worker here, as a runner dying mid-job would.
@@ -531,7 +566,7 @@ async fn run_one(
     let heartbeat = async {
         loop {
             tokio::time::sleep(timing.heartbeat).await;
-            match queue.heartbeat(claim, timing.lease).await {
+            match queue.heartbeat(server, claim, timing.lease).await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => tracing::warn!(job = id, error = %format!("{e:#}"), "heartbeat failed"),
@@ -568,7 +603,7 @@ async fn run_one(
             "the job had already ended: this run's end was not kept"
         );
     }
-    if !queue.ack(claim).await? {
+    if !queue.ack(server, claim).await? {
         tracing::info!(
             job = id,
             delivery = claim.delivery,

@@ -470,6 +470,28 @@ fn spawn(
     }
 }
 
+/// The pids of `parent`'s live children (zombies, killed and not yet reaped, run nothing).
+pub fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may hold spaces, so split after the last ')'.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let mut fields = after.split(' ');
+        let state = fields.next().unwrap();
+        let ppid: u32 = fields.next().unwrap().parse().unwrap();
+        if ppid == parent && state != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Reads the first bytes of the answer on a raw connection (status line and headers).
 pub fn read_head(sock: &mut TcpStream) -> String {
     let mut buf = [0u8; 4096];

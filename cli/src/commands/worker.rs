@@ -9,7 +9,8 @@ pub struct Args {
     /// The server's URL.
     #[arg(long)]
     server: String,
-    /// The runner token (runner.key in the server's data directory).
+    /// The runner credential: the runner key (runner.key in the server's data directory), or
+    /// the lane's or claim's credential the server hands the runners it starts.
     #[arg(long, env = "WAFER_RUNNER_TOKEN", hide_env_values = true)]
     token: String,
     /// The lane to serve: fast, default or long.

@@ -3,14 +3,18 @@
 //! The embedded metadata store, job store and queue are files only this server opens, so a
 //! runner reaches them through here: it claims, heartbeats and acks queue entries, fetches the
 //! work order of a job it starts (the version resolved, limits and input) and hands back the
-//! end. Runners authenticate with the runner token (`runner.key` in the data directory),
-//! which grants nothing on the public API; without it every route is 404, answered before
-//! any of the request's body is read. Bodies are read within the body timeout, up to the room
-//! a whole result needs ([`body_limit`]).
+//! end. Every route wants a runner credential ([`crate::credentials`]) and does only what it
+//! grants: a worker's lane credential claims from its lane and, for a claim the queue
+//! confirms, gets that claim's credential; a claim credential reaches its own job and that
+//! job's module while the job has not ended. Without a credential every route is 404,
+//! answered before any of the request's body is read; with one that does not cover the
+//! route, 403. Bodies are read within the body timeout, up to the room a whole result needs
+//! ([`body_limit`]).
 
+use crate::credentials::Grant;
 use crate::problem::ApiError;
 use crate::state::AppState;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,31 +25,37 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use wafer_core::{Claim, JobEnd, JobId, Lane, Route, VersionRef, WorkOrder};
+use wafer_core::{Claim, JobEnd, JobId, JobRecord, Lane, Route, VersionRef, WorkOrder};
 
-/// The header value a runner presents: `Bearer <runner token>`.
-fn check(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// What the `Bearer` credential a runner presents grants.
+fn check(state: &AppState, headers: &HeaderMap) -> Result<Grant, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let expected = state.jobs.runner_token().expose();
-    // Compare hashes, so the time taken says nothing about the token.
-    if crate::auth::hash_key(presented) == crate::auth::hash_key(expected) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+    state.jobs.runner_keys().check(presented).ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
             "Not found",
             "no such route; see /openapi.json",
-        ))
-    }
+        )
+    })
 }
 
-/// The runners' API. The token is checked first, by a layer, so a caller without it gets
-/// its 404 at once, whatever body it announces.
+/// A credential that does not cover what was asked.
+fn beyond(what: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "beyond-credential",
+        "Beyond this runner's credential",
+        what,
+    )
+}
+
+/// The runners' API. The credential is checked first, by a layer, so a caller without one
+/// gets its 404 at once, whatever body it announces; handlers see what it grants.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/internal/v1/setup", get(setup))
@@ -63,11 +73,48 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
-async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     match check(&state, req.headers()) {
-        Ok(()) => next.run(req).await,
+        Ok(grant) => {
+            req.extensions_mut().insert(grant);
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// Whether `grant` covers delivery `delivery` of `job`.
+fn holds(grant: &Grant, job: &JobId, delivery: u32) -> bool {
+    match grant {
+        Grant::All => true,
+        Grant::Claim {
+            job: j,
+            delivery: d,
+        } => j == job && *d == delivery,
+        Grant::Lane(_) => false,
+    }
+}
+
+/// A job's record, or 404.
+async fn record(state: &AppState, id: &JobId) -> Result<JobRecord, ApiError> {
+    state
+        .jobs
+        .store
+        .get(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "job-not-found",
+                "Job not found",
+                "no such job",
+            )
+        })
 }
 
 /// The largest body a runner sends: a finish with a whole response and a whole log.
@@ -154,8 +201,15 @@ pub struct ClaimRequest {
 /// `POST /internal/v1/queue/claim`: the next job of a lane, waiting up to `wait_ms` for one.
 pub async fn claim(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     RunnerJson(req): RunnerJson<ClaimRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    if !matches!(grant, Grant::All) && grant != Grant::Lane(req.lane) {
+        return Err(beyond(format!(
+            "this credential does not claim from the {} lane",
+            req.lane.as_str()
+        )));
+    }
     let wait = Duration::from_millis(req.wait_ms.min(30_000));
     let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
     let claimed = state.jobs.claim_waiting(req.lane, lease, wait).await?;
@@ -175,8 +229,12 @@ pub struct HeartbeatRequest {
 /// cancelled or delivered again), so the runner stops it.
 pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     RunnerJson(req): RunnerJson<HeartbeatRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    if !holds(&grant, &req.claim.job.id, req.claim.delivery) {
+        return Err(beyond("this credential does not hold that claim"));
+    }
     let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
     let held = state
         .jobs
@@ -190,8 +248,12 @@ pub async fn heartbeat(
 /// `POST /internal/v1/queue/ack`.
 pub async fn ack(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     RunnerJson(claim): RunnerJson<Claim>,
 ) -> Result<Json<Value>, ApiError> {
+    if !holds(&grant, &claim.job.id, claim.delivery) {
+        return Err(beyond("this credential does not hold that claim"));
+    }
     let acked = state.jobs.ack(&claim).await.map_err(ApiError::internal)?;
     Ok(Json(json!({ "acked": acked })))
 }
@@ -208,6 +270,10 @@ pub struct StartRequest {
     pub route: Route,
     /// The delivery.
     pub attempt: u32,
+    /// The claim itself, which a worker with a lane credential presents: when the queue
+    /// confirms it holds the claim, the answer carries the claim's credential.
+    #[serde(default)]
+    pub claim: Option<Claim>,
 }
 
 /// What a start returns: the work order and the input, or nothing when the job must not run
@@ -218,19 +284,50 @@ pub struct Started {
     pub order: Option<WorkOrder>,
     /// The input, base64.
     pub input_base64: String,
+    /// The credential of this delivery (heartbeat, finish, ack, the job's module).
+    #[serde(default)]
+    pub credential: Option<String>,
 }
 
 /// `POST /internal/v1/jobs/{id}/start`: marks the job running and hands over its work order.
 pub async fn start(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     RunnerJson(req): RunnerJson<StartRequest>,
 ) -> Result<Json<Started>, ApiError> {
     let id = job_id(&id)?;
+    if let Grant::Lane(lane) = grant {
+        // A worker starts what it claimed from its lane: the queue must hold that claim.
+        let refused = || beyond("this credential does not hold a claim of that job");
+        let claim = req.claim.as_ref().ok_or_else(refused)?;
+        if claim.job.id != id
+            || claim.delivery != req.attempt
+            || record(&state, &id).await?.lane != lane
+        {
+            return Err(refused());
+        }
+        let held = state
+            .jobs
+            .queue
+            .heartbeat(claim, state.jobs.lease())
+            .await
+            .map_err(ApiError::internal)?;
+        if !held {
+            return Err(refused());
+        }
+    } else if !holds(&grant, &id, req.attempt) {
+        return Err(beyond(
+            "this credential does not hold that delivery of that job",
+        ));
+    }
+    let credential = state.jobs.runner_keys().claim(&id, req.attempt);
+    let credential = Some(credential.expose().to_owned());
     let none = || {
         Json(Started {
             order: None,
             input_base64: String::new(),
+            credential: credential.clone(),
         })
     };
     let Some(rec) = state.jobs.start(&id, req.route, req.attempt).await? else {
@@ -290,6 +387,7 @@ pub async fn start(
     Ok(Json(Started {
         order: Some(order),
         input_base64: base64::engine::general_purpose::STANDARD.encode(&input),
+        credential,
     }))
 }
 
@@ -303,13 +401,26 @@ pub struct FinishRequest {
 }
 
 /// `POST /internal/v1/jobs/{id}/finish`: stores the end; `{"stored": false}` when the job had
-/// already ended (the first end is the only result).
+/// already ended (the first end is the only result) or, for a claim's credential, a later
+/// delivery of it has started.
 pub async fn finish(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     RunnerJson(req): RunnerJson<FinishRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
+    match &grant {
+        Grant::All => {}
+        Grant::Claim { job, delivery } if *job == id => {
+            // A delivery that a later one has taken over has no end to hand back: it is not
+            // kept, as an end after the first is not.
+            if record(&state, &id).await?.attempts > *delivery {
+                return Ok(Json(json!({ "stored": false })));
+            }
+        }
+        _ => return Err(beyond("this credential does not hold that job")),
+    }
     if !matches!(
         req.end.status,
         wafer_core::JobStatus::Succeeded | wafer_core::JobStatus::Failed
@@ -336,10 +447,19 @@ pub struct DeadRequest {
 /// `POST /internal/v1/jobs/{id}/dead`: a runner found the job dead-lettered by the queue.
 pub async fn dead(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     RunnerJson(req): RunnerJson<DeadRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
+    let allowed = match grant {
+        Grant::All => true,
+        Grant::Lane(lane) => record(&state, &id).await?.lane == lane,
+        Grant::Claim { .. } => false,
+    };
+    if !allowed {
+        return Err(beyond("this credential does not reach that job"));
+    }
     crate::jobs::bury(&state, &id, req.deliveries).await;
     Ok(Json(json!({})))
 }
@@ -349,10 +469,12 @@ pub async fn dead(
 /// server's (same fingerprint); otherwise 404, and the runner compiles the module itself.
 pub async fn compiled(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     Path((fingerprint, digest)): Path<(String, String)>,
 ) -> Result<axum::response::Response, ApiError> {
     let digest = wafer_core::Digest::parse(&digest)
         .map_err(|e| ApiError::bad_request("invalid-digest", e.to_string()))?;
+    module_of_grant(&state, &grant, &digest).await?;
     let missing = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -383,10 +505,12 @@ pub async fn compiled(
 /// `GET /internal/v1/modules/{digest}`: a module's bytes, for runners that compile it.
 pub async fn module(
     State(state): State<Arc<AppState>>,
+    Extension(grant): Extension<Grant>,
     Path(digest): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let digest = wafer_core::Digest::parse(&digest)
         .map_err(|e| ApiError::bad_request("invalid-digest", e.to_string()))?;
+    module_of_grant(&state, &grant, &digest).await?;
     let bytes = state
         .runner
         .artifacts()
@@ -405,4 +529,33 @@ pub async fn module(
         [(header::CONTENT_TYPE, "application/wasm")],
         bytes,
     )))
+}
+
+/// Refuses a module (or its compiled code) that `grant` does not reach: a claim reaches the
+/// module of its own job while the job has not ended; a lane, none.
+async fn module_of_grant(
+    state: &AppState,
+    grant: &Grant,
+    digest: &wafer_core::Digest,
+) -> Result<(), ApiError> {
+    let (job, delivery) = match grant {
+        Grant::All => return Ok(()),
+        Grant::Claim { job, delivery } => (job, *delivery),
+        Grant::Lane(_) => return Err(beyond("a lane credential fetches no module")),
+    };
+    let refused = || beyond("this credential reaches only the module of its own job");
+    let rec = record(state, job).await?;
+    if rec.status.is_terminal() || rec.attempts > delivery {
+        return Err(refused());
+    }
+    let module = state
+        .meta
+        .resolve(&rec.function, &VersionRef::Number(rec.version))
+        .await?
+        .filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation)
+        .map(|(_, v)| v.spec.module);
+    if module.as_ref() != Some(digest) {
+        return Err(refused());
+    }
+    Ok(())
 }

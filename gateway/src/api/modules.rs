@@ -36,6 +36,13 @@ pub async fn upload(
     let limit = state.config.max_module_bytes as usize;
     let bytes = super::read_limited(&state, &headers, body, limit, "module-too-large").await?;
     let size = bytes.len() as u64;
+    // The module and its compiled code (a few times its size) must leave the data disk's
+    // reserve free: a store that fails a write on a full disk is unusable until a restart.
+    crate::jobs::disk_room(
+        &state.config.data_dir,
+        size.saturating_mul(5),
+        state.config.jobs.min_free_disk_mb,
+    )?;
     let _slot = tokio::time::timeout(
         Duration::from_millis(state.config.compile_wait_ms),
         state.compiles.clone().acquire_owned(),
