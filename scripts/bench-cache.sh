@@ -9,6 +9,7 @@
 #
 #   scripts/bench-cache.sh                      # 10 s per target, 2 wrk threads, 32 connections
 #   BENCH_DURATION=30s BENCH_CONNECTIONS=64 scripts/bench-cache.sh
+#   BENCH_WAFER=/path/to/another/wafer scripts/bench-cache.sh   # measure another build against the same floor
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh                      # 10 s per target, 2 wrk threads, 32 connections
 #   BENCH_DURATION=30s BENCH_CONNECTIONS=64 scripts/bench.sh
+#   BENCH_WAFER=/path/to/another/wafer scripts/bench.sh   # measure another build against the same floor
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

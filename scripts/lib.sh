@@ -104,9 +104,14 @@ bench_prepare() {
     threads="${BENCH_THREADS:-2}"
     command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
     bash functions/build.sh >/dev/null
-    cargo build --release -q -p wafer
+    # BENCH_WAFER: a wafer binary to measure instead of this tree's (another commit's, say).
+    if [ -n "${BENCH_WAFER:-}" ]; then
+        wafer="$BENCH_WAFER"
+    else
+        cargo build --release -q -p wafer
+        wafer="$(target_dir)/release/wafer"
+    fi
     cargo build --release -q -p wafer-gateway --example hyper_floor
-    wafer="$(target_dir)/release/wafer"
     floor="$(target_dir)/release/examples/hyper_floor"
     hello=functions/dist/hello.wasm
     work=$(mktemp -d)

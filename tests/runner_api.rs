@@ -163,14 +163,35 @@ fn the_runners_api_can_have_a_listener_of_its_own() {
     whole_result(&s, &key, "big", 10, "worker");
 }
 
-/// A request of the runners' API with `credential`.
-fn internal(
-    s: &TestServer,
-    credential: &str,
-    method: Method,
-    path: &str,
-) -> reqwest::blocking::RequestBuilder {
-    s.anon(method, path).bearer_auth(credential)
+/// A runner as the runners' API sees it: a credential.
+struct Runner<'a> {
+    s: &'a TestServer,
+    credential: String,
+}
+
+impl Runner<'_> {
+    /// POSTs `body` to `path`: the status and the JSON answer (null when not JSON).
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .s
+            .anon(Method::POST, path)
+            .bearer_auth(&self.credential)
+            .json(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    }
+
+    /// GETs `path`: the status and the body.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let r = self
+            .s
+            .anon(Method::GET, path)
+            .bearer_auth(&self.credential)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    }
 }
 
 /// A succeeded end whose result is `body`.
@@ -202,14 +223,13 @@ fn module_of(s: &TestServer, key: &str, function: &str) -> String {
     v["versions"][0]["module"].as_str().unwrap().to_owned()
 }
 
-/// The variables of a `env` dump.
-fn env_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
-    std::fs::read_to_string(path)
+/// The result body of a job.
+fn result_of(s: &TestServer, key: &str, id: &str) -> String {
+    s.with_key(key, Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
         .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        .text()
+        .unwrap()
 }
 
 #[test]
@@ -226,167 +246,131 @@ fn a_dedicated_runner_s_credential_reaches_its_own_job_and_nothing_else() {
     let rival = s.tenant_key("rival");
     s.deploy_as(&acme, "batch", "nap", json!({"class": "long"}));
     s.deploy_as(&rival, "theirs", "hello", json!({"class": "long"}));
-    let mine = submit(&s, &acme, json!({"function": "batch", "input": 1}));
-    let mine = mine["id"].as_str().unwrap().to_owned();
-    let theirs = submit(&s, &rival, json!({"function": "theirs", "input": ""}));
-    let theirs = theirs["id"].as_str().unwrap().to_owned();
+    let mine = submit(&s, &acme, json!({"function": "batch", "input": 1}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = submit(&s, &rival, json!({"function": "theirs", "input": ""}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What the provisioner was given for a job: its runner's environment.
     let launched = |id: &str| {
         let path = dir.path().join(format!("{id}.env"));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains("WAFER_CLAIM=")) {
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("WAFER_CLAIM=") {
+                let vars: std::collections::HashMap<String, String> = text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                return (text, vars);
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "no runner launched for {id}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        env_file(&path)
     };
-    let env = launched(&mine);
-    let their_env = launched(&theirs);
+    let (dump, env) = launched(&mine);
+    let (_, their_env) = launched(&theirs);
     let runner_key = std::fs::read_to_string(s.data_dir().join("runner.key")).unwrap();
-    let dump = std::fs::read_to_string(dir.path().join(format!("{mine}.env"))).unwrap();
     assert!(
         !dump.contains(runner_key.trim()),
         "the runner key stays with the server"
     );
     assert!(!env.contains_key("WAFER_QUEUE_URL"));
-    let cred = env["WAFER_RUNNER_TOKEN"].as_str();
-    assert!(cred.starts_with("wrc."), "{cred}");
+    let runner = Runner {
+        s: &s,
+        credential: env["WAFER_RUNNER_TOKEN"].clone(),
+    };
+    assert!(
+        runner.credential.starts_with("wrc."),
+        "{}",
+        runner.credential
+    );
     let claim: Value = serde_json::from_str(&env["WAFER_CLAIM"]).unwrap();
     let their_claim: Value = serde_json::from_str(&their_env["WAFER_CLAIM"]).unwrap();
-    let status = |r: reqwest::blocking::Response| r.status().as_u16();
-
-    // Taken over: it reaches nothing of another job.
     let start = |delivery: &Value| json!({"route": "dedicated", "attempt": delivery});
-    let r = internal(
-        &s,
-        cred,
-        Method::POST,
+
+    // Taken over, it reaches nothing of another job.
+    let (status, _) = runner.post(
         &format!("/internal/v1/jobs/{theirs}/start"),
-    )
-    .json(&start(&their_claim["delivery"]))
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "another job's input and secrets");
-    let r = internal(
-        &s,
-        cred,
-        Method::POST,
+        &start(&their_claim["delivery"]),
+    );
+    assert_eq!(status, 403, "another job's input and secrets");
+    let (status, _) = runner.post(
         &format!("/internal/v1/jobs/{theirs}/finish"),
-    )
-    .json(&finish_body("planted"))
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "another job's end");
-    for path in ["/internal/v1/queue/heartbeat", "/internal/v1/queue/ack"] {
-        let body = if path.ends_with("ack") {
-            their_claim.clone()
-        } else {
-            json!({"claim": their_claim, "lease_ms": 1000})
-        };
-        let r = internal(&s, cred, Method::POST, path)
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(status(r), 403, "{path} of another claim");
-    }
+        &finish_body("planted"),
+    );
+    assert_eq!(status, 403, "another job's end");
+    let heartbeat = json!({"claim": their_claim, "lease_ms": 1000});
+    assert_eq!(
+        runner.post("/internal/v1/queue/heartbeat", &heartbeat).0,
+        403
+    );
+    assert_eq!(runner.post("/internal/v1/queue/ack", &their_claim).0, 403);
     let their_module = module_of(&s, &rival, "theirs");
     let my_module = module_of(&s, &acme, "batch");
-    let fingerprint: Value = internal(&s, cred, Method::GET, "/internal/v1/setup")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let fingerprint = fingerprint["fingerprint"].as_str().unwrap();
+    let (status, setup) = runner.get("/internal/v1/setup");
+    assert_eq!(status, 200);
+    let setup: Value = serde_json::from_slice(&setup).unwrap();
+    let fingerprint = setup["fingerprint"].as_str().unwrap();
     for path in [
         format!("/internal/v1/modules/{their_module}"),
         format!("/internal/v1/artifacts/{fingerprint}/{their_module}"),
     ] {
-        let r = internal(&s, cred, Method::GET, &path).send().unwrap();
-        assert_eq!(status(r), 403, "{path}: another tenant's module");
+        assert_eq!(runner.get(&path).0, 403, "{path}: another tenant's module");
     }
     for lane in ["long", "default", "fast"] {
-        let r = internal(&s, cred, Method::POST, "/internal/v1/queue/claim")
-            .json(&json!({"lane": lane, "lease_ms": 1000, "wait_ms": 0}))
-            .send()
-            .unwrap();
-        assert_eq!(status(r), 403, "claiming from the {lane} lane");
+        let claim = json!({"lane": lane, "lease_ms": 1000, "wait_ms": 0});
+        let (status, _) = runner.post("/internal/v1/queue/claim", &claim);
+        assert_eq!(status, 403, "claiming from the {lane} lane");
     }
-    let forged = format!("{}0", &cred[..cred.len() - 1]);
-    let forged = if forged == cred {
-        format!("{}1", &cred[..cred.len() - 1])
-    } else {
-        forged
+    let mut forged = runner.credential.clone();
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    let forged = Runner {
+        s: &s,
+        credential: forged,
     };
-    let r = internal(&s, &forged, Method::GET, "/internal/v1/setup")
-        .send()
-        .unwrap();
-    assert_eq!(status(r), 404, "an altered credential is none");
+    assert_eq!(
+        forged.get("/internal/v1/setup").0,
+        404,
+        "an altered credential is none"
+    );
     let r = get_job(&s, &rival, &theirs, "0s");
     assert_eq!(r["status"], "queued", "the other job was not touched: {r}");
 
     // Its own job: all of it.
-    let r = internal(
-        &s,
-        cred,
-        Method::GET,
-        &format!("/internal/v1/modules/{my_module}"),
-    )
-    .send()
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.bytes().unwrap().starts_with(b"\0asm"));
-    let started: Value = internal(
-        &s,
-        cred,
-        Method::POST,
+    let (status, module) = runner.get(&format!("/internal/v1/modules/{my_module}"));
+    assert_eq!(status, 200);
+    assert!(module.starts_with(b"\0asm"));
+    let (status, started) = runner.post(
         &format!("/internal/v1/jobs/{mine}/start"),
-    )
-    .json(&start(&claim["delivery"]))
-    .send()
-    .unwrap()
-    .json()
-    .unwrap();
+        &start(&claim["delivery"]),
+    );
+    assert_eq!(status, 200);
     assert_eq!(started["order"]["function"], "batch", "{started}");
-    let r: Value = internal(&s, cred, Method::POST, "/internal/v1/queue/heartbeat")
-        .json(&json!({"claim": claim, "lease_ms": 30000}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(r["held"], true);
-    let r: Value = internal(
-        &s,
-        cred,
-        Method::POST,
+    let heartbeat = json!({"claim": claim, "lease_ms": 30000});
+    assert_eq!(
+        runner.post("/internal/v1/queue/heartbeat", &heartbeat).1["held"],
+        true
+    );
+    let (_, finished) = runner.post(
         &format!("/internal/v1/jobs/{mine}/finish"),
-    )
-    .json(&finish_body("done by hand"))
-    .send()
-    .unwrap()
-    .json()
-    .unwrap();
-    assert_eq!(r["stored"], true);
+        &finish_body("done by hand"),
+    );
+    assert_eq!(finished["stored"], true);
     let done = get_job(&s, &acme, &mine, "10s");
     assert_eq!(done["status"], "succeeded", "{done}");
-    let body = s
-        .with_key(&acme, Method::GET, &format!("/v1/jobs/{mine}/result"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert_eq!(body, "done by hand");
+    assert_eq!(result_of(&s, &acme, &mine), "done by hand");
     // Once the job has ended, the credential reaches nothing more of it.
-    let r = internal(
-        &s,
-        cred,
-        Method::GET,
-        &format!("/internal/v1/modules/{my_module}"),
-    )
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "a module after its job ended");
+    let (status, _) = runner.get(&format!("/internal/v1/modules/{my_module}"));
+    assert_eq!(status, 403, "a module after its job ended");
 }
 
 #[test]
@@ -405,8 +389,10 @@ fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_throug
         json!({"timeout_ms": 120000, "class": "short"}),
     );
     s.deploy_as(&rival, "hello", "hello", json!({}));
-    let sleeper = submit(&s, &acme, json!({"function": "nap", "input": 90000}));
-    let sleeper = sleeper["id"].as_str().unwrap().to_owned();
+    let sleeper = submit(&s, &acme, json!({"function": "nap", "input": 90000}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     wait_status(&s, &acme, &sleeper, "running");
     let worker = wafer_e2e::children(s.pid())
         .into_iter()
@@ -416,136 +402,169 @@ fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_throug
         })
         .expect("a worker process");
     let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
-    let cred = environ
+    let credential = environ
         .split(|b| *b == 0)
-        .filter_map(|v| v.strip_prefix(b"WAFER_RUNNER_TOKEN="))
+        .find_map(|v| v.strip_prefix(b"WAFER_RUNNER_TOKEN="))
         .map(|v| String::from_utf8(v.to_vec()).unwrap())
-        .next()
         .expect("the worker's credential");
     assert!(
-        cred.starts_with("wrl.default."),
-        "a lane's credential: {cred}"
+        credential.starts_with("wrl.default."),
+        "a lane's: {credential}"
     );
-    let status = |r: reqwest::blocking::Response| r.status().as_u16();
+    let lane = Runner { s: &s, credential };
 
-    let other = submit(&s, &rival, json!({"function": "hello", "input": ""}));
-    let other = other["id"].as_str().unwrap().to_owned();
-    let r = internal(&s, &cred, Method::POST, "/internal/v1/queue/claim")
-        .json(&json!({"lane": "long", "lease_ms": 1000, "wait_ms": 0}))
-        .send()
-        .unwrap();
-    assert_eq!(status(r), 403, "another lane");
+    let other = submit(&s, &rival, json!({"function": "hello", "input": ""}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let long = json!({"lane": "long", "lease_ms": 1000, "wait_ms": 0});
+    assert_eq!(
+        lane.post("/internal/v1/queue/claim", &long).0,
+        403,
+        "another lane"
+    );
     let module = module_of(&s, &rival, "hello");
-    let r = internal(
-        &s,
-        &cred,
-        Method::GET,
-        &format!("/internal/v1/modules/{module}"),
-    )
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "a module, outside a claim");
-    let r = internal(
-        &s,
-        &cred,
-        Method::POST,
-        &format!("/internal/v1/jobs/{other}/start"),
-    )
-    .json(&json!({"route": "worker", "attempt": 1}))
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "a job it did not claim");
-    let r = internal(
-        &s,
-        &cred,
-        Method::POST,
-        &format!("/internal/v1/jobs/{other}/finish"),
-    )
-    .json(&finish_body("planted"))
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "an end without a claim");
+    let (status, _) = lane.get(&format!("/internal/v1/modules/{module}"));
+    assert_eq!(status, 403, "a module, outside a claim");
+    let start = format!("/internal/v1/jobs/{other}/start");
+    let finish = format!("/internal/v1/jobs/{other}/finish");
+    let (status, _) = lane.post(&start, &json!({"route": "worker", "attempt": 1}));
+    assert_eq!(status, 403, "a job it did not claim");
+    let (status, _) = lane.post(&finish, &finish_body("planted"));
+    assert_eq!(status, 403, "an end without a claim");
 
     // Claimed from its lane, the job is its own.
-    let claimed: Value = internal(&s, &cred, Method::POST, "/internal/v1/queue/claim")
-        .json(&json!({"lane": "default", "lease_ms": 30000, "wait_ms": 10000}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let wait = json!({"lane": "default", "lease_ms": 30000, "wait_ms": 10000});
+    let (_, claimed) = lane.post("/internal/v1/queue/claim", &wait);
     let claim = claimed["claimed"]["job"].clone();
     assert_eq!(claim["job"]["id"], other.as_str(), "{claimed}");
-    let r = internal(&s, &cred, Method::POST, &format!("/internal/v1/jobs/{other}/start"))
-        .json(&json!({"route": "worker", "attempt": claim["delivery"].as_u64().unwrap() + 1, "claim": claim}))
-        .send()
-        .unwrap();
-    assert_eq!(status(r), 403, "a delivery it does not hold");
-    let started: Value = internal(
-        &s,
-        &cred,
-        Method::POST,
-        &format!("/internal/v1/jobs/{other}/start"),
-    )
-    .json(&json!({"route": "worker", "attempt": claim["delivery"], "claim": claim}))
-    .send()
-    .unwrap()
-    .json()
-    .unwrap();
-    assert_eq!(started["order"]["function"], "hello", "{started}");
-    let claim_cred = started["credential"].as_str().unwrap().to_owned();
-    assert!(claim_cred.starts_with("wrc."), "{claim_cred}");
-    let r = internal(
-        &s,
-        &cred,
-        Method::POST,
-        &format!("/internal/v1/jobs/{other}/finish"),
-    )
-    .json(&finish_body("by the lane"))
-    .send()
-    .unwrap();
-    assert_eq!(status(r), 403, "an end needs the claim's credential");
-    let r = internal(
-        &s,
-        &claim_cred,
-        Method::GET,
-        &format!("/internal/v1/modules/{module}"),
-    )
-    .send()
-    .unwrap();
-    assert_eq!(r.status(), 200, "the claimed job's module");
-    let r: Value = internal(
-        &s,
-        &claim_cred,
-        Method::POST,
-        &format!("/internal/v1/jobs/{other}/finish"),
-    )
-    .json(&finish_body("by the claim"))
-    .send()
-    .unwrap()
-    .json()
-    .unwrap();
-    assert_eq!(r["stored"], true);
-    let r: Value = internal(&s, &claim_cred, Method::POST, "/internal/v1/queue/ack")
-        .json(&claim)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(r["acked"], true);
-    assert_eq!(get_job(&s, &rival, &other, "5s")["status"], "succeeded");
-    let r = internal(
-        &s,
-        &claim_cred,
-        Method::POST,
-        &format!("/internal/v1/jobs/{sleeper}/finish"),
-    )
-    .json(&finish_body("planted"))
-    .send()
-    .unwrap();
+    let delivery = claim["delivery"].as_u64().unwrap();
+    let later = json!({"route": "worker", "attempt": delivery + 1, "claim": claim});
     assert_eq!(
-        status(r),
+        lane.post(&start, &later).0,
         403,
-        "the claim's credential reaches no other job"
+        "a delivery it does not hold"
     );
+    let (status, started) = lane.post(
+        &start,
+        &json!({"route": "worker", "attempt": delivery, "claim": claim}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(started["order"]["function"], "hello", "{started}");
+    let job = Runner {
+        s: &s,
+        credential: started["credential"].as_str().unwrap().to_owned(),
+    };
+    assert!(job.credential.starts_with("wrc."), "{}", job.credential);
+    let (status, _) = lane.post(&finish, &finish_body("by the lane"));
+    assert_eq!(status, 403, "an end needs the claim's credential");
+    let (status, _) = job.get(&format!("/internal/v1/modules/{module}"));
+    assert_eq!(status, 200, "the claimed job's module");
+    assert_eq!(
+        job.post(&finish, &finish_body("by the claim")).1["stored"],
+        true
+    );
+    assert_eq!(job.post("/internal/v1/queue/ack", &claim).1["acked"], true);
+    assert_eq!(get_job(&s, &rival, &other, "5s")["status"], "succeeded");
+    assert_eq!(result_of(&s, &rival, &other), "by the claim");
+    let (status, _) = job.post(
+        &format!("/internal/v1/jobs/{sleeper}/finish"),
+        &finish_body("planted"),
+    );
+    assert_eq!(status, 403, "the claim's credential reaches no other job");
     assert_eq!(get_job(&s, &acme, &sleeper, "0s")["status"], "running");
+}
+
+#[test]
+fn a_worker_run_by_hand_needs_only_its_lane_s_credential_from_the_cli() {
+    // The one worker on demand is kept busy by a long sleep, so the next job waits for a
+    // worker started by hand.
+    let s = TestServer::start_with_config(
+        "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 60000\nfast_lane_ms = 0\n",
+    );
+    let sleeper_key = s.tenant_key("sleepy");
+    s.deploy_as(
+        &sleeper_key,
+        "nap",
+        "nap",
+        json!({"timeout_ms": 120000, "class": "short"}),
+    );
+    let sleeper = submit(&s, &sleeper_key, json!({"function": "nap", "input": 90000}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_status(&s, &sleeper_key, &sleeper, "running");
+    let key = s.tenant_key("acme");
+    s.deploy_as(&key, "echo", "echo", json!({}));
+    let data = s.data_dir();
+    let out = s.cli(&[
+        "runner-credential",
+        "--lane",
+        "default",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let credential = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(credential.starts_with("wrl.default."), "{credential}");
+    let lane = Runner {
+        s: &s,
+        credential: credential.clone(),
+    };
+    let long = json!({"lane": "long", "lease_ms": 1000, "wait_ms": 0});
+    assert_eq!(lane.post("/internal/v1/queue/claim", &long).0, 403);
+
+    let id = submit(&s, &key, json!({"function": "echo", "input": "by hand"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let worker = std::process::Command::new(wafer_e2e::wafer_bin())
+        .args([
+            "worker",
+            "--server",
+            &format!("http://{}", s.addr()),
+            "--lane",
+            "default",
+        ])
+        .args(["--max-jobs", "1", "--idle-ms", "20000"])
+        .arg("--artifacts-dir")
+        .arg(data.join("artifacts"))
+        .arg("--scratch-dir")
+        .arg(data.join("scratch"))
+        .env_clear()
+        .env("WAFER_RUNNER_TOKEN", &credential)
+        .output()
+        .unwrap();
+    assert!(
+        worker.status.success(),
+        "{}",
+        String::from_utf8_lossy(&worker.stderr)
+    );
+    let done = get_job(&s, &key, &id, "10s");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["route"], "worker");
+    assert!(result_of(&s, &key, &id).contains("by hand"));
+    // The worker on demand is still on its sleep: the job was the hand-run worker's.
+    assert_eq!(
+        get_job(&s, &sleeper_key, &sleeper, "0s")["status"],
+        "running"
+    );
+
+    // Without a server's data directory there is no credential, and the CLI says why.
+    let empty = tempfile::tempdir().unwrap();
+    let out = s.cli(&[
+        "runner-credential",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runner key") && err.contains("runner.key"),
+        "{err}"
+    );
 }

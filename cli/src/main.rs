@@ -60,6 +60,9 @@ enum Command {
     Jobs(commands::jobs::JobsCommand),
     /// Run jobs of one lane for a server until idle (the server starts workers itself).
     Worker(commands::worker::Args),
+    /// Print the credential of a lane's workers, derived from the server's runner key in
+    /// `--data-dir`: for workers run by hand or elsewhere, which then need not hold that key.
+    RunnerCredential(commands::worker::CredentialArgs),
     /// Show runner processes alive and jobs per lane (scope metrics).
     Status(commands::manage::StatusArgs),
     /// The response cache: run it as a sidecar in front of a gateway, or purge a function's
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
                 commands::serve::init_logging();
                 commands::worker::run(a).await
             }
+            Command::RunnerCredential(a) => commands::worker::credential(a, &cli.data_dir),
             Command::Status(a) => commands::manage::status(&client()?, a).await,
             Command::Cache(a) => match &a.command {
                 Some(c) => commands::cache::purge(&client()?, c).await,

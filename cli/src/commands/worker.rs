@@ -80,3 +80,27 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Flags of `wafer runner-credential`.
+#[derive(clap::Args)]
+pub struct CredentialArgs {
+    /// The lane whose workers get the credential: fast, default or long.
+    #[arg(long, default_value = "default", value_parser = parse_lane)]
+    lane: Lane,
+}
+
+/// Prints the lane credential derived from the runner key of `data_dir`.
+pub fn credential(a: &CredentialArgs, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = data_dir.join(wafer_gateway::startup::RUNNER_KEY_FILE);
+    let key = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the runner key {}: {e} (it is created when the server first starts)",
+            path.display()
+        )
+    })?;
+    let keys = wafer_gateway::credentials::RunnerKeys::new(wafer_gateway::auth::Secret::new(
+        key.trim().to_owned(),
+    ));
+    println!("{}", keys.lane(a.lane).expose());
+    Ok(())
+}
