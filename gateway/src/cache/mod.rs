@@ -707,8 +707,12 @@ impl Leader {
                 }
             }
             _ => {
-                let until = now_ms() + HIT_FOR_MISS.as_millis() as u64;
-                cache.entries.insert(self.key, Kept::Pass(until));
+                // The flight's leader marks the key hit-for-miss; callers already passing
+                // leave the mark as it is (one write per mark, not one per call).
+                if self.tx.is_some() {
+                    let until = now_ms() + HIT_FOR_MISS.as_millis() as u64;
+                    cache.entries.insert(self.key, Kept::Pass(until));
+                }
                 Landed::NotKept
             }
         };
