@@ -456,6 +456,10 @@ fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_throug
         credential: started["credential"].as_str().unwrap().to_owned(),
     };
     assert!(job.credential.starts_with("wrc."), "{}", job.credential);
+    assert_eq!(
+        claimed["credential"], started["credential"],
+        "the claim came with it"
+    );
     let (status, _) = lane.post(&finish, &finish_body("by the lane"));
     assert_eq!(status, 403, "an end needs the claim's credential");
     let (status, _) = job.get(&format!("/internal/v1/modules/{module}"));

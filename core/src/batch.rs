@@ -41,13 +41,22 @@ impl Drop for Inner {
     }
 }
 
+/// Called on the writer thread when a batch was not written, before the next batch starts:
+/// state kept beside the database by the changes (an index) no longer matches it.
+pub(crate) type OnFailure = Box<dyn Fn() + Send>;
+
 impl BatchWriter {
     /// Starts the writer thread of `db`.
     pub(crate) fn new(db: Arc<Database>, name: &str) -> Self {
+        Self::with_failure_hook(db, name, Box::new(|| {}))
+    }
+
+    /// Starts the writer thread of `db`; `on_failure` runs after every batch that failed.
+    pub(crate) fn with_failure_hook(db: Arc<Database>, name: &str, on_failure: OnFailure) -> Self {
         let (tx, rx) = mpsc::channel::<Change>();
         let thread = std::thread::Builder::new()
             .name(format!("wafer-{name}-writer"))
-            .spawn(move || run(&db, &rx))
+            .spawn(move || run(&db, &rx, &on_failure))
             .expect("spawn writer thread");
         Self {
             inner: Arc::new(Inner {
@@ -93,7 +102,7 @@ impl BatchWriter {
     }
 }
 
-fn run(db: &Database, rx: &mpsc::Receiver<Change>) {
+fn run(db: &Database, rx: &mpsc::Receiver<Change>, on_failure: &OnFailure) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MOST {
@@ -118,6 +127,9 @@ fn run(db: &Database, rx: &mpsc::Receiver<Change>) {
                 Some("another change in the same commit failed; nothing was written".into())
             }
         };
+        if error.is_some() {
+            on_failure();
+        }
         for complete in completions {
             complete(error.clone());
         }
@@ -135,7 +147,15 @@ mod tests {
     async fn concurrent_changes_all_land_and_a_failure_spoils_only_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Database::create(dir.path().join("b.redb")).unwrap());
-        let w = BatchWriter::new(db.clone(), "test");
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = failures.clone();
+        let w = BatchWriter::with_failure_hook(
+            db.clone(),
+            "test",
+            Box::new(move || {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
         let writes = (0..200u64).map(|i| {
             let w = w.clone();
             tokio::spawn(async move {
@@ -163,6 +183,11 @@ mod tests {
         let failed: Result<(), String> =
             w.write(|e| e, |_| Err::<(), _>("refused".to_owned())).await;
         assert_eq!(failed.unwrap_err(), "refused");
+        assert_eq!(
+            failures.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "told once"
+        );
         // The writer goes on after a failed batch.
         let after: Result<u64, String> = w.write(|e| e, |_| Ok(5)).await;
         assert_eq!(after.unwrap(), 5);

@@ -15,7 +15,7 @@
 use crate::names::TenantId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,11 +259,114 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// One tenant's entries in one lane, as the table holds them.
+#[derive(Default)]
+struct TenantEntries {
+    /// Entries without a lease, by sequence.
+    waiting: BTreeSet<u64>,
+    /// Entries with a lease (held until then, or released to wait until then): sequence →
+    /// the lease's end, Unix milliseconds.
+    leased: BTreeMap<u64, u64>,
+}
+
+impl TenantEntries {
+    fn remove(&mut self, seq: u64) {
+        self.waiting.remove(&seq);
+        self.leased.remove(&seq);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.leased.is_empty()
+    }
+}
+
+/// The queue's entries by lane and tenant, kept in memory beside the table so a claim looks
+/// at each tenant's few leases instead of reading the whole lane. Changed by the writes that
+/// change the table, on the writer thread, in their order; a batch that was not written makes
+/// it stale, and the next claim builds it again from the table.
+#[derive(Default)]
+struct Index {
+    stale: bool,
+    lanes: HashMap<u8, HashMap<TenantId, TenantEntries>>,
+}
+
+impl Index {
+    /// Built from the entries table.
+    fn build(t: &impl ReadableTable<(u8, u64), &'static [u8]>) -> Result<Self, QueueError> {
+        let mut index = Self::default();
+        for item in t.iter().map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            let (lane, seq) = k.value();
+            let entry = decode(v.value())?;
+            index.put(
+                lane,
+                &entry.job.tenant,
+                seq,
+                entry.lease.map(|(_, until)| until),
+            );
+        }
+        Ok(index)
+    }
+
+    /// Records the entry `seq` of `tenant` in `lane`: waiting, or leased until `lease`.
+    fn put(&mut self, lane: u8, tenant: &TenantId, seq: u64, lease: Option<u64>) {
+        let e = self
+            .lanes
+            .entry(lane)
+            .or_default()
+            .entry(tenant.clone())
+            .or_default();
+        e.remove(seq);
+        match lease {
+            Some(until) => e.leased.insert(seq, until),
+            None => e.waiting.insert(seq).then_some(0),
+        };
+    }
+
+    /// Forgets the entry `seq` of `tenant` in `lane`.
+    fn remove(&mut self, lane: u8, tenant: &TenantId, seq: u64) {
+        if let Some(tenants) = self.lanes.get_mut(&lane)
+            && let Some(e) = tenants.get_mut(tenant)
+        {
+            e.remove(seq);
+            if e.is_empty() {
+                tenants.remove(tenant);
+            }
+        }
+    }
+
+    /// The entry a claim of `lane` takes at `now`: the oldest waiting one of the tenant
+    /// holding the fewest leases there, among tenants below `share`.
+    fn next(&self, lane: u8, share: u32, now: u64) -> Option<u64> {
+        self.lanes
+            .get(&lane)?
+            .values()
+            .filter_map(|e| {
+                let held = e.leased.values().filter(|until| **until >= now).count() as u32;
+                if held >= share {
+                    return None;
+                }
+                // A lease that ran out leaves its entry waiting again.
+                let lapsed = e
+                    .leased
+                    .iter()
+                    .filter(|(_, until)| **until < now)
+                    .map(|(seq, _)| *seq)
+                    .min();
+                let oldest = e.waiting.first().copied().into_iter().chain(lapsed).min()?;
+                Some((held, oldest))
+            })
+            .min()
+            .map(|(_, seq)| seq)
+    }
+}
+
 /// The embedded, durable queue: tables in a redb database of the data directory.
 #[derive(Clone)]
 pub struct EmbeddedJobQueue {
     db: Arc<Database>,
     writer: crate::batch::BatchWriter,
+    index: Arc<std::sync::Mutex<Index>>,
     max_deliveries: u32,
     shares: LaneShares,
 }
@@ -282,10 +385,21 @@ impl EmbeddedJobQueue {
         txn.open_table(BY_ID).map_err(storage)?;
         txn.open_table(COUNTER).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        let index = {
+            let txn = db.begin_read().map_err(storage)?;
+            Index::build(&txn.open_table(ENTRIES).map_err(storage)?)?
+        };
+        let index = Arc::new(std::sync::Mutex::new(index));
+        let stale = index.clone();
         let db = Arc::new(db);
         Ok(Self {
-            writer: crate::batch::BatchWriter::new(db.clone(), "queue"),
+            writer: crate::batch::BatchWriter::with_failure_hook(
+                db.clone(),
+                "queue",
+                Box::new(move || stale.lock().expect("queue index").stale = true),
+            ),
             db,
+            index,
             max_deliveries: max_deliveries.max(1),
             shares,
         })
@@ -295,7 +409,8 @@ impl EmbeddedJobQueue {
     /// when every runner that held a lease is gone: the server calls it at start, as the
     /// runners of the embedded queue are its own children, which die with it.
     pub async fn release_leases(&self) -> Result<u64, QueueError> {
-        self.write(|txn| {
+        let index = self.index.clone();
+        self.write(move |txn| {
             let mut t = txn.open_table(ENTRIES).map_err(storage)?;
             let mut held = Vec::new();
             for item in t.iter().map_err(storage)? {
@@ -306,9 +421,11 @@ impl EmbeddedJobQueue {
                 }
             }
             let released = held.len() as u64;
+            let mut index = index.lock().expect("queue index");
             for (key, mut entry) in held {
                 entry.lease = None;
                 t.insert(key, encode(&entry).as_slice()).map_err(storage)?;
+                index.put(key.0, &entry.job.tenant, key.1, None);
             }
             Ok(released)
         })
@@ -357,6 +474,7 @@ fn with_held(
 #[async_trait::async_trait]
 impl JobQueue for EmbeddedJobQueue {
     async fn enqueue(&self, job: QueuedJob) -> Result<(), QueueError> {
+        let index = self.index.clone();
         self.write(move |txn| {
             if txn
                 .open_table(BY_ID)
@@ -387,6 +505,10 @@ impl JobQueue for EmbeddedJobQueue {
                 .map_err(storage)?
                 .insert(key, encode(&entry).as_slice())
                 .map_err(storage)?;
+            index
+                .lock()
+                .expect("queue index")
+                .put(key.0, &entry.job.tenant, key.1, None);
             Ok(())
         })
         .await
@@ -395,52 +517,47 @@ impl JobQueue for EmbeddedJobQueue {
     async fn claim(&self, lane: Lane, lease: Duration) -> Result<Option<Claimed>, QueueError> {
         let max = self.max_deliveries;
         let share = self.shares.of(lane);
+        let index = self.index.clone();
         self.write(move |txn| {
             let mut t = txn.open_table(ENTRIES).map_err(storage)?;
-            let now = now_ms();
-            // One pass over the lane: per tenant, the jobs it holds and its oldest waiting one.
-            let mut tenants: HashMap<TenantId, (u32, Option<(u64, Entry)>)> = HashMap::new();
-            for item in t
-                .range((lane.index(), 0)..=(lane.index(), u64::MAX))
-                .map_err(storage)?
-            {
-                let (k, v) = item.map_err(storage)?;
-                let entry = decode(v.value())?;
-                let held = entry.lease.is_some_and(|(_, until)| until >= now);
-                let slot = tenants.entry(entry.job.tenant.clone()).or_default();
-                if held {
-                    slot.0 += 1;
-                } else if slot.1.is_none() {
-                    slot.1 = Some((k.value().1, entry));
-                }
+            let mut index = index.lock().expect("queue index");
+            if index.stale {
+                *index = Index::build(&t)?;
             }
-            // Fewest held first; the oldest job breaks a tie.
-            let found = tenants
-                .into_values()
-                .filter(|(held, _)| *held < share)
-                .filter_map(|(held, first)| first.map(|f| (held, f)))
-                .min_by_key(|(held, (seq, _))| (*held, *seq))
-                .map(|(_, f)| f);
-            let Some((seq, mut entry)) = found else {
+            let now = now_ms();
+            let lane_index = lane.index();
+            let Some(seq) = index.next(lane_index, share, now) else {
                 return Ok(None);
             };
-            let lane_index = lane.index();
+            let Some(mut entry) = t
+                .get((lane_index, seq))
+                .map_err(storage)?
+                .map(|v| decode(v.value()))
+                .transpose()?
+            else {
+                // Not in the table: the index is off; the next claim rebuilds it.
+                index.stale = true;
+                return Ok(None);
+            };
             if entry.deliveries >= max {
                 t.remove((lane_index, seq)).map_err(storage)?;
                 txn.open_table(BY_ID)
                     .map_err(storage)?
                     .remove(entry.job.id.as_str())
                     .map_err(storage)?;
+                index.remove(lane_index, &entry.job.tenant, seq);
                 return Ok(Some(Claimed::Dead {
                     job: entry.job,
                     deliveries: entry.deliveries,
                 }));
             }
             let token: u64 = rand::random();
+            let until = now + lease.as_millis() as u64;
             entry.deliveries += 1;
-            entry.lease = Some((token, now + lease.as_millis() as u64));
+            entry.lease = Some((token, until));
             t.insert((lane_index, seq), encode(&entry).as_slice())
                 .map_err(storage)?;
+            index.put(lane_index, &entry.job.tenant, seq, Some(until));
             Ok(Some(Claimed::Job(Claim::new(
                 entry.job,
                 entry.deliveries,
@@ -452,14 +569,21 @@ impl JobQueue for EmbeddedJobQueue {
 
     async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool, QueueError> {
         let claim = claim.clone();
+        let index = self.index.clone();
         self.write(move |txn| {
             let Some((seq, token)) = claim.seq_token() else {
                 return Ok(false);
             };
             with_held(txn, &claim, |t, mut entry| {
-                entry.lease = Some((token, now_ms() + lease.as_millis() as u64));
-                t.insert((claim.job.lane.index(), seq), encode(&entry).as_slice())
+                let until = now_ms() + lease.as_millis() as u64;
+                entry.lease = Some((token, until));
+                let lane = claim.job.lane.index();
+                t.insert((lane, seq), encode(&entry).as_slice())
                     .map_err(storage)?;
+                index
+                    .lock()
+                    .expect("queue index")
+                    .put(lane, &entry.job.tenant, seq, Some(until));
                 Ok(())
             })
         })
@@ -473,16 +597,23 @@ impl JobQueue for EmbeddedJobQueue {
         delay: Duration,
     ) -> Result<bool, QueueError> {
         let claim = claim.clone();
+        let index = self.index.clone();
         self.write(move |txn| {
             let Some((seq, _)) = claim.seq_token() else {
                 return Ok(false);
             };
             with_held(txn, &claim, |t, mut entry| {
                 // Nobody holds token 0: the entry waits out `delay`, then anyone may claim it.
-                entry.lease = Some((0, now_ms() + delay.as_millis() as u64));
+                let until = now_ms() + delay.as_millis() as u64;
+                entry.lease = Some((0, until));
                 entry.deliveries = entry.deliveries.saturating_sub(1);
-                t.insert((claim.job.lane.index(), seq), encode(&entry).as_slice())
+                let lane = claim.job.lane.index();
+                t.insert((lane, seq), encode(&entry).as_slice())
                     .map_err(storage)?;
+                index
+                    .lock()
+                    .expect("queue index")
+                    .put(lane, &entry.job.tenant, seq, Some(until));
                 Ok(())
             })
         })
@@ -491,12 +622,18 @@ impl JobQueue for EmbeddedJobQueue {
 
     async fn ack(&self, claim: &Claim) -> Result<bool, QueueError> {
         let claim = claim.clone();
+        let index = self.index.clone();
         self.write(move |txn| {
             let Some((seq, _)) = claim.seq_token() else {
                 return Ok(false);
             };
-            let held = with_held(txn, &claim, |t, _| {
-                t.remove((claim.job.lane.index(), seq)).map_err(storage)?;
+            let held = with_held(txn, &claim, |t, entry| {
+                let lane = claim.job.lane.index();
+                t.remove((lane, seq)).map_err(storage)?;
+                index
+                    .lock()
+                    .expect("queue index")
+                    .remove(lane, &entry.job.tenant, seq);
                 Ok(())
             })?;
             if held {
@@ -512,6 +649,7 @@ impl JobQueue for EmbeddedJobQueue {
 
     async fn cancel(&self, id: &JobId) -> Result<bool, QueueError> {
         let id = id.clone();
+        let index = self.index.clone();
         self.write(move |txn| {
             let mut by_id = txn.open_table(BY_ID).map_err(storage)?;
             let Some(key) = by_id
@@ -521,10 +659,19 @@ impl JobQueue for EmbeddedJobQueue {
             else {
                 return Ok(false);
             };
-            txn.open_table(ENTRIES)
+            let removed = txn
+                .open_table(ENTRIES)
                 .map_err(storage)?
                 .remove(key)
-                .map_err(storage)?;
+                .map_err(storage)?
+                .map(|v| decode(v.value()).ok());
+            let mut index = index.lock().expect("queue index");
+            match removed {
+                Some(Some(entry)) => index.remove(key.0, &entry.job.tenant, key.1),
+                // An entry that does not read: the index is built again from the table.
+                Some(None) => index.stale = true,
+                None => {}
+            }
             Ok(true)
         })
         .await
@@ -674,6 +821,91 @@ mod tests {
             tenant: TenantId::new(tenant).unwrap(),
             lane,
         }
+    }
+
+    /// The index as plain data: per (lane, tenant), the waiting and the leased entries.
+    type Snapshot = BTreeMap<(u8, String), (Vec<u64>, Vec<(u64, u64)>)>;
+
+    fn snapshot(index: &Index) -> Snapshot {
+        let mut out = Snapshot::new();
+        for (lane, tenants) in &index.lanes {
+            for (tenant, e) in tenants {
+                let entry = (
+                    e.waiting.iter().copied().collect(),
+                    e.leased.iter().map(|(s, u)| (*s, *u)).collect(),
+                );
+                out.insert((*lane, tenant.as_str().to_owned()), entry);
+            }
+        }
+        out
+    }
+
+    fn built(q: &EmbeddedJobQueue) -> Snapshot {
+        let txn = q.db.begin_read().unwrap();
+        snapshot(&Index::build(&txn.open_table(ENTRIES).unwrap()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_claims_index_matches_the_table_after_every_kind_of_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = LaneShares {
+            fast: 2,
+            default: 2,
+            long: 1,
+        };
+        let q = EmbeddedJobQueue::open(dir.path().join("q.redb"), 2, shares).unwrap();
+        let check = |q: &EmbeddedJobQueue, step: &str| {
+            let live = snapshot(&q.index.lock().unwrap());
+            assert_eq!(live, built(q), "after {step}");
+        };
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let lane = [Lane::Default, Lane::Long][i % 2];
+            let job = job_for(["a", "b", "c"][i % 3], lane);
+            ids.push(job.id.clone());
+            q.enqueue(job).await.unwrap();
+        }
+        check(&q, "enqueues");
+        let mut claims = Vec::new();
+        while let Some(c) = q.claim(Lane::Default, LEASE).await.unwrap() {
+            claims.push(job_of(Some(c)));
+        }
+        assert_eq!(claims.len(), 6, "two for each tenant, its share");
+        check(&q, "claims");
+        assert!(q.heartbeat(&claims[0], LEASE * 2).await.unwrap());
+        check(&q, "a heartbeat");
+        assert!(q.release(&claims[1], LEASE, Duration::ZERO).await.unwrap());
+        check(&q, "a release");
+        assert!(q.ack(&claims[2]).await.unwrap());
+        check(&q, "an ack");
+        assert!(q.cancel(&claims[3].job.id).await.unwrap());
+        assert!(q.cancel(&ids[1]).await.unwrap());
+        check(&q, "cancels");
+        // A lease that runs out lets its entry be claimed again, by the index as by the table.
+        let short = job_of(q.claim(Lane::Long, Duration::from_millis(1)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = job_of(q.claim(Lane::Long, LEASE).await.unwrap());
+        assert_eq!(again.job.id, short.job.id);
+        assert_eq!(again.delivery, 2);
+        check(&q, "a lease that ran out");
+        // Delivered too often: dead-lettered and gone from both.
+        let mut dead = None;
+        for _ in 0..10 {
+            match q.claim(Lane::Long, Duration::from_millis(1)).await.unwrap() {
+                Some(Claimed::Dead { job, .. }) => {
+                    dead = Some(job);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(3)).await,
+            }
+        }
+        assert!(dead.is_some(), "a job was dead-lettered");
+        check(&q, "a dead letter");
+        assert!(q.release_leases().await.unwrap() > 0);
+        check(&q, "releasing every lease");
+        drop(q);
+        let q = EmbeddedJobQueue::open(dir.path().join("q.redb"), 2, shares).unwrap();
+        check(&q, "a reopen");
     }
 
     #[tokio::test]

@@ -147,14 +147,15 @@ impl ServerClient {
 /// queue a runner reaches directly (Redis Streams) fits the same.
 #[async_trait::async_trait]
 pub trait Deliveries: Send + Sync + 'static {
-    /// The next job of `lane`, waiting up to `wait` for one.
+    /// The next job of `lane`, waiting up to `wait` for one, with the claim's credential when
+    /// the server made the claim (else the start asks the server for it).
     async fn claim(
         &self,
         server: &ServerClient,
         lane: Lane,
         lease: Duration,
         wait: Duration,
-    ) -> anyhow::Result<Option<Claimed>>;
+    ) -> anyhow::Result<Option<(Claimed, Option<Secret>)>>;
     /// Extends the lease; false when it was lost (cancelled or delivered again).
     async fn heartbeat(
         &self,
@@ -177,10 +178,12 @@ impl Deliveries for RemoteQueue {
         lane: Lane,
         lease: Duration,
         wait: Duration,
-    ) -> anyhow::Result<Option<Claimed>> {
+    ) -> anyhow::Result<Option<(Claimed, Option<Secret>)>> {
         #[derive(serde::Deserialize)]
         struct Answer {
             claimed: Option<Claimed>,
+            #[serde(default)]
+            credential: Option<String>,
         }
         let a: Answer = server
             .post(
@@ -192,7 +195,7 @@ impl Deliveries for RemoteQueue {
                 },
             )
             .await?;
-        Ok(a.claimed)
+        Ok(a.claimed.map(|c| (c, a.credential.map(Secret::new))))
     }
 
     async fn heartbeat(
@@ -230,8 +233,12 @@ impl Deliveries for DirectQueue {
         lane: Lane,
         lease: Duration,
         wait: Duration,
-    ) -> anyhow::Result<Option<Claimed>> {
-        Ok(self.0.claim_wait(lane, lease, wait).await?)
+    ) -> anyhow::Result<Option<(Claimed, Option<Secret>)>> {
+        Ok(self
+            .0
+            .claim_wait(lane, lease, wait)
+            .await?
+            .map(|c| (c, None)))
     }
 
     async fn heartbeat(
@@ -355,7 +362,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         };
         match claimed {
             None => {}
-            Some(Claimed::Dead { job, deliveries }) => {
+            Some((Claimed::Dead { job, deliveries }, _)) => {
                 let _: serde_json::Value = server
                     .post(
                         &format!("/internal/v1/jobs/{}/dead", job.id.as_str()),
@@ -364,15 +371,16 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                     .await
                     .unwrap_or_default();
             }
-            Some(Claimed::Job(claim)) => {
+            Some((Claimed::Job(claim), credential)) => {
                 taken += 1;
                 last_activity.store(now_ms(), Ordering::Relaxed);
-                let (server, queue, runner, activity) = (
-                    server.clone(),
-                    queue.clone(),
-                    runner.clone(),
-                    last_activity.clone(),
-                );
+                // With the claim's credential from the server, the job is started with it.
+                let server = match credential {
+                    Some(c) => Arc::new(server.scoped(c)),
+                    None => server.clone(),
+                };
+                let (queue, runner, activity) =
+                    (queue.clone(), runner.clone(), last_activity.clone());
                 tokio::spawn(async move {
                     let ran = run_one(
                         &server,

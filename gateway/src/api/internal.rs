@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use wafer_core::{Claim, JobEnd, JobId, JobRecord, Lane, Route, VersionRef, WorkOrder};
+use wafer_core::{Claim, Claimed, JobEnd, JobId, JobRecord, Lane, Route, VersionRef, WorkOrder};
 
 /// What the `Bearer` credential a runner presents grants.
 fn check(state: &AppState, headers: &HeaderMap) -> Result<Grant, ApiError> {
@@ -198,7 +198,8 @@ pub struct ClaimRequest {
     pub wait_ms: u64,
 }
 
-/// `POST /internal/v1/queue/claim`: the next job of a lane, waiting up to `wait_ms` for one.
+/// `POST /internal/v1/queue/claim`: the next job of a lane, waiting up to `wait_ms` for one,
+/// with the claim's credential.
 pub async fn claim(
     State(state): State<Arc<AppState>>,
     Extension(grant): Extension<Grant>,
@@ -213,7 +214,21 @@ pub async fn claim(
     let wait = Duration::from_millis(req.wait_ms.min(30_000));
     let lease = Duration::from_millis(req.lease_ms.clamp(100, 3_600_000));
     let claimed = state.jobs.claim_waiting(req.lane, lease, wait).await?;
-    Ok(Json(json!({ "claimed": claimed })))
+    // The server made this claim itself: its credential comes with it.
+    let credential = match &claimed {
+        Some(Claimed::Job(c)) => Some(
+            state
+                .jobs
+                .runner_keys()
+                .claim(&c.job.id, c.delivery)
+                .expose()
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    Ok(Json(
+        json!({ "claimed": claimed, "credential": credential }),
+    ))
 }
 
 /// Body of a heartbeat.
