@@ -313,23 +313,31 @@ pub async fn start(
 ) -> Result<Json<Started>, ApiError> {
     let id = job_id(&id)?;
     if let Grant::Lane(lane) = grant {
-        // A worker starts what it claimed from its lane: the queue must hold that claim.
+        // A worker starts what it claimed from its lane: a job of that lane, a delivery not
+        // older than the job's last.
         let refused = || beyond("this credential does not hold a claim of that job");
         let claim = req.claim.as_ref().ok_or_else(refused)?;
+        let rec = record(&state, &id).await?;
         if claim.job.id != id
             || claim.delivery != req.attempt
-            || record(&state, &id).await?.lane != lane
+            || rec.lane != lane
+            || req.attempt < rec.attempts
         {
             return Err(refused());
         }
-        let held = state
-            .jobs
-            .queue
-            .heartbeat(claim, state.jobs.lease())
-            .await
-            .map_err(ApiError::internal)?;
-        if !held {
-            return Err(refused());
+        // The embedded queue's claims are the server's: it must hold this one. A worker of
+        // the Redis queue reaches Redis itself, where it could take any claim; asking Redis
+        // again would bind it to nothing more than its lane already does.
+        if state.config.queue.backend != crate::config::QueueBackend::Redis {
+            let held = state
+                .jobs
+                .queue
+                .heartbeat(claim, state.jobs.lease())
+                .await
+                .map_err(ApiError::internal)?;
+            if !held {
+                return Err(refused());
+            }
         }
     } else if !holds(&grant, &id, req.attempt) {
         return Err(beyond(
