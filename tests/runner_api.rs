@@ -373,27 +373,33 @@ fn a_dedicated_runner_s_credential_reaches_its_own_job_and_nothing_else() {
     assert_eq!(status, 403, "a module after its job ended");
 }
 
-#[test]
-fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_through_its_claim() {
-    // One worker slot, taken by a long sleep; the test reads the worker's credential and
-    // uses it as a taken-over worker would.
+/// A server whose one worker on demand, with one slot, is kept busy by a long sleep of
+/// tenant `tenant`: the server, that tenant's key and the sleeping job.
+fn busy_worker(tenant: &str) -> (TestServer, String, String) {
     let s = TestServer::start_with_config(
         "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 60000\nfast_lane_ms = 0\n",
     );
-    let acme = s.tenant_key("acme");
-    let rival = s.tenant_key("rival");
+    let key = s.tenant_key(tenant);
     s.deploy_as(
-        &acme,
+        &key,
         "nap",
         "nap",
         json!({"timeout_ms": 120000, "class": "short"}),
     );
-    s.deploy_as(&rival, "hello", "hello", json!({}));
-    let sleeper = submit(&s, &acme, json!({"function": "nap", "input": 90000}))["id"]
+    let sleeper = submit(&s, &key, json!({"function": "nap", "input": 90000}))["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    wait_status(&s, &acme, &sleeper, "running");
+    wait_status(&s, &key, &sleeper, "running");
+    (s, key, sleeper)
+}
+
+#[test]
+fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_through_its_claim() {
+    // The test reads the busy worker's credential and uses it as a taken-over worker would.
+    let (s, acme, sleeper) = busy_worker("acme");
+    let rival = s.tenant_key("rival");
+    s.deploy_as(&rival, "hello", "hello", json!({}));
     let worker = wafer_e2e::children(s.pid())
         .into_iter()
         .find(|p| {
@@ -481,23 +487,8 @@ fn a_worker_s_lane_credential_claims_from_its_lane_and_reaches_a_job_only_throug
 
 #[test]
 fn a_worker_run_by_hand_needs_only_its_lane_s_credential_from_the_cli() {
-    // The one worker on demand is kept busy by a long sleep, so the next job waits for a
-    // worker started by hand.
-    let s = TestServer::start_with_config(
-        "[jobs]\nworkers = 1\nworker_concurrency = 1\nworker_idle_ms = 60000\nfast_lane_ms = 0\n",
-    );
-    let sleeper_key = s.tenant_key("sleepy");
-    s.deploy_as(
-        &sleeper_key,
-        "nap",
-        "nap",
-        json!({"timeout_ms": 120000, "class": "short"}),
-    );
-    let sleeper = submit(&s, &sleeper_key, json!({"function": "nap", "input": 90000}))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_status(&s, &sleeper_key, &sleeper, "running");
+    // The worker on demand is busy, so the next job waits for a worker started by hand.
+    let (s, sleeper_key, sleeper) = busy_worker("sleepy");
     let key = s.tenant_key("acme");
     s.deploy_as(&key, "echo", "echo", json!({}));
     let data = s.data_dir();

@@ -1088,19 +1088,26 @@ struct Ready {
     _admitted: crate::admission::Admitted,
 }
 
+/// The function and version `rec` was submitted for, if that function still exists (not
+/// deleted, nor deleted and made again under the same name).
+pub(crate) async fn version_of(
+    meta: &dyn wafer_core::MetaStore,
+    rec: &JobRecord,
+) -> Result<Option<(FunctionRecord, VersionRecord)>, wafer_core::MetaError> {
+    Ok(meta
+        .resolve(&rec.function, &VersionRef::Number(rec.version))
+        .await?
+        .filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation))
+}
+
 /// Takes a place in the server's memory budget for the job of `claim`, without waiting.
 async fn admit(state: &AppState, claim: &Claim) -> Admit {
     let rec = match state.jobs.store.get(&claim.job.id).await {
         Ok(Some(rec)) => rec,
         _ => return Admit::Now(None),
     };
-    let (function, version) = match state
-        .meta
-        .resolve(&rec.function, &VersionRef::Number(rec.version))
-        .await
-    {
-        Ok(Some((f, v))) if f.tenant == rec.tenant && f.incarnation == rec.incarnation => (f, v),
-        _ => return Admit::Now(None),
+    let Ok(Some((function, version))) = version_of(state.meta.as_ref(), &rec).await else {
+        return Admit::Now(None);
     };
     if state.admission.check_fits(version.spec.memory_mb).is_err() {
         return Admit::Now(None);
@@ -1172,17 +1179,11 @@ async fn execute_job(
 /// Why a job that [`admit`] found no way to run fails: its function is gone, or it can
 /// never fit a tenant's share of the memory budget.
 async fn not_admitted(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
-    let resolved = match state
-        .meta
-        .resolve(&rec.function, &VersionRef::Number(rec.version))
-        .await
-    {
+    let resolved = match version_of(state.meta.as_ref(), rec).await {
         Ok(r) => r,
         Err(e) => return failed(e.into(), String::new()),
     };
-    let Some((_, version)) =
-        resolved.filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation)
-    else {
+    let Some((_, version)) = resolved else {
         return failed(
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use wafer_core::{Claim, Claimed, JobEnd, JobId, JobRecord, Lane, Route, VersionRef, WorkOrder};
+use wafer_core::{Claim, Claimed, JobEnd, JobId, JobRecord, Lane, Route, WorkOrder};
 
 /// What the `Bearer` credential a runner presents grants.
 fn check(state: &AppState, headers: &HeaderMap) -> Result<Grant, ApiError> {
@@ -107,14 +107,7 @@ async fn record(state: &AppState, id: &JobId) -> Result<JobRecord, ApiError> {
         .get(id)
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "job-not-found",
-                "Job not found",
-                "no such job",
-            )
-        })
+        .ok_or_else(super::jobs::job_not_found)
 }
 
 /// The largest body a runner sends: a finish with a whole response and a whole log.
@@ -356,12 +349,8 @@ pub async fn start(
     let Some(rec) = state.jobs.start(&id, req.route, req.attempt).await? else {
         return Ok(none());
     };
-    let resolved = state
-        .meta
-        .resolve(&rec.function, &VersionRef::Number(rec.version))
-        .await?
-        .filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation);
-    let Some((function, version)) = resolved else {
+    let Some((function, version)) = crate::jobs::version_of(state.meta.as_ref(), &rec).await?
+    else {
         // The function went away while the job waited: the job fails here, for good.
         state.jobs.fail_deleted(&rec).await?;
         return Ok(none());
@@ -571,11 +560,8 @@ async fn module_of_grant(
     if rec.status.is_terminal() || rec.attempts > delivery {
         return Err(refused());
     }
-    let module = state
-        .meta
-        .resolve(&rec.function, &VersionRef::Number(rec.version))
+    let module = crate::jobs::version_of(state.meta.as_ref(), &rec)
         .await?
-        .filter(|(f, _)| f.tenant == rec.tenant && f.incarnation == rec.incarnation)
         .map(|(_, v)| v.spec.module);
     if module.as_ref() != Some(digest) {
         return Err(refused());

@@ -40,7 +40,8 @@ struct SubmitBody<'a> {
     webhook: Option<String>,
 }
 
-fn job_not_found() -> ApiError {
+/// 404 for a job that is not there (or not the caller's).
+pub(crate) fn job_not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "job-not-found",
