@@ -2,7 +2,6 @@
 
 mod client;
 mod commands;
-mod guest_agent;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -81,11 +80,29 @@ enum Command {
         #[arg(long)]
         confine: Option<PathBuf>,
     },
+    /// Internal: print (as a JSON array) the qemu command line that boots a guest as the `vm`
+    /// provisioner does, emulated, its console on qemu's standard output; the tests boot
+    /// their guests with it.
+    #[command(name = "__vm-command", hide = true)]
+    QemuLine {
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initramfs: PathBuf,
+        /// The agent's Unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        memory_mb: u64,
+        /// The VM's qemu `-name`.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
-    if guest_agent::is_guest_init() {
-        guest_agent::main();
+    if wafer_worker::vm::agent::is_guest_init() {
+        wafer_worker::vm::agent::main();
     }
     let cli = Cli::parse();
     if let Command::Compile {
@@ -97,6 +114,28 @@ fn main() -> ExitCode {
         let paths = input.as_deref().zip(output.as_deref());
         let code = wafer_runner::compile_worker_main(paths, confine.as_deref());
         return ExitCode::from(code as u8);
+    }
+    if let Command::QemuLine {
+        kernel,
+        initramfs,
+        socket,
+        memory_mb,
+        name,
+    } = &cli.command
+    {
+        use wafer_worker::vm::{Accel, VmOptions, qemu_command};
+        let opts = VmOptions::default();
+        let args = qemu_command(
+            &opts,
+            Accel::Tcg,
+            kernel,
+            initramfs,
+            socket,
+            *memory_mb,
+            name,
+        );
+        println!("{}", serde_json::Value::from(args));
+        return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,7 +173,9 @@ fn main() -> ExitCode {
                     commands::cache::run(a).await
                 }
             },
-            Command::Compile { .. } => unreachable!("handled above"),
+            Command::Compile { .. } | Command::QemuLine { .. } => {
+                unreachable!("handled above")
+            }
         }
     });
     match result {

@@ -208,41 +208,6 @@ impl JobRecord {
     }
 }
 
-/// Everything a runner in another process needs to run a job, without access to the
-/// metadata: the server resolves the function's version and hands this over at start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkOrder {
-    /// The job.
-    pub job: JobId,
-    /// The function's name (the command's `argv[0]`).
-    pub function: FunctionName,
-    /// The version that runs.
-    pub version: u32,
-    /// The module to run.
-    pub module: crate::Digest,
-    /// How the module talks.
-    pub abi: crate::Abi,
-    /// Wall-clock limit, ms.
-    pub timeout_ms: u64,
-    /// Fuel.
-    pub fuel: u64,
-    /// Memory limit, MiB.
-    pub memory_mb: u64,
-    /// Largest stdout, bytes.
-    pub stdout_bytes: usize,
-    /// Stderr tail kept, bytes.
-    pub stderr_bytes: usize,
-    /// Largest HTTP response body, bytes.
-    pub response_bytes: usize,
-    /// The function's environment.
-    pub env: Vec<(String, String)>,
-    /// Whether a command also gets `WAFER_METHOD` and `WAFER_PATH`.
-    #[serde(default)]
-    pub request_env: bool,
-    /// The request replayed to it.
-    pub request: RequestHead,
-}
-
 /// How a job ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobEnd {

@@ -10,18 +10,20 @@ mod batch;
 pub mod jobs;
 pub mod meta;
 pub mod names;
+pub mod problem;
 pub mod queue;
 pub mod records;
 pub mod redis_queue;
+pub mod secret;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
 pub use jobs::{
     Created, EmbeddedJobStore, JobEnd, JobError, JobFilter, JobPage, JobQuota, JobRecord,
     JobResult, JobStatus, JobStore, JobUsage, OverQuota, RequestHead, Route, WebhookState,
-    WorkOrder,
 };
 pub use meta::{EmbeddedMetaStore, MetaError, MetaStore};
 pub use names::{AliasName, Digest, FunctionName, NameError, TenantId, VersionRef};
+pub use problem::Problem;
 pub use queue::{
     Claim, Claimed, EmbeddedJobQueue, JobId, JobQueue, Lane, LaneShares, QueueError, QueuedJob,
 };
@@ -30,6 +32,7 @@ pub use records::{
     VersionRecord, VersionSpec,
 };
 pub use redis_queue::RedisJobQueue;
+pub use secret::Secret;
 
 /// Seconds since the Unix epoch, used for the `created` timestamps of records.
 pub fn now_unix() -> u64 {

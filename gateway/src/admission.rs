@@ -5,8 +5,8 @@
 //! quickly instead of queueing or exhausting the host: a full host is a 503 `overloaded`, a
 //! tenant at its own share a 429 `concurrency-limit`, both with `Retry-After`.
 
+use crate::http::problem::ApiError;
 use crate::metrics::{InFlight, Metrics};
-use crate::problem::ApiError;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wafer_core::TenantId;
@@ -181,10 +181,7 @@ mod tests {
         let a = Admission::new(10, 10, 1000, Arc::default());
         let _x = a.admit(&tenant("a"), 500).unwrap();
         let refused = a.admit(&tenant("a"), 300).err().unwrap();
-        assert_eq!(
-            (refused.status.as_u16(), refused.slug),
-            (429, "concurrency-limit")
-        );
+        assert_eq!((refused.status, refused.slug), (429, "concurrency-limit"));
         assert_eq!(refused.extra["memory_budget_mb"], 750);
         let _y = a.admit(&tenant("a"), 250).unwrap();
         let _z = a.admit(&tenant("b"), 250).unwrap();
@@ -196,13 +193,10 @@ mod tests {
         let _x = a.admit(&tenant("a"), 1).unwrap();
         let _y = a.admit(&tenant("a"), 1).unwrap();
         let refused = a.admit(&tenant("a"), 1).err().unwrap();
-        assert_eq!(
-            (refused.status.as_u16(), refused.slug),
-            (429, "concurrency-limit")
-        );
+        assert_eq!((refused.status, refused.slug), (429, "concurrency-limit"));
         let _z = a.admit(&tenant("b"), 1).unwrap();
         let refused = a.admit(&tenant("c"), 1).err().unwrap();
-        assert_eq!((refused.status.as_u16(), refused.slug), (503, "overloaded"));
+        assert_eq!((refused.status, refused.slug), (503, "overloaded"));
     }
 
     #[test]

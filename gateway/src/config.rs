@@ -198,7 +198,7 @@ pub struct LongLaneConfig {
     /// in a microVM of its own), `command` or `kubernetes`.
     pub provisioner: ProvisionerKind,
     /// Settings of the `vm` provisioner.
-    pub vm: crate::vm::VmOptions,
+    pub vm: wafer_worker::vm::VmOptions,
     /// Settings of the `command` provisioner.
     pub command: CommandProvisionerConfig,
     /// Settings of the `kubernetes` provisioner.
@@ -286,7 +286,7 @@ impl Default for LongLaneConfig {
             memory_mb: 0,
             start_timeout_ms: 60_000,
             provisioner: ProvisionerKind::Local,
-            vm: crate::vm::VmOptions::default(),
+            vm: wafer_worker::vm::VmOptions::default(),
             command: CommandProvisionerConfig::default(),
             kubernetes: KubernetesProvisionerConfig::default(),
         }
@@ -378,6 +378,17 @@ pub struct FunctionDefaults {
     pub max_response_bytes: usize,
     /// Log (stderr) tail kept per invocation, bytes.
     pub max_log_bytes: usize,
+}
+
+impl FunctionDefaults {
+    /// The caps on an invocation's output.
+    pub fn caps(&self) -> wafer_worker::OutputCaps {
+        wafer_worker::OutputCaps {
+            stdout_bytes: self.max_stdout_bytes,
+            stderr_bytes: self.max_log_bytes,
+            response_bytes: self.max_response_bytes,
+        }
+    }
 }
 
 impl Default for FunctionDefaults {

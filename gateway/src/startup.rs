@@ -4,8 +4,10 @@
 
 use crate::config::Config;
 use crate::config::{ProvisionerKind, QueueBackend};
+use crate::dispatch::{long, provision, workers};
+use crate::http::auth;
 use crate::state::AppState;
-use crate::{admission, auth, dedicated, gc, jobs, logs, metrics, provision, resolve, supervisor};
+use crate::{admission, gc, jobs, logs, metrics, resolve};
 use axum::Router;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ pub struct Gateway {
     /// Shared state.
     pub state: Arc<AppState>,
     /// The admin key created on this start (first start only), to print once.
-    pub new_admin_key: Option<auth::Secret>,
+    pub new_admin_key: Option<wafer_core::Secret>,
 }
 
 impl Gateway {
@@ -113,6 +115,8 @@ impl Gateway {
             config.data_dir.clone(),
             runner_token,
             metrics.clone(),
+            config.functions.caps(),
+            runner.engine_config().max_memory_mb,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
         let state = Arc::new(AppState {
@@ -155,7 +159,7 @@ impl Gateway {
         if requeued > 0 {
             tracing::info!(jobs = requeued, "unfinished jobs queued again");
         }
-        jobs::start(&self.state);
+        crate::dispatch::inline::start(&self.state);
         let resumed = self.state.jobs.resume_webhooks().await?;
         if resumed > 0 {
             tracing::info!(deliveries = resumed, "webhook deliveries resumed");
@@ -164,7 +168,7 @@ impl Gateway {
             ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
             ip => ip,
         };
-        let launch = supervisor::Launch {
+        let launch = workers::Launch {
             program,
             server_url: format!("http://{}", std::net::SocketAddr::new(host, listen.port())),
         };
@@ -177,10 +181,11 @@ impl Gateway {
             );
         }
         let provisioner: Arc<dyn provision::Provisioner> = match long.provisioner {
-            // The VM is booted by the runner, a local child process: the same provisioner.
-            ProvisionerKind::Local | ProvisionerKind::Vm => {
-                Arc::new(provision::LocalProvisioner::default())
-            }
+            ProvisionerKind::Local => Arc::new(provision::LocalProvisioner::default()),
+            ProvisionerKind::Vm => Arc::new(crate::dispatch::vm::VmProvisioner::new(
+                long.vm.for_server(&self.state.config.data_dir)?,
+                self.state.metrics.clone(),
+            )),
             ProvisionerKind::Command => {
                 if long.command.launch.is_empty() {
                     anyhow::bail!(
@@ -193,69 +198,23 @@ impl Gateway {
                 long.kubernetes.clone(),
             )?),
         };
-        tokio::spawn(supervisor::supervise_workers(
+        tokio::spawn(workers::supervise_workers(
             self.state.clone(),
             launch.clone(),
         ));
-        let vm = match long.provisioner {
-            ProvisionerKind::Vm => Some(self.vm_options()?),
-            _ => None,
-        };
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            // Long jobs wait (queued) for the probe: their VMs need its answer.
-            let vm = match vm {
-                Some(mut vm) => {
-                    let choice = crate::vm::choose_accel(&vm).await;
-                    tracing::info!(
-                        accel = choice.accel.as_str(),
-                        probe = choice.probe,
-                        detail = %choice.detail,
-                        "VM acceleration chosen"
-                    );
-                    state
-                        .metrics
-                        .set_vm_accel(choice.accel.as_str(), choice.probe);
-                    vm.accel = choice.accel;
-                    Some(vm)
-                }
-                None => None,
-            };
-            dedicated::dispatch(state, launch, provisioner, vm).await;
-        });
+        tokio::spawn(long::dispatch(self.state.clone(), launch, provisioner));
         Ok(())
-    }
-
-    /// The `vm` provisioner's options for this server's runners; VMs of its name that an
-    /// earlier run left behind are killed first.
-    fn vm_options(&self) -> anyhow::Result<crate::vm::VmOptions> {
-        let vm = self
-            .state
-            .jobs
-            .config()
-            .long
-            .vm
-            .for_server(&self.state.config.data_dir)?;
-        let swept = crate::vm::sweep(&vm.name);
-        if swept > 0 {
-            tracing::warn!(vms = swept, name = %vm.name, "killed VMs left by an earlier run");
-        }
-        let removed = crate::vm::sweep_scratch(&vm.name);
-        if removed > 0 {
-            tracing::warn!(dirs = removed, name = %vm.name, "removed VM scratch directories left by an earlier run");
-        }
-        Ok(vm)
     }
 
     /// The router with every route and layer.
     pub fn router(&self) -> Router {
         let with_internal = self.state.config.internal_listen.is_none();
-        crate::router::router(self.state.clone(), with_internal)
+        crate::http::router::router(self.state.clone(), with_internal)
     }
 
     /// The runners' internal API alone, for its own listener (`internal_listen`).
     pub fn internal_router(&self) -> Router {
-        crate::router::internal_router(self.state.clone())
+        crate::http::router::internal_router(self.state.clone())
     }
 }
 
@@ -288,7 +247,7 @@ async fn recompile_for_this_engine(state: Arc<AppState>) {
 }
 
 /// Creates the admin key on first start and writes it to `<data-dir>/admin.key` (0600).
-async fn bootstrap_admin_key(state: &AppState) -> anyhow::Result<Option<auth::Secret>> {
+async fn bootstrap_admin_key(state: &AppState) -> anyhow::Result<Option<wafer_core::Secret>> {
     let path = admin_key_path(&state.config.data_dir);
     if path.exists() {
         return Ok(None);
@@ -306,15 +265,15 @@ pub const RUNNER_KEY_FILE: &str = "runner.key";
 
 /// The token runner processes present to the internal API: created on first start, kept in
 /// `runner.key`, so runners started before a restart can still hand back their results.
-fn runner_token(data_dir: &Path) -> anyhow::Result<auth::Secret> {
+fn runner_token(data_dir: &Path) -> anyhow::Result<wafer_core::Secret> {
     let path = data_dir.join(RUNNER_KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 32 => Ok(auth::Secret::new(s.trim().to_owned())),
+        Ok(s) if s.trim().len() >= 32 => Ok(wafer_core::Secret::new(s.trim().to_owned())),
         _ => {
             let bytes: [u8; 32] = rand::random();
             let token = format!("wrn_{}", hex::encode(bytes));
             write_private(&path, &token)?;
-            Ok(auth::Secret::new(token))
+            Ok(wafer_core::Secret::new(token))
         }
     }
 }

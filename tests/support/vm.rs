@@ -50,20 +50,6 @@ pub fn image() -> Image {
     }
 }
 
-/// The host's TSC rate in kHz, for `tsc_early_khz`: without it, the guest kernel's clock
-/// calibration under TCG on a loaded host hangs now and then.
-fn tsc_khz() -> u64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
-}
-
 /// A booted microVM; killed when dropped.
 pub struct Vm {
     child: Child,
@@ -78,46 +64,27 @@ impl Vm {
     pub fn boot(kernel: &Path, initramfs: &Path) -> Vm {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            // The suite's last check looks for qemu named `wafer-…` left running.
-            "-name",
-            "wafer-test:direct",
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=off",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "512",
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-no-reboot",
-            "-serial",
-        ])
-        .arg(format!("file:{}", dir.path().join("console.log").display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initramfs)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 quiet panic=-1 tsc_early_khz={}",
-            tsc_khz()
-        ))
-        .args(["-device", "virtio-serial-device", "-chardev"])
-        .arg(format!(
-            "socket,path={},server=on,wait=off,id=agent",
-            socket.display()
-        ))
-        .args(["-device", "virtserialport,chardev=agent,name=wafer.0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        // The command line is the provisioner's own, from the binary under test. The suite's
+        // last check looks for qemu named `wafer-…` left running.
+        let printed = Command::new(crate::wafer_bin())
+            .arg("__vm-command")
+            .arg("--kernel")
+            .arg(kernel)
+            .arg("--initramfs")
+            .arg(initramfs)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--memory-mb", "512", "--name", "wafer-test:direct"])
+            .output()
+            .expect("run wafer __vm-command");
+        assert!(printed.status.success(), "wafer __vm-command failed");
+        let args: Vec<String> = serde_json::from_slice(&printed.stdout).expect("a JSON array");
+        let console = std::fs::File::create(dir.path().join("console.log")).expect("console.log");
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(Stdio::null());
         // SAFETY: prctl in the child before exec; async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {

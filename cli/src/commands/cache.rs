@@ -79,7 +79,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .map_err(|e| anyhow::anyhow!("the shared response cache: {e}"))?;
-    let fd_limit = wafer_gateway::server::raise_fd_limit();
+    let fd_limit = wafer_gateway::http::server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -91,11 +91,14 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         super::serve::wait_for_signal().await;
         trigger.cancel();
     });
-    let limits = wafer_gateway::server::ServerLimits {
-        max_connections: wafer_gateway::server::connection_cap(config.max_connections, fd_limit),
+    let limits = wafer_gateway::http::server::ServerLimits {
+        max_connections: wafer_gateway::http::server::connection_cap(
+            config.max_connections,
+            fd_limit,
+        ),
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
     };
-    wafer_gateway::server::serve(listener, router, shutdown, limits, metrics).await?;
+    wafer_gateway::http::server::serve(listener, router, shutdown, limits, metrics).await?;
     Ok(())
 }

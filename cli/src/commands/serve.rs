@@ -82,7 +82,7 @@ pub fn init_logging() {
 pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     init_logging();
     let config = load_config(args, data_dir)?;
-    let fd_limit = wafer_gateway::server::raise_fd_limit();
+    let fd_limit = wafer_gateway::http::server::raise_fd_limit();
     let worker = if args.compile_in_process {
         None
     } else {
@@ -139,8 +139,11 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         trigger.cancel();
     });
     let config = &gateway.state.config;
-    let limits = wafer_gateway::server::ServerLimits {
-        max_connections: wafer_gateway::server::connection_cap(config.max_connections, fd_limit),
+    let limits = wafer_gateway::http::server::ServerLimits {
+        max_connections: wafer_gateway::http::server::connection_cap(
+            config.max_connections,
+            fd_limit,
+        ),
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
     };
@@ -150,7 +153,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         "connection limits"
     );
     let metrics = gateway.state.metrics.clone();
-    let main = wafer_gateway::server::serve(
+    let main = wafer_gateway::http::server::serve(
         listener,
         gateway.router(),
         shutdown.clone(),
@@ -160,7 +163,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     match internal {
         None => main.await?,
         Some(l) => {
-            let runners = wafer_gateway::server::serve(
+            let runners = wafer_gateway::http::server::serve(
                 l,
                 gateway.internal_router(),
                 shutdown,

@@ -64,9 +64,9 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    wafer_gateway::worker::run(wafer_gateway::worker::WorkerOptions {
+    wafer_worker::serve(wafer_worker::WorkerOptions {
         server: a.server.clone(),
-        token: wafer_gateway::auth::Secret::new(a.token.clone()),
+        token: wafer_core::Secret::new(a.token.clone()),
         lane: a.lane,
         concurrency: a.concurrency,
         idle: std::time::Duration::from_millis(a.idle_ms),
@@ -74,7 +74,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         artifacts_dir: a.artifacts_dir.clone(),
         scratch_dir: a.scratch_dir.clone(),
         compile_program: std::env::current_exe().ok(),
-        redis_url: a.queue_url.clone().map(wafer_gateway::auth::Secret::new),
+        redis_url: a.queue_url.clone().map(wafer_core::Secret::new),
         claim,
         vm,
     })
@@ -98,7 +98,7 @@ pub fn credential(a: &CredentialArgs, data_dir: &std::path::Path) -> anyhow::Res
             path.display()
         )
     })?;
-    let keys = wafer_gateway::credentials::RunnerKeys::new(wafer_gateway::auth::Secret::new(
+    let keys = wafer_gateway::jobs::credentials::RunnerKeys::new(wafer_core::Secret::new(
         key.trim().to_owned(),
     ));
     println!("{}", keys.lane(a.lane).expose());

@@ -1,7 +1,7 @@
 //! Functions, versions and aliases: `/v1/functions…`.
 
-use crate::auth;
-use crate::problem::ApiError;
+use crate::http::auth;
+use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;

@@ -3,7 +3,7 @@
 //! The embedded metadata store, job store and queue are files only this server opens, so a
 //! runner reaches them through here: it claims, heartbeats and acks queue entries, fetches the
 //! work order of a job it starts (the version resolved, limits and input) and hands back the
-//! end. Every route wants a runner credential ([`crate::credentials`]) and does only what it
+//! end. Every route wants a runner credential ([`crate::jobs::credentials`]) and does only what it
 //! grants: a worker's lane credential claims from its lane and, for a claim the queue
 //! confirms, gets that claim's credential; a claim credential reaches its own job and that
 //! job's module while the job has not ended. Without a credential every route is 404,
@@ -11,8 +11,8 @@
 //! route, 403. Bodies are read within the body timeout, up to the room a whole result needs
 //! ([`body_limit`]).
 
-use crate::credentials::Grant;
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
+use crate::jobs::credentials::Grant;
 use crate::state::AppState;
 use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -21,11 +21,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use wafer_core::{Claim, Claimed, JobEnd, JobId, JobRecord, Lane, Route, WorkOrder};
+use wafer_core::{Claimed, JobId, JobRecord};
+use wafer_worker::wire::{
+    AckRequest, Acked, Buried, COMPILED_ROUTE, ClaimAnswer, ClaimRequest, DeadRequest, Endpoint,
+    FinishRequest, HeartbeatRequest, Held, MODULE_ROUTE, RunnerSetup, SETUP_ROUTE, StartRequest,
+    Started, Stored,
+};
 
 /// What the `Bearer` credential a runner presents grants.
 fn check(state: &AppState, headers: &HeaderMap) -> Result<Grant, ApiError> {
@@ -58,18 +61,15 @@ fn beyond(what: impl Into<String>) -> ApiError {
 /// gets its 404 at once, whatever body it announces; handlers see what it grants.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/internal/v1/setup", get(setup))
-        .route("/internal/v1/queue/claim", post(claim))
-        .route("/internal/v1/queue/heartbeat", post(heartbeat))
-        .route("/internal/v1/queue/ack", post(ack))
-        .route("/internal/v1/jobs/{id}/start", post(start))
-        .route("/internal/v1/jobs/{id}/finish", post(finish))
-        .route("/internal/v1/jobs/{id}/dead", post(dead))
-        .route(
-            "/internal/v1/artifacts/{fingerprint}/{digest}",
-            get(compiled),
-        )
-        .route("/internal/v1/modules/{digest}", get(module))
+        .route(SETUP_ROUTE, get(setup))
+        .route(ClaimRequest::ROUTE, post(claim))
+        .route(HeartbeatRequest::ROUTE, post(heartbeat))
+        .route(AckRequest::ROUTE, post(ack))
+        .route(StartRequest::ROUTE, post(start))
+        .route(FinishRequest::ROUTE, post(finish))
+        .route(DeadRequest::ROUTE, post(dead))
+        .route(COMPILED_ROUTE, get(compiled))
+        .route(MODULE_ROUTE, get(module))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -114,7 +114,7 @@ async fn record(state: &AppState, id: &JobId) -> Result<JobRecord, ApiError> {
 pub fn body_limit(config: &crate::config::Config) -> usize {
     let f = &config.functions;
     // A command's output is its stdout, an HTTP function's its response body.
-    crate::jobs::end_message_bytes(
+    wafer_worker::end::end_message_bytes(
         f.max_response_bytes.max(f.max_stdout_bytes),
         f.max_log_bytes,
     )
@@ -137,32 +137,6 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for RunnerJson<T
     }
 }
 
-/// What a runner needs to build an engine like the server's, so compiled code is shared.
-#[derive(Serialize, Deserialize)]
-pub struct RunnerSetup {
-    /// The engine settings.
-    pub engine: wafer_runner::EngineConfig,
-    /// The server engine's fingerprint: a runner whose engine differs recompiles.
-    pub fingerprint: String,
-    /// Lease and heartbeat timings, ms.
-    pub lease_ms: u64,
-    /// How often a runner heartbeats a job it runs, ms.
-    pub heartbeat_ms: u64,
-    /// Deliveries before a job is dead-lettered.
-    pub max_deliveries: u32,
-    /// Time limit of one compilation, ms.
-    pub compile_timeout_ms: u64,
-    /// Address-space limit of the compile worker, MiB.
-    pub compile_memory_mb: u64,
-    /// Pre-linked modules kept hot.
-    pub hot_modules: u64,
-    /// The queue's key prefix when it is Redis (whose URL runners get from their
-    /// environment), None for the embedded queue (reached through this API).
-    pub redis_prefix: Option<String>,
-    /// Each lane's per-tenant share, which claims respect.
-    pub shares: wafer_core::LaneShares,
-}
-
 /// `GET /internal/v1/setup`.
 pub async fn setup(State(state): State<Arc<AppState>>) -> Result<Json<RunnerSetup>, ApiError> {
     Ok(Json(RunnerSetup {
@@ -180,24 +154,13 @@ pub async fn setup(State(state): State<Arc<AppState>>) -> Result<Json<RunnerSetu
     }))
 }
 
-/// Body of a claim.
-#[derive(Serialize, Deserialize)]
-pub struct ClaimRequest {
-    /// The lane to take a job from.
-    pub lane: Lane,
-    /// The lease, ms.
-    pub lease_ms: u64,
-    /// How long to wait for a job when there is none, ms (at most 30 s).
-    pub wait_ms: u64,
-}
-
 /// `POST /internal/v1/queue/claim`: the next job of a lane, waiting up to `wait_ms` for one,
 /// with the claim's credential.
 pub async fn claim(
     State(state): State<Arc<AppState>>,
     Extension(grant): Extension<Grant>,
     RunnerJson(req): RunnerJson<ClaimRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClaimAnswer>, ApiError> {
     if !matches!(grant, Grant::All) && grant != Grant::Lane(req.lane) {
         return Err(beyond(format!(
             "this credential does not claim from the {} lane",
@@ -219,18 +182,10 @@ pub async fn claim(
         ),
         _ => None,
     };
-    Ok(Json(
-        json!({ "claimed": claimed, "credential": credential }),
-    ))
-}
-
-/// Body of a heartbeat.
-#[derive(Serialize, Deserialize)]
-pub struct HeartbeatRequest {
-    /// The claim.
-    pub claim: Claim,
-    /// The new lease, ms.
-    pub lease_ms: u64,
+    Ok(Json(ClaimAnswer {
+        claimed,
+        credential,
+    }))
 }
 
 /// `POST /internal/v1/queue/heartbeat`: `{"held": false}` when the claim was lost (the job was
@@ -239,7 +194,7 @@ pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
     Extension(grant): Extension<Grant>,
     RunnerJson(req): RunnerJson<HeartbeatRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Held>, ApiError> {
     if !holds(&grant, &req.claim.job.id, req.claim.delivery) {
         return Err(beyond("this credential does not hold that claim"));
     }
@@ -250,51 +205,25 @@ pub async fn heartbeat(
         .heartbeat(&req.claim, lease)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "held": held })))
+    Ok(Json(Held { held }))
 }
 
 /// `POST /internal/v1/queue/ack`.
 pub async fn ack(
     State(state): State<Arc<AppState>>,
     Extension(grant): Extension<Grant>,
-    RunnerJson(claim): RunnerJson<Claim>,
-) -> Result<Json<Value>, ApiError> {
+    RunnerJson(AckRequest(claim)): RunnerJson<AckRequest>,
+) -> Result<Json<Acked>, ApiError> {
     if !holds(&grant, &claim.job.id, claim.delivery) {
         return Err(beyond("this credential does not hold that claim"));
     }
     let acked = state.jobs.ack(&claim).await.map_err(ApiError::internal)?;
-    Ok(Json(json!({ "acked": acked })))
+    Ok(Json(Acked { acked }))
 }
 
 fn job_id(id: &str) -> Result<JobId, ApiError> {
     JobId::parse(id)
         .ok_or_else(|| ApiError::bad_request("invalid-job-id", format!("{id:?} is not a job id")))
-}
-
-/// Body of a start.
-#[derive(Serialize, Deserialize)]
-pub struct StartRequest {
-    /// Which kind of runner starts it.
-    pub route: Route,
-    /// The delivery.
-    pub attempt: u32,
-    /// The claim itself, which a worker with a lane credential presents: when the queue
-    /// confirms it holds the claim, the answer carries the claim's credential.
-    #[serde(default)]
-    pub claim: Option<Claim>,
-}
-
-/// What a start returns: the work order and the input, or nothing when the job must not run
-/// (it ended or was cancelled while it waited).
-#[derive(Serialize, Deserialize)]
-pub struct Started {
-    /// The work order.
-    pub order: Option<WorkOrder>,
-    /// The input, base64.
-    pub input_base64: String,
-    /// The credential of this delivery (heartbeat, finish, ack, the job's module).
-    #[serde(default)]
-    pub credential: Option<String>,
 }
 
 /// `POST /internal/v1/jobs/{id}/start`: marks the job running and hands over its work order.
@@ -362,54 +291,12 @@ pub async fn start(
         .await
         .map_err(ApiError::internal)?
         .unwrap_or_default();
-    let d = &state.config.functions;
-    let long = &state.jobs.config().long;
-    let (fuel, memory_mb) = match req.route {
-        Route::Dedicated => (
-            version.spec.fuel.max(long.fuel),
-            version
-                .spec
-                .memory_mb
-                .max(long.memory_mb)
-                .min(state.runner.engine_config().max_memory_mb),
-        ),
-        _ => (version.spec.fuel, version.spec.memory_mb),
-    };
-    let order = WorkOrder {
-        job: id,
-        function: function.name.clone(),
-        version: version.version,
-        module: version.spec.module.clone(),
-        abi: version.spec.abi,
-        timeout_ms: rec.timeout_ms,
-        fuel,
-        memory_mb,
-        stdout_bytes: d.max_stdout_bytes,
-        stderr_bytes: d.max_log_bytes,
-        response_bytes: d.max_response_bytes,
-        env: version
-            .spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        request_env: version.spec.request_env,
-        request: rec.request.clone(),
-    };
+    let order = state.jobs.order(&rec, &function, &version, req.route);
     Ok(Json(Started {
         order: Some(order),
         input_base64: base64::engine::general_purpose::STANDARD.encode(&input),
         credential,
     }))
-}
-
-/// Body of a finish.
-#[derive(Serialize, Deserialize)]
-pub struct FinishRequest {
-    /// How the job ended.
-    pub end: JobEnd,
-    /// Its output, base64.
-    pub output_base64: String,
 }
 
 /// `POST /internal/v1/jobs/{id}/finish`: stores the end; `{"stored": false}` when the job had
@@ -420,7 +307,7 @@ pub async fn finish(
     Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     RunnerJson(req): RunnerJson<FinishRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stored>, ApiError> {
     let id = job_id(&id)?;
     match &grant {
         Grant::All => {}
@@ -428,7 +315,7 @@ pub async fn finish(
             // A delivery that a later one has taken over has no end to hand back: it is not
             // kept, as an end after the first is not.
             if record(&state, &id).await?.attempts > *delivery {
-                return Ok(Json(json!({ "stored": false })));
+                return Ok(Json(Stored { stored: false }));
             }
         }
         _ => return Err(beyond("this credential does not hold that job")),
@@ -446,14 +333,7 @@ pub async fn finish(
         .decode(req.output_base64.as_bytes())
         .map_err(|e| ApiError::bad_request("invalid-output", e.to_string()))?;
     let stored = state.jobs.finish(&id, req.end, output.into()).await?;
-    Ok(Json(json!({ "stored": stored })))
-}
-
-/// Body of a dead letter.
-#[derive(Serialize, Deserialize)]
-pub struct DeadRequest {
-    /// How often it was delivered.
-    pub deliveries: u32,
+    Ok(Json(Stored { stored }))
 }
 
 /// `POST /internal/v1/jobs/{id}/dead`: a runner found the job dead-lettered by the queue.
@@ -462,7 +342,7 @@ pub async fn dead(
     Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     RunnerJson(req): RunnerJson<DeadRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Buried>, ApiError> {
     let id = job_id(&id)?;
     let allowed = match grant {
         Grant::All => true,
@@ -472,8 +352,8 @@ pub async fn dead(
     if !allowed {
         return Err(beyond("this credential does not reach that job"));
     }
-    crate::jobs::bury(&state, &id, req.deliveries).await;
-    Ok(Json(json!({})))
+    state.jobs.bury(&id, req.deliveries).await;
+    Ok(Json(Buried {}))
 }
 
 /// `GET /internal/v1/artifacts/{fingerprint}/{digest}`: the compiled code of a module, for

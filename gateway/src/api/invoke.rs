@@ -1,8 +1,8 @@
 //! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
 
-use crate::auth;
-use crate::execute::{self, Call};
-use crate::problem::ApiError;
+use crate::execute;
+use crate::http::auth;
+use crate::http::problem::ApiError;
 use crate::resolve::Resolved;
 use crate::state::AppState;
 use axum::body::Body;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use wafer_core::{FunctionName, KeyRecord, Scope, VersionRef};
 use wafer_runner::Output;
+use wafer_worker::Call;
 
 /// Splits `/fn/<target>/<rest>?q` into the target and the path (with query) the function sees.
 fn split_path(uri: &Uri) -> (&str, String) {
@@ -137,7 +138,10 @@ fn goes_async(state: &AppState, a: &Authorized, headers: &HeaderMap) -> Option<b
         && state
             .jobs
             .estimates
-            .p95(&crate::jobs::estimate_key(function, version.version))
+            .p95(&crate::jobs::submit::estimate_key(
+                function,
+                version.version,
+            ))
             .is_some_and(|(p95, _)| p95 > state.jobs.config().inline_budget_ms);
     long.then_some(false)
 }
@@ -195,7 +199,7 @@ pub async fn invoke(
         .await;
     }
     let (function, version) = (&a.resolved.0, &a.resolved.1);
-    let estimate_key = crate::jobs::estimate_key(function, version.version);
+    let estimate_key = crate::jobs::submit::estimate_key(function, version.version);
     run_call(
         &state,
         function,
@@ -279,7 +283,7 @@ async fn run_call(
     fn_path: String,
     body: bytes::Bytes,
     sees_logs: bool,
-    estimate_key: crate::routing::VersionKey,
+    estimate_key: crate::jobs::lanes::VersionKey,
 ) -> Result<Response, ApiError> {
     let state = state.clone();
     let _admitted = state
@@ -348,7 +352,7 @@ async fn run_call(
                     r.map(Body::from).into_response()
                 }
                 Output::Stdout(bytes) => {
-                    let ct = execute::content_type_of(&bytes);
+                    let ct = wafer_worker::end::content_type_of(&bytes);
                     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response()
                 }
             };
@@ -429,10 +433,10 @@ async fn submit_async(
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     let sub = crate::jobs::Submission {
-        request: crate::jobs::request_head(&parts.method, &fn_path, &parts.headers),
+        request: super::jobs::request_head(&parts.method, &fn_path, &parts.headers),
         // The function is part of the request: the same key on another function (or on a
         // function deleted and created again) is another request, refused, never a replay.
-        request_hash: crate::jobs::hash_request(&[
+        request_hash: crate::jobs::submit::hash_request(&[
             b"call",
             function.name.as_str().as_bytes(),
             &function.incarnation.to_le_bytes(),
@@ -441,12 +445,16 @@ async fn submit_async(
             content_type,
             &body,
         ]),
-        idempotency_key: crate::jobs::idempotency_key(&parts.headers)?,
+        idempotency_key: super::jobs::idempotency_key(&parts.headers)?,
         input: body,
         timeout_ms: None,
         webhook: None,
     };
-    let mut resp = crate::jobs::submit(state, key, function, version, sub).await?;
+    let accepted = state
+        .jobs
+        .submit(&state.admission, key, function, version, sub)
+        .await?;
+    let mut resp = super::jobs::accepted(accepted);
     if asked {
         resp.headers_mut().insert(
             HeaderName::from_static("preference-applied"),

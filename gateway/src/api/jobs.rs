@@ -1,14 +1,15 @@
 //! `/v1/jobs`: submit, read, wait for, list and cancel asynchronous invocations.
 
 use crate::api::json_int;
-use crate::auth;
+use crate::http::auth;
+use crate::http::problem::ApiError;
 use crate::jobs::{self, Submission};
-use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use wafer_core::{
-    FunctionName, JobFilter, JobId, JobRecord, JobStatus, KeyRecord, Scope, VersionRef,
+    FunctionName, JobFilter, JobId, JobRecord, JobStatus, KeyRecord, RequestHead, Scope, VersionRef,
 };
 
 /// The body of `POST /v1/jobs`. The input stays the JSON text it was sent as (validated, never
@@ -117,13 +118,16 @@ pub async fn submit(
     req: Request,
 ) -> Result<Response, ApiError> {
     let key = auth::require(&state, req.headers(), Scope::Invoke).await?;
-    let idempotency_key = jobs::idempotency_key(req.headers())?;
+    let idempotency_key = idempotency_key(req.headers())?;
     let (parts, body) = req.into_parts();
     let limit = state.config.max_request_bytes;
     // Room for base64 (4/3) and JSON around the input.
     let most = limit / 3 * 4 + (64 << 10);
     // Bodies being read and stored are bounded together, by the bytes they may take.
-    let _room = state.jobs.submit_room(&parts.headers, most).await?;
+    let _room = state
+        .jobs
+        .submit_room(super::content_length(&parts.headers), most)
+        .await?;
     let raw = super::read_limited(&state, &parts.headers, body, most, "input-too-large")
         .await
         .map_err(|e| match e.slug {
@@ -167,16 +171,74 @@ pub async fn submit(
     let resolved = own_target(&state, &key, &name, &vref).await?;
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, ct);
-    let request = jobs::request_head(&axum::http::Method::POST, "/", &headers);
+    let request = request_head(&axum::http::Method::POST, "/", &headers);
     let sub = Submission {
         request,
-        request_hash: jobs::hash_request(&[b"submit", &raw]),
+        request_hash: jobs::submit::hash_request(&[b"submit", &raw]),
         input: input.into(),
         timeout_ms: b.timeout_ms,
         webhook: b.webhook,
         idempotency_key,
     };
-    jobs::submit(&state, &key, &resolved.0, &resolved.1, sub).await
+    let a = state
+        .jobs
+        .submit(&state.admission, &key, &resolved.0, &resolved.1, sub)
+        .await?;
+    Ok(accepted(a))
+}
+
+/// 202 with the job and where to find it; the tenant's new webhook signing secret is shown
+/// this once.
+pub(crate) fn accepted(a: jobs::Accepted) -> Response {
+    let rec = &a.job;
+    let location = format!("/v1/jobs/{}", rec.id.as_str());
+    let mut body = jobs::view::view(rec);
+    if let Some(secret) = a.webhook_secret {
+        body["webhook_secret"] = Value::String(secret);
+    }
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if a.replayed {
+        h.insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid-idempotency-key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// The request head a job keeps, without Wafer's credentials.
+pub(crate) fn request_head(method: &Method, path: &str, headers: &HeaderMap) -> RequestHead {
+    RequestHead {
+        method: method.to_string(),
+        path: path.to_owned(),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| !wafer_worker::call::is_credential(k))
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+            .collect(),
+    }
 }
 
 /// The query string, or a problem saying what is wrong with it.
@@ -242,7 +304,7 @@ pub async fn get(
     let q = query(q)?;
     let rec = own_job(&state, &key, &id).await?;
     let rec = waited(&state, rec, q.wait.as_deref()).await?;
-    Ok(Json(jobs::view(&rec)))
+    Ok(Json(jobs::view::view(&rec)))
 }
 
 /// The problem a job's end is, for reads of its result.
@@ -346,7 +408,7 @@ pub async fn cancel(
     let key = auth::require(&state, &headers, Scope::Invoke).await?;
     let rec = own_job(&state, &key, &id).await?;
     match state.jobs.cancel(&rec.id).await? {
-        Some((rec, true)) => Ok(Json(jobs::view(&rec))),
+        Some((rec, true)) => Ok(Json(jobs::view::view(&rec))),
         Some((rec, false)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "job-ended",
@@ -422,7 +484,7 @@ pub async fn list(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({
-        "jobs": page.jobs.iter().map(jobs::view).collect::<Vec<_>>(),
+        "jobs": page.jobs.iter().map(jobs::view::view).collect::<Vec<_>>(),
         "next_cursor": page.next,
     })))
 }
@@ -455,7 +517,7 @@ pub async fn events(
                     if last != Some(rec.status) {
                         let event = Event::default()
                             .event("status")
-                            .json_data(jobs::view(&rec))
+                            .json_data(jobs::view::view(&rec))
                             .unwrap_or_default();
                         let status = rec.status;
                         let ended = status.is_terminal();

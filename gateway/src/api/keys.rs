@@ -1,7 +1,7 @@
 //! `/v1/keys`: admins create, list and revoke API keys for tenants.
 
-use crate::auth;
-use crate::problem::ApiError;
+use crate::http::auth;
+use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;

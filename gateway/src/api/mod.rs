@@ -8,11 +8,11 @@ pub mod jobs;
 pub mod keys;
 pub mod modules;
 
-use crate::problem::ApiError;
+pub(crate) use crate::http::body::content_length;
+use crate::http::problem::ApiError;
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -29,59 +29,7 @@ pub async fn read_limited(
     slug: &'static str,
 ) -> Result<Bytes, ApiError> {
     let timeout = Duration::from_millis(state.config.body_timeout_ms);
-    read_limited_within(headers, body, limit, slug, timeout).await
-}
-
-/// [`read_limited`] with the body timeout given (for the cache sidecar, which has no
-/// `AppState`). A body that is known to be empty is answered at once, without a timer.
-pub async fn read_limited_within(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    slug: &'static str,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(Bytes::new());
-    }
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            slug,
-            "Payload too large",
-            format!("the body exceeds the limit of {limit} bytes"),
-        )
-        .with("limit", limit)
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(too_large());
-    }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "Request body too slow",
-                format!(
-                    "the request body did not arrive within {} ms",
-                    timeout.as_millis()
-                ),
-            )
-        })?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(
-            "invalid-body",
-            format!("could not read the request body: {e}"),
-        )),
-    }
+    crate::http::body::read_limited_within(headers, body, limit, slug, timeout).await
 }
 
 /// Reads and parses a JSON body, with problem+json errors for every failure.

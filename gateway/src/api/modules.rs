@@ -1,7 +1,7 @@
 //! `PUT /v1/modules`: upload, validate, detect the ABI and compile once.
 
-use crate::auth;
-use crate::problem::ApiError;
+use crate::http::auth;
+use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
@@ -38,7 +38,7 @@ pub async fn upload(
     let size = bytes.len() as u64;
     // The module and its compiled code (a few times its size) must leave the data disk's
     // reserve free: a store that fails a write on a full disk is unusable until a restart.
-    crate::jobs::disk_room(
+    crate::disk::room(
         &state.config.data_dir,
         size.saturating_mul(5),
         state.config.jobs.min_free_disk_mb,

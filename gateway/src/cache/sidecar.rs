@@ -10,8 +10,8 @@
 //! invocation is passed through untouched.
 
 use super::{CacheConfig, CacheLayer, Key, ResponseCache, Scope, ScopeSource, SharedError};
+use crate::http::problem::ApiError;
 use crate::metrics::Metrics;
-use crate::problem::ApiError;
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
@@ -180,7 +180,7 @@ impl ScopeSource for RemoteScopes {
     }
 
     async fn read_body(&self, parts: &Parts, body: Body) -> Result<Bytes, Response> {
-        crate::api::read_limited_within(
+        crate::http::body::read_limited_within(
             &parts.headers,
             body,
             self.max_request_bytes,

@@ -3,38 +3,18 @@
 //! A key is `wfr_` followed by 64 hex digits of randomness; only its SHA-256 is stored, so a
 //! leaked database does not leak keys. Keys are never logged: [`Secret`] hides them.
 
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
-use std::fmt;
 use wafer_core::{KeyRecord, Scope, TenantId};
 
-/// A secret string that cannot be printed by accident.
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-
-    /// The secret itself, for the one place that must show it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use wafer_core::Secret;
 
 /// A new random API key.
 pub fn generate_key() -> Secret {
     let bytes: [u8; 32] = rand::random();
-    Secret(format!("wfr_{}", hex::encode(bytes)))
+    Secret::new(format!("wfr_{}", hex::encode(bytes)))
 }
 
 /// The stored form of a key.

@@ -19,14 +19,14 @@
 //! in flight (`jobs.webhook_max_in_flight`).
 
 use crate::config::JobsConfig;
-use crate::problem::ApiError;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use wafer_core::{JobId, JobStore, WebhookState};
+use wafer_core::Problem;
+use wafer_core::{JobId, JobStore};
 
 /// The longest webhook URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
@@ -44,9 +44,9 @@ pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 /// Checks a webhook URL given at submission: http or https, with a host, not too long.
-pub fn validate(url: &str) -> Result<reqwest::Url, ApiError> {
+pub fn validate(url: &str) -> Result<reqwest::Url, Problem> {
     let bad = |why: &str| {
-        ApiError::bad_request(
+        Problem::bad_request(
             "invalid-webhook",
             format!("webhook must be an http(s) URL with a host: {why}"),
         )
@@ -310,7 +310,7 @@ pub async fn deliver(hooks: Arc<Webhooks>, store: Arc<dyn JobStore>, id: JobId) 
         }
     };
     let config = &hooks.config;
-    let body = serde_json::to_vec(&crate::jobs::view(&rec)).expect("views serialize");
+    let body = serde_json::to_vec(&crate::jobs::view::view(&rec)).expect("views serialize");
     let most = config.webhook_attempts.max(1);
     while state.attempts < most {
         if state.attempts > 0 {
@@ -341,15 +341,6 @@ pub async fn deliver(hooks: Arc<Webhooks>, store: Arc<dyn JobStore>, id: JobId) 
         }
     }
     let _ = store.set_webhook_state(&id, state).await;
-}
-
-/// The webhook state as the API shows it.
-pub fn view(state: &WebhookState) -> serde_json::Value {
-    serde_json::json!({
-        "status": state.status,
-        "attempts": state.attempts,
-        "last_error": state.last_error,
-    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The host side of a job in a microVM: boots the guest image (Debian's kernel, `wafer` as
-//! the guest agent, see `cli/src/guest_agent.rs` and `scripts/vm-image.py`) with
+//! Jobs in microVMs. This module is the host side: it boots the guest image (Debian's kernel,
+//! `wafer` as the guest agent, see [`agent`] and `scripts/vm-image.py`) with
 //! `qemu-system-x86_64 -M microvm`, hands the agent the work order, the module and the input
 //! over the virtio-serial port `wafer.0` (a Unix socket on this side; the guest has no
 //! network), and returns how the job ended. The VM exists for this one job: it is powered off
@@ -10,17 +10,25 @@
 //! KVM is used when it works: `choose_accel` boots a probe guest under KVM and keeps KVM only
 //! if that guest's agent says ready in time; otherwise the VMs are emulated (TCG).
 
+use crate::order::WorkOrder;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use bytes::Bytes;
+use protocol::{Answer, Ended, Precompiled, Ready, Request, RunRequest};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use wafer_core::{JobEnd, WorkOrder};
+use tokio::net::unix::OwnedWriteHalf;
+use wafer_core::{JobEnd, Problem};
+
+pub mod agent;
+mod channel;
+pub mod protocol;
+
+use channel::{Console, GuestLines};
 
 /// How VMs are accelerated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -191,37 +199,10 @@ const MAX_READY_LINE: usize = 64 << 10;
 /// The longest answer a guest agent may send for `order`: its end with a whole output and a
 /// whole log.
 fn answer_line_limit(order: &WorkOrder) -> usize {
-    crate::jobs::end_message_bytes(
-        order.response_bytes.max(order.stdout_bytes),
-        order.stderr_bytes,
+    crate::end::end_message_bytes(
+        order.caps.response_bytes.max(order.caps.stdout_bytes),
+        order.caps.stderr_bytes,
     )
-}
-
-/// The guest's side of the channel, read a line at a time, each line bounded: a guest that
-/// sends an endless line is cut off, not buffered.
-struct GuestLines<R = BufReader<OwnedReadHalf>>(R);
-
-impl<R: tokio::io::AsyncBufRead + Unpin> GuestLines<R> {
-    /// The next line (without its newline), None at the end of the channel; an error for a
-    /// line longer than `most` bytes or one that is not UTF-8.
-    async fn next_line(&mut self, most: usize) -> Result<Option<String>> {
-        let mut buf = Vec::new();
-        let n = (&mut self.0)
-            .take(most as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        } else if buf.len() > most {
-            bail!("the guest sent a line longer than {most} bytes");
-        }
-        Ok(Some(
-            String::from_utf8(buf).context("the guest sent a line that is not UTF-8")?,
-        ))
-    }
 }
 
 /// A booted VM whose agent has said ready.
@@ -234,7 +215,7 @@ struct Guest {
     /// The tail of the guest's console.
     console: Console,
     /// The agent's ready line.
-    ready: Value,
+    ready: Ready,
     /// From qemu's start to the ready line, ms.
     ready_ms: u64,
 }
@@ -267,7 +248,7 @@ impl Guest {
         let mut lines = GuestLines(BufReader::new(reader));
         let ready = match tokio::time::timeout(within, lines.next_line(MAX_READY_LINE)).await {
             Ok(Ok(Some(line))) => {
-                serde_json::from_str::<Value>(&line).context("the agent's ready line")?
+                serde_json::from_str::<Ready>(&line).context("the agent's ready line")?
             }
             Ok(Err(e)) => return Err(e.context("the agent's ready line")),
             Ok(Ok(None)) => bail!(
@@ -293,7 +274,8 @@ impl Guest {
 
     /// Asks the guest to power off; kills the VM if it has not within 10 s.
     async fn poweroff(mut self) {
-        let _ = self.writer.write_all(b"{\"op\":\"poweroff\"}\n").await;
+        let line = serde_json::to_string(&Request::Poweroff).expect("serializes") + "\n";
+        let _ = self.writer.write_all(line.as_bytes()).await;
         if tokio::time::timeout(Duration::from_secs(10), self.qemu.wait())
             .await
             .is_err()
@@ -334,21 +316,19 @@ pub async fn run(
     let answer = exchange(&mut guest, order, &module, compiled, input, engine)
         .await
         .map_err(VmError::Run)?;
-    let mut end: JobEnd = serde_json::from_value(answer["end"].clone())
-        .context("the job's end")
-        .map_err(VmError::Run)?;
+    let mut end = answer.end;
     let output = base64::engine::general_purpose::STANDARD
-        .decode(answer["output_base64"].as_str().unwrap_or_default())
+        .decode(answer.output_base64.as_bytes())
         .context("the job's output")
         .map_err(VmError::Run)?;
     end.runner = Some(json!({
         "kind": "vm",
-        "kernel": guest.ready["kernel"],
-        "guest_boot_ms": guest.ready["boot_ms"],
+        "kernel": guest.ready.kernel,
+        "guest_boot_ms": guest.ready.boot_ms,
         "ready_ms": guest.ready_ms,
-        "compile_ms": answer["compile_ms"],
-        "precompiled": answer["precompiled"],
-        "guest_fingerprint": answer["fingerprint"],
+        "compile_ms": answer.compile_ms,
+        "precompiled": answer.precompiled,
+        "guest_fingerprint": answer.fingerprint,
         "accel": accel.as_str(),
         "memory_mb": memory_mb,
         "vcpus": opts.vcpus,
@@ -368,23 +348,20 @@ async fn exchange(
     compiled: Option<(&str, Bytes)>,
     input: &[u8],
     engine: &wafer_runner::EngineConfig,
-) -> Result<Value> {
+) -> Result<Ended> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let compiled = compiled.map(
-        |(fingerprint, code)| json!({"fingerprint": fingerprint, "code_base64": b64.encode(&code)}),
-    );
-    let request = json!({
-        "op": "run",
-        "order": order,
-        "module_base64": b64.encode(module),
-        "input_base64": b64.encode(input),
-        "engine": engine,
-        "compiled": compiled,
-    });
-    guest
-        .writer
-        .write_all(format!("{request}\n").as_bytes())
-        .await?;
+    let request = Request::Run(Box::new(RunRequest {
+        order: order.clone(),
+        module_base64: b64.encode(module),
+        input_base64: b64.encode(input),
+        engine: Some(engine.clone()),
+        compiled: compiled.map(|(fingerprint, code)| Precompiled {
+            fingerprint: fingerprint.to_owned(),
+            code_base64: b64.encode(&code),
+        }),
+    }));
+    let line = serde_json::to_string(&request)? + "\n";
+    guest.writer.write_all(line.as_bytes()).await?;
     // Compiling (under emulation, slow) has its own bound; once the guest says the job
     // started, it ends the job at its deadline, and a VM that has not answered by then and a
     // short grace is given up.
@@ -405,35 +382,83 @@ async fn exchange(
                 COMPILE_BOUND.as_secs()
             ),
         };
-        let line: Value = serde_json::from_str(&line).context("the agent's answer")?;
-        if line["op"] == "started" && !started {
-            started = true;
-            bound = Duration::from_millis(order.timeout_ms) + RUN_GRACE;
-            continue;
+        match serde_json::from_str(&line).context("the agent's answer")? {
+            Answer::Started { .. } if !started => {
+                started = true;
+                bound = Duration::from_millis(order.timeout_ms) + RUN_GRACE;
+            }
+            Answer::End(ended) => break ended,
+            Answer::Error { error } => bail!("the guest agent refused the job: {error}"),
+            other => bail!("the guest agent answered out of turn: {other:?}"),
         }
-        break line;
     };
-    if let Some(e) = answer["error"].as_str() {
-        bail!("the guest agent refused the job: {e}");
-    }
-    Ok(answer)
+    Ok(*answer)
 }
 
 /// The end of a job whose VM failed (never ready, stopped, refused): a 503 `vm-failed`
 /// problem with the reason; the job is not run again.
 pub fn failed(e: &VmError) -> JobEnd {
-    let problem = crate::problem::ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "vm-failed",
-        "Virtual machine failed",
-        e.to_string(),
-    );
+    let problem = Problem::new(503, "vm-failed", "Virtual machine failed", e.to_string());
     JobEnd {
         status: wafer_core::JobStatus::Failed,
         error: Some(problem.body(None)),
         result: None,
         stderr: String::new(),
         runner: Some(json!({"kind": "vm"})),
+    }
+}
+
+/// A dedicated runner's job in a microVM of its own, with these options (acceleration
+/// chosen by the server).
+pub struct InVm(pub VmOptions);
+
+#[async_trait::async_trait]
+impl crate::executor::Executor for InVm {
+    async fn execute(
+        &self,
+        server: &crate::client::ServerClient,
+        runner: &wafer_runner::Runner,
+        order: &WorkOrder,
+        input: Bytes,
+    ) -> anyhow::Result<(JobEnd, Bytes)> {
+        let vm = &self.0;
+        // The guest compiles the module itself, from the module's bytes.
+        let module = server
+            .module(&order.module)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the server has no module {}", order.module))?;
+        // Under KVM the guest's CPU is the host's (`-cpu host`): the host's compiled code
+        // may fit it (the guest checks). An emulated CPU is another one: not worth sending.
+        let compiled = match vm.accel {
+            Accel::Kvm => server
+                .compiled(runner.fingerprint(), &order.module)
+                .await
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        let compiled = compiled.map(|code| (runner.fingerprint(), code));
+        let engine = runner.engine_config();
+        Ok(
+            match run(vm, order, module, compiled, &input, engine).await {
+                Ok(run) => (run.end, run.output),
+                Err(VmError::Boot(e)) if vm.fallback == Fallback::Local => {
+                    // Configured to fall back: the job runs here, and its record says why.
+                    let reason = format!("{e:#}");
+                    tracing::warn!(job = order.job.as_str(), %reason, "the VM did not boot: running the job outside a VM");
+                    let (mut end, output) = crate::executor::Here
+                        .execute(server, runner, order, input)
+                        .await?;
+                    end.runner = Some(json!({
+                        "kind": "local",
+                        "fallback_from": "vm",
+                        "reason": reason,
+                    }));
+                    (end, output)
+                }
+                Err(e) => (failed(&e), Bytes::new()),
+            },
+        )
     }
 }
 
@@ -568,21 +593,26 @@ fn guest_crash_point() -> String {
     }
 }
 
-fn spawn(
+/// The qemu command line (the program first) that boots `kernel` with `initramfs` as VM
+/// `label` under `accel`, with `memory_mb` of memory and the agent's port on the Unix socket
+/// `socket`; the guest's console goes to qemu's standard output. The one place it is written:
+/// the tests boot their guests with it too (`wafer __vm-command`).
+pub fn qemu_command(
     opts: &VmOptions,
     accel: Accel,
-    image: &Image,
+    kernel: &Path,
+    initramfs: &Path,
     socket: &Path,
     memory_mb: u64,
     label: &str,
-) -> Result<tokio::process::Child> {
+) -> Vec<String> {
     let (accel, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Auto | Accel::Tcg => ("tcg", "max"),
     };
-    let mut cmd = tokio::process::Command::new(&opts.qemu);
-    cmd.args(["-name", label])
-        .args([
+    let mut args: Vec<String> = vec![opts.qemu.clone(), "-name".into(), label.into()];
+    args.extend(
+        [
             "-M",
             "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=off",
             "-accel",
@@ -593,30 +623,60 @@ fn spawn(
             "-no-user-config",
             "-nographic",
             "-no-reboot",
-        ])
-        .arg("-m")
-        .arg(memory_mb.to_string())
-        .arg("-smp")
-        .arg(opts.vcpus.max(1).to_string())
-        // The console goes to qemu's standard output, a pipe that `Console` drains.
-        .arg("-serial")
-        .arg("file:/dev/stdout")
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initramfs)
-        .arg("-append")
-        .arg(format!(
+        ]
+        .map(String::from),
+    );
+    args.extend([
+        "-m".into(),
+        memory_mb.to_string(),
+        "-smp".into(),
+        opts.vcpus.max(1).to_string(),
+        // The console goes to qemu's standard output.
+        "-serial".into(),
+        "file:/dev/stdout".into(),
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initramfs.display().to_string(),
+        "-append".into(),
+        format!(
             "console=ttyS0 quiet panic=-1 tsc_early_khz={}{}",
             tsc_khz(),
             guest_crash_point()
-        ))
-        .args(["-device", "virtio-serial-device", "-chardev"])
-        .arg(format!(
+        ),
+        "-device".into(),
+        "virtio-serial-device".into(),
+        "-chardev".into(),
+        format!(
             "socket,path={},server=on,wait=off,id=agent",
             socket.display()
-        ))
-        .args(["-device", "virtserialport,chardev=agent,name=wafer.0"])
+        ),
+        "-device".into(),
+        format!("virtserialport,chardev=agent,name={}", protocol::PORT_NAME),
+    ]);
+    args
+}
+
+fn spawn(
+    opts: &VmOptions,
+    accel: Accel,
+    image: &Image,
+    socket: &Path,
+    memory_mb: u64,
+    label: &str,
+) -> Result<tokio::process::Child> {
+    let args = qemu_command(
+        opts,
+        accel,
+        &image.kernel,
+        &image.initramfs,
+        socket,
+        memory_mb,
+        label,
+    );
+    let mut cmd = tokio::process::Command::new(&args[0]);
+    // qemu's standard output is a pipe that `Console` drains.
+    cmd.args(&args[1..])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -645,95 +705,5 @@ async fn connect(socket: &Path, qemu: &mut tokio::process::Child) -> Result<Unix
             bail!("qemu did not open the agent's socket within 10 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// How much of a guest's console is kept: its last 64 KiB.
-const CONSOLE_KEPT: usize = 64 << 10;
-
-/// The tail of a guest's console, read from qemu's output as it comes (so a guest that
-/// floods its console neither fills a disk nor stalls on a full pipe).
-#[derive(Clone, Default)]
-struct Console(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>);
-
-impl Console {
-    /// Drains `out` into a new console tail, in the background, until qemu closes it.
-    fn drain(out: Option<tokio::process::ChildStdout>) -> Console {
-        let console = Console::default();
-        if let Some(mut out) = out {
-            let kept = console.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                while let Ok(n) = out.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    kept.push(&buf[..n]);
-                }
-            });
-        }
-        console
-    }
-
-    fn push(&self, bytes: &[u8]) {
-        let mut q = self.0.lock().expect("console");
-        q.extend(bytes);
-        let over = q.len().saturating_sub(CONSOLE_KEPT);
-        q.drain(..over);
-    }
-
-    fn text(&self) -> String {
-        let q = self.0.lock().expect("console");
-        String::from_utf8_lossy(&q.iter().copied().collect::<Vec<u8>>()).into_owned()
-    }
-
-    /// What the console says of a failure: its kernel panic line when there is one, else
-    /// its last lines.
-    fn tail(&self) -> String {
-        let text = self.text();
-        if let Some(panic) = text.lines().find(|l| l.contains("Kernel panic")) {
-            return format!("; its console says: {}", panic.trim());
-        }
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        if tail.is_empty() {
-            String::new()
-        } else {
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("; its console ended: {}", tail.join(" | "))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_console_keeps_its_last_64_kib() {
-        let c = Console::default();
-        for i in 0..100 {
-            c.push(format!("line {i} {}\n", "x".repeat(2000)).as_bytes());
-        }
-        c.push(b"Kernel panic - not syncing: the end\n");
-        let text = c.text();
-        assert_eq!(text.len(), CONSOLE_KEPT);
-        assert!(text.ends_with("the end\n"));
-        assert_eq!(
-            c.tail(),
-            "; its console says: Kernel panic - not syncing: the end"
-        );
-    }
-
-    #[tokio::test]
-    async fn lines_from_the_guest_are_bounded() {
-        let mut lines = GuestLines(&b"{\"a\":1}\nshort\nthis one is far too long\n"[..]);
-        assert_eq!(lines.next_line(10).await.unwrap().unwrap(), "{\"a\":1}");
-        assert_eq!(lines.next_line(10).await.unwrap().unwrap(), "short");
-        let e = lines.next_line(10).await.unwrap_err();
-        assert!(e.to_string().contains("longer than 10 bytes"), "{e}");
-        let mut end = GuestLines(&b"exactly10!\nlast"[..]);
-        assert_eq!(end.next_line(10).await.unwrap().unwrap(), "exactly10!");
-        assert_eq!(end.next_line(10).await.unwrap().unwrap(), "last");
-        assert_eq!(end.next_line(10).await.unwrap(), None);
     }
 }

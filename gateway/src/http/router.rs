@@ -3,7 +3,7 @@
 
 use crate::api;
 use crate::cache::CacheLayer;
-use crate::problem::{self, ApiError};
+use crate::http::problem::{self, ApiError};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::Request;

@@ -4,63 +4,25 @@
 //! lines on it with the host side of the provisioner, which alone talks to the queue. The
 //! guest has no network device.
 //!
-//! Protocol: the agent first writes `{"agent":"ready","kernel":…,"boot_ms":…}` (the kernel
-//! release and the time since the kernel started), then answers each request line:
-//! - `{"op":"run","order":<WorkOrder>,"module_base64":…,"input_base64":…,"engine":<EngineConfig>?}`
-//!   → `{"op":"started","compile_ms":…}` once the module is compiled and the job starts (the
-//!   host then gives the guest the job's timeout and a short grace, no more), then
-//!   `{"op":"end","end":<JobEnd>,"output_base64":…,"compile_ms":…,"run_ms":…}`: the job run
-//!   with the same runner, limits and outcome mapping as `wafer worker`; the guest compiles the
-//!   module itself, since its CPU (qemu's) need not have the host's features;
-//! - `{"op":"ping"}` → `{"op":"pong","uptime_ms":…}`;
-//! - `{"op":"poweroff"}` ends the VM.
-//!
-//! The host side (`wafer_gateway::vm`) boots the VM and speaks this protocol.
+//! It speaks the protocol of [`super::protocol`]; the host side ([`super`]) boots the VM.
 
+use super::protocol::{Answer, Ended, PORT_NAME, Ready, Request, RunRequest};
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wafer_core::{ArtifactStore, FsArtifactStore, WorkOrder};
-use wafer_runner::{CompileMode, EngineConfig, Runner, RunnerConfig};
+use wafer_core::{ArtifactStore, FsArtifactStore};
+use wafer_runner::{CompileMode, Runner, RunnerConfig};
 
-/// The name the host gives the agent's virtio-serial port (`virtserialport,name=wafer.0`).
-pub const PORT_NAME: &str = "wafer.0";
 /// The modules to load, in order, one file name per line (written by `scripts/vm-image.py`).
 const MODULE_ORDER: &str = "/lib/modules/wafer.order";
 /// Where the guest keeps modules and compiled code (the initramfs is a RAM file system).
 const ARTIFACTS: &str = "/var/wafer/artifacts";
-
-/// A job to run, as the host sends it.
-#[derive(Deserialize)]
-struct RunRequest {
-    order: WorkOrder,
-    module_base64: String,
-    #[serde(default)]
-    input_base64: String,
-    /// The server's engine settings (memory ceiling, stack...); the defaults otherwise.
-    #[serde(default)]
-    engine: Option<EngineConfig>,
-    /// The module's compiled code from the host, used when it was compiled for this guest's
-    /// engine and CPU (the same fingerprint); otherwise the guest compiles.
-    #[serde(default)]
-    compiled: Option<Precompiled>,
-}
-
-/// Compiled code offered by the host.
-#[derive(Deserialize)]
-struct Precompiled {
-    /// The fingerprint of the engine (and CPU) it was compiled for.
-    fingerprint: String,
-    code_base64: String,
-}
 
 /// Whether this process is the guest's init: PID 1 started as `/init`.
 pub fn is_guest_init() -> bool {
@@ -98,8 +60,12 @@ fn run() -> Result<()> {
         .write(true)
         .open(&port)
         .with_context(|| format!("opening {}", port.display()))?;
-    let ready = json!({"agent": "ready", "kernel": kernel_release(), "boot_ms": uptime_ms()});
-    writeln!(out, "{ready}")?;
+    let ready = Ready {
+        agent: "ready".into(),
+        kernel: kernel_release(),
+        boot_ms: uptime_ms(),
+    };
+    writeln!(out, "{}", serde_json::to_string(&ready)?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,29 +74,41 @@ fn run() -> Result<()> {
     let reader = BufReader::new(out.try_clone()?);
     for line in reader.lines() {
         let line = line?;
-        let answer = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => match req["op"].as_str() {
-                Some("run") => runtime
-                    .block_on(run_job(&mut runner, req, &mut out))
-                    .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
-                Some("ping") => json!({"op": "pong", "uptime_ms": uptime_ms()}),
-                Some("poweroff") => return Ok(()),
-                other => json!({"error": format!("unknown op {other:?}")}),
+        let answer = match parse(&line) {
+            Ok(Request::Run(req)) => runtime
+                .block_on(run_job(&mut runner, *req, &mut out))
+                .map(|ended| Answer::End(Box::new(ended)))
+                .unwrap_or_else(|e| Answer::Error {
+                    error: format!("{e:#}"),
+                }),
+            Ok(Request::Ping) => Answer::Pong {
+                uptime_ms: uptime_ms(),
             },
-            Err(e) => json!({"error": format!("not a JSON request: {e}")}),
+            Ok(Request::Poweroff) => return Ok(()),
+            Err(error) => Answer::Error { error },
         };
-        writeln!(out, "{answer}")?;
+        writeln!(out, "{}", serde_json::to_string(&answer)?)?;
     }
     Ok(())
+}
+
+/// A request line, or why it is none.
+fn parse(line: &str) -> std::result::Result<Request, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not a JSON request: {e}"))?;
+    let op = value["op"].as_str().map(str::to_owned);
+    serde_json::from_value(value).map_err(|e| match op.as_deref() {
+        Some("run" | "ping" | "poweroff") => format!("a malformed request: {e}"),
+        other => format!("unknown op {other:?}"),
+    })
 }
 
 /// Runs one job: its module stored and compiled here, then the order run as a worker would.
 async fn run_job(
     runner: &mut Option<Runner>,
-    req: Value,
+    req: RunRequest,
     out: &mut std::fs::File,
-) -> Result<Value> {
-    let req: RunRequest = serde_json::from_value(req).context("a run request")?;
+) -> Result<Ended> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let module = b64
         .decode(req.module_base64.as_bytes())
@@ -183,7 +161,7 @@ async fn run_job(
     writeln!(
         out,
         "{}",
-        json!({"op": "started", "compile_ms": compile_ms})
+        serde_json::to_string(&Answer::Started { compile_ms })?
     )?;
     // Tests of the host's bound: a guest that stops answering once its job started.
     if std::env::var("WAFER_CRASH_AT").as_deref() == Ok("guest-hang") {
@@ -192,19 +170,18 @@ async fn run_job(
         }
     }
     let running = Instant::now();
-    let result = wafer_gateway::worker::execute_order(runner, &req.order, input).await;
+    let result = crate::order::execute_order(runner, &req.order, Bytes::from(input)).await;
     let run_ms = running.elapsed().as_millis() as u64;
-    let (end, output) = wafer_gateway::jobs::end_of(result);
-    Ok(json!({
-        "op": "end",
-        "end": end,
-        "output_base64": b64.encode(&output),
-        "compile_ms": compile_ms,
-        "run_ms": run_ms,
-        "fingerprint": runner.fingerprint(),
-        "offered_fingerprint": offered,
-        "precompiled": precompiled,
-    }))
+    let (end, output) = crate::end::end_of(result.map(|(o, _)| o));
+    Ok(Ended {
+        end,
+        output_base64: b64.encode(&output),
+        compile_ms,
+        run_ms,
+        fingerprint: runner.fingerprint().to_owned(),
+        offered_fingerprint: offered,
+        precompiled,
+    })
 }
 
 fn mount(source: &str, target: &str, fstype: &str) -> Result<()> {

@@ -12,9 +12,9 @@
 //! A runner that is taken over (a sandbox escape in a pod, say) thus reaches its own job and
 //! nothing else: no other job's input, secrets or result, no other tenant's module.
 
-use crate::auth::Secret;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
+use wafer_core::Secret;
 use wafer_core::{JobId, Lane};
 
 /// What a credential allows.

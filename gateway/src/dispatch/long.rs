@@ -9,26 +9,17 @@
 //! `jobs.long.start_timeout_ms` is torn down and the job fails with the reason; one that dies
 //! mid-job loses its lease and the job is delivered again (dead after `max_deliveries`).
 
-use crate::problem::ApiError;
-use crate::provision::{LaunchRequest, Provisioner, RunnerHandle};
+use crate::dispatch::provision::{LaunchRequest, Provisioner, RunnerHandle};
+use crate::dispatch::workers::Launch;
 use crate::state::AppState;
-use crate::supervisor::Launch;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use wafer_core::{Claim, Claimed, JobEnd, JobStatus, Lane, Route};
+use wafer_core::{Claim, Claimed, JobEnd, JobStatus, Lane, Problem, Route};
 
 /// Runs the long lane for as long as the process runs.
-///
-/// `vm` is set for the `vm` provisioner: the options its runners get (acceleration chosen).
-pub async fn dispatch(
-    state: Arc<AppState>,
-    launch: Launch,
-    provisioner: Arc<dyn Provisioner>,
-    vm: Option<crate::vm::VmOptions>,
-) {
-    let vm = Arc::new(vm);
+pub async fn dispatch(state: Arc<AppState>, launch: Launch, provisioner: Arc<dyn Provisioner>) {
     let cfg = state.jobs.config().long.clone();
     let slots = Arc::new(Semaphore::new(cfg.max_runners.max(1)));
     loop {
@@ -42,7 +33,7 @@ pub async fn dispatch(
         let claim = match claimed {
             Ok(Some(Claimed::Job(c))) => c,
             Ok(Some(Claimed::Dead { job, deliveries })) => {
-                crate::jobs::bury(&state, &job.id, deliveries).await;
+                state.jobs.bury(&job.id, deliveries).await;
                 continue;
             }
             Ok(None) => continue,
@@ -52,21 +43,9 @@ pub async fn dispatch(
                 continue;
             }
         };
-        let (state, launch, provisioner, vm) = (
-            state.clone(),
-            launch.clone(),
-            provisioner.clone(),
-            vm.clone(),
-        );
+        let (state, launch, provisioner) = (state.clone(), launch.clone(), provisioner.clone());
         tokio::spawn(async move {
-            run_dedicated(
-                &state,
-                &launch,
-                provisioner.as_ref(),
-                claim,
-                vm.as_ref().as_ref(),
-            )
-            .await;
+            run_dedicated(&state, &launch, provisioner.as_ref(), claim).await;
             drop(slot);
             state.jobs.demand.notify_one();
         });
@@ -78,15 +57,7 @@ async fn give_up(state: &AppState, claim: &Claim, slug: &'static str, detail: St
     tracing::warn!(job = claim.job.id.as_str(), %detail, "long job failed before it started");
     let end = JobEnd {
         status: JobStatus::Failed,
-        error: Some(
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                slug,
-                "Dedicated runner unavailable",
-                detail,
-            )
-            .body(None),
-        ),
+        error: Some(Problem::new(503, slug, "Dedicated runner unavailable", detail).body(None)),
         result: None,
         stderr: String::new(),
         runner: None,
@@ -105,7 +76,6 @@ async fn run_dedicated(
     launch: &Launch,
     provisioner: &dyn Provisioner,
     claim: Claim,
-    vm: Option<&crate::vm::VmOptions>,
 ) {
     let id = claim.job.id.clone();
     // Cancelled or ended while it waited: nothing to launch.
@@ -147,12 +117,6 @@ async fn run_dedicated(
         serde_json::to_string(&claim).expect("claims serialize"),
     ));
     env.push(("WAFER_SERVER_URL".into(), launch.server_url.clone()));
-    if let Some(vm) = vm {
-        env.push((
-            "WAFER_VM".into(),
-            serde_json::to_string(vm).expect("vm options serialize"),
-        ));
-    }
     let req = LaunchRequest {
         job: id.clone(),
         command,

@@ -6,8 +6,8 @@
 //! heartbeats, finishes and acks it through the server, then exits. A provisioner only launches
 //! that command somewhere and tears it down: [`LocalProvisioner`] as a child process,
 //! [`CommandProvisioner`] through operator commands (a cloud CLI that creates a VM, say), and
-//! [`KubernetesProvisioner`] as a batch/v1 Job rendered from a template. A provisioner that
-//! boots a virtual machine per job fits the same trait.
+//! [`KubernetesProvisioner`] as a batch/v1 Job rendered from a template, and
+//! [`crate::dispatch::vm::VmProvisioner`] as a local runner that runs its job in a microVM.
 
 use crate::config::{CommandProvisionerConfig, KubernetesProvisionerConfig};
 use std::collections::HashMap;
@@ -75,7 +75,7 @@ impl Provisioner for LocalProvisioner {
             .ok_or_else(|| ProvisionError("no runner command".into()))?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args);
-        crate::supervisor::child_environment(&mut cmd, &req.env);
+        crate::dispatch::workers::child_environment(&mut cmd, &req.env);
         let child = cmd
             .spawn()
             .map_err(|e| ProvisionError(format!("starting {program}: {e}")))?;

@@ -7,28 +7,9 @@
 use crate::state::AppState;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use wafer_core::Lane;
-
-/// How many runner processes are alive, by kind.
-#[derive(Default)]
-pub struct Fleet {
-    workers: AtomicUsize,
-    pub(crate) dedicated: AtomicUsize,
-}
-
-impl Fleet {
-    /// Workers alive now.
-    pub fn workers(&self) -> usize {
-        self.workers.load(Ordering::Relaxed)
-    }
-
-    /// Dedicated runners alive now.
-    pub fn dedicated(&self) -> usize {
-        self.dedicated.load(Ordering::Relaxed)
-    }
-}
 
 /// How to start a runner process on this machine.
 #[derive(Debug, Clone)]
