@@ -5,7 +5,8 @@ Each source file is a module (`a/mod.rs` and `a.rs` are `a`). A module depends o
 it names it through `crate::…` or `super::…` (in `use` items or in paths), outside comments
 and its `#[cfg(test)]` tests. Circles are the strongly connected components of that graph with more
 than one module; a module naming its own submodules or its parent is not a circle (they are
-one room). Exits 1 when there is a circle.
+one room). The same is then checked one level up, between rooms: each top-level module, a
+folder counting as one with everything in it. Exits 1 when there is a circle.
 
 Usage: scripts/module-cycles.py [CRATE_DIR...]   (default: every workspace crate)
 """
@@ -14,7 +15,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CRATES = ["core", "runner", "worker", "gateway", "cli"]
+# The workspace's crates, from its Cargo.toml (`tests` is the end-to-end suite, not a crate
+# with modules of its own).
+CRATES = [
+    m
+    for m in re.search(r"members\s*=\s*\[([^\]]*)\]", (ROOT / "Cargo.toml").read_text())
+    .group(1)
+    .replace('"', "")
+    .replace(",", " ")
+    .split()
+    if m != "tests"
+]
 
 
 def modules(src: Path) -> dict[tuple[str, ...], Path]:
@@ -124,6 +135,27 @@ def related(a: tuple, b: tuple) -> bool:
     return a[:n] == b[:n]
 
 
+def rooms(graph: dict) -> dict:
+    """The same graph one level up: each top-level module (a file, or a folder with all its
+    files) is one node; the crate root is left out (it names every module)."""
+    out: dict = {}
+    for m, deps in graph.items():
+        if not m:
+            continue
+        out.setdefault(m[:1], set()).update(d[:1] for d in deps if d and d[:1] != m[:1])
+    return out
+
+
+def report(what: str, graph: dict) -> int:
+    edges = sum(len(v) for v in graph.values())
+    circles = [c for c in sccs(graph) if len(c) > 1]
+    print(f"  {what}: {len(graph)} modules, {edges} dependencies, {len(circles)} circles")
+    for c in circles:
+        names = sorted("::".join(m) or "(root)" for m in c)
+        print("    circle: " + " <-> ".join(names))
+    return len(circles)
+
+
 def main() -> int:
     dirs = [Path(d) for d in sys.argv[1:]] or [ROOT / c for c in CRATES]
     found = 0
@@ -135,13 +167,9 @@ def main() -> int:
                 r = resolve(ref, mods)
                 if r is not None and r != m and not related(r, m):
                     graph[m].add(r)
-        edges = sum(len(v) for v in graph.values())
-        circles = [c for c in sccs(graph) if len(c) > 1]
-        print(f"{crate.name}: {len(mods)} modules, {edges} dependencies, {len(circles)} circles")
-        for c in circles:
-            names = sorted("::".join(m) or "(root)" for m in c)
-            print("  circle: " + " <-> ".join(names))
-            found += 1
+        print(f"{crate.name}:")
+        found += report("files", graph)
+        found += report("rooms (top-level modules, folders whole)", rooms(graph))
     return 1 if found else 0
 
 

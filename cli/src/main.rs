@@ -1,4 +1,14 @@
-//! `wafer`: one binary for every role (`serve`) and the client commands.
+//! `wafer`: one binary for every role and the client commands. It holds entry points only:
+//! what each command does lives in the library crates.
+//!
+//! Layout:
+//! - `main.rs`: argument parsing, and the entry points that must run before a tokio runtime
+//!   exists (the compile worker, the VM guest agent as `/init`).
+//! - `commands/`: one module per command: `serve` and `worker` wire the gateway and the worker
+//!   crate from configuration; `cache` runs the response cache as a proxy; the rest
+//!   (`deploy`, `invoke`, `jobs`, `manage`) are thin HTTP clients.
+//! - `client.rs`: the HTTP client of those commands and its exit codes; `units.rs`: sizes and
+//!   durations on the command line.
 
 mod client;
 mod commands;

@@ -1,9 +1,23 @@
-//! Shared domain types and the state backends of Wafer.
+//! Shared domain types and the state traits of Wafer, with their embedded backends.
 //!
-//! Both the runner and the gateway depend on this crate: it holds the words of the domain
-//! (tenant, function, version, module digest, limits) once, and the traits behind which state
-//! lives ([`ArtifactStore`], [`MetaStore`]) with their embedded backends, so that distributed
-//! backends can be added beside them without touching callers.
+//! Every other crate depends on this one: it holds the words of the domain (tenant, function,
+//! version, module digest, job) once, and the traits behind which state lives with the
+//! backends of the single-binary default (a directory and redb files), so that the backends
+//! on shared services (`wafer-stores`) are added beside them without touching callers.
+//!
+//! Layout:
+//! - [`names`]: validated names and references (tenant, function, alias, digest, `name@ref`).
+//! - [`records`]: what the stores keep: functions, versions and their specs, keys, modules,
+//!   quotas.
+//! - [`artifacts`]: [`ArtifactStore`], modules and compiled code by digest
+//!   ([`FsArtifactStore`]).
+//! - [`meta`]: [`MetaStore`], functions, versions, aliases, keys and quotas
+//!   ([`EmbeddedMetaStore`]).
+//! - [`jobs`]: [`JobStore`], job records, inputs, outputs and ends ([`EmbeddedJobStore`]).
+//! - [`queue`]: [`JobQueue`], lanes, claims, leases and fair shares ([`EmbeddedJobQueue`]);
+//!   `batch` groups the embedded job store's and queue's writes into shared commits.
+//! - [`problem`]: the problem document (RFC 9457) that jobs, workers and the HTTP edge carry;
+//!   [`secret`]: a value that never prints.
 
 pub mod artifacts;
 mod batch;
@@ -13,7 +27,6 @@ pub mod names;
 pub mod problem;
 pub mod queue;
 pub mod records;
-pub mod redis_queue;
 pub mod secret;
 
 pub use artifacts::{ArtifactEntry, ArtifactError, ArtifactKey, ArtifactStore, FsArtifactStore};
@@ -31,7 +44,6 @@ pub use records::{
     Abi, CacheSpec, FunctionRecord, JobClass, KeyRecord, ModuleRecord, Quotas, Scope,
     VersionRecord, VersionSpec,
 };
-pub use redis_queue::RedisJobQueue;
 pub use secret::Secret;
 
 /// Seconds since the Unix epoch, used for the `created` timestamps of records.

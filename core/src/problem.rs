@@ -61,6 +61,20 @@ impl Problem {
         p.with("retry_after", 1)
     }
 
+    /// 429 with a retry after one second: the caller's tenant is at its own concurrency
+    /// limit. Unlike 503 `overloaded` (the host is full), the caller is asking for more than
+    /// its share, and other tenants are still served.
+    pub fn concurrency_limit(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            429,
+            "concurrency-limit",
+            "Concurrency limit reached",
+            detail,
+        );
+        p.retry_after = Some(1);
+        p.with("retry_after", 1)
+    }
+
     /// 500: a failure on our side; the detail is logged, not shown.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");

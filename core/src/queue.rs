@@ -123,7 +123,9 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub(crate) fn new(job: QueuedJob, delivery: u32, receipt: String) -> Self {
+    /// A claim of `job`'s delivery number `delivery`, with the backend's `receipt` for it
+    /// (opaque to everyone but the backend that made it).
+    pub fn new(job: QueuedJob, delivery: u32, receipt: String) -> Self {
         Self {
             job,
             delivery,
@@ -131,7 +133,8 @@ impl Claim {
         }
     }
 
-    pub(crate) fn receipt(&self) -> &str {
+    /// The backend's receipt for this delivery.
+    pub fn receipt(&self) -> &str {
         &self.receipt
     }
 

@@ -5,10 +5,10 @@
 //! quickly instead of queueing or exhausting the host: a full host is a 503 `overloaded`, a
 //! tenant at its own share a 429 `concurrency-limit`, both with `Retry-After`.
 
-use crate::http::problem::ApiError;
 use crate::metrics::{InFlight, Metrics};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wafer_core::Problem;
 use wafer_core::TenantId;
 
 /// Most MiB the memory budget can hold (tokio semaphores count up to `usize::MAX >> 3`;
@@ -68,12 +68,12 @@ impl Admission {
 
     /// 422 `memory-over-budget` when an invocation that may use `memory_mb` MiB can never be
     /// admitted here: it needs more than one tenant's share of the memory budget.
-    pub fn check_fits(&self, memory_mb: u64) -> Result<(), ApiError> {
+    pub fn check_fits(&self, memory_mb: u64) -> Result<(), Problem> {
         if memory_mb <= self.tenant_budget_mb {
             return Ok(());
         }
-        Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        Err(Problem::new(
+            422,
             "memory-over-budget",
             "Memory over budget",
             format!(
@@ -87,13 +87,13 @@ impl Admission {
     }
 
     /// Admits one invocation of `tenant`'s function that may use up to `memory_mb` MiB.
-    pub fn admit(&self, tenant: &TenantId, memory_mb: u64) -> Result<Admitted, ApiError> {
+    pub fn admit(&self, tenant: &TenantId, memory_mb: u64) -> Result<Admitted, Problem> {
         self.check_fits(memory_mb)?;
         let slot = self
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ApiError::overloaded("too many invocations in flight"))?;
+            .map_err(|_| Problem::overloaded("too many invocations in flight"))?;
         let (per_tenant, tenant_budget_mb) = (self.per_tenant, self.tenant_budget_mb);
         let share = self.tenants.get_with_by_ref(tenant, || {
             Arc::new(TenantShare {
@@ -102,7 +102,7 @@ impl Admission {
             })
         });
         let tenant_slot = share.slots.clone().try_acquire_owned().map_err(|_| {
-            ApiError::concurrency_limit(format!(
+            Problem::concurrency_limit(format!(
                 "this tenant's functions already have {per_tenant} invocations in flight"
             ))
         })?;
@@ -113,14 +113,14 @@ impl Admission {
                 .and_then(|mb| pool.clone().try_acquire_many_owned(mb).ok())
         };
         let tenant_memory = reserve(&share.memory_mb, tenant_budget_mb).ok_or_else(|| {
-            ApiError::concurrency_limit(format!(
+            Problem::concurrency_limit(format!(
                 "this tenant's invocations in flight hold its share of the host's memory \
                  budget ({tenant_budget_mb} MiB)"
             ))
             .with("memory_budget_mb", tenant_budget_mb)
         })?;
         let memory = reserve(&self.memory_mb, self.budget_mb).ok_or_else(|| {
-            ApiError::overloaded(format!(
+            Problem::overloaded(format!(
                 "the host's memory budget of {} MiB is taken by invocations in flight",
                 self.budget_mb
             ))

@@ -2,10 +2,10 @@
 //! on first start, and the background work that runs for the life of the process (rebuilding
 //! compiled code after an engine change, garbage collection).
 
+use crate::api::auth;
 use crate::config::Config;
 use crate::config::{ProvisionerKind, QueueBackend};
 use crate::dispatch::{long, provision, workers};
-use crate::http::auth;
 use crate::state::AppState;
 use crate::{admission, gc, jobs, logs, metrics, resolve};
 use axum::Router;
@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use wafer_core::{
-    EmbeddedJobQueue, EmbeddedJobStore, EmbeddedMetaStore, FsArtifactStore, RedisJobQueue, Scope,
-    TenantId,
+    EmbeddedJobQueue, EmbeddedJobStore, EmbeddedMetaStore, FsArtifactStore, Scope, TenantId,
 };
 use wafer_runner::{CompileMode, Runner, RunnerConfig};
+use wafer_stores::RedisJobQueue;
 
 /// The command that runs a compile worker: the `wafer` binary with its hidden `__compile`
 /// command. Time and memory limits come from [`Config`].
@@ -209,12 +209,12 @@ impl Gateway {
     /// The router with every route and layer.
     pub fn router(&self) -> Router {
         let with_internal = self.state.config.internal_listen.is_none();
-        crate::http::router::router(self.state.clone(), with_internal)
+        crate::router::router(self.state.clone(), with_internal)
     }
 
     /// The runners' internal API alone, for its own listener (`internal_listen`).
     pub fn internal_router(&self) -> Router {
-        crate::http::router::internal_router(self.state.clone())
+        crate::router::internal_router(self.state.clone())
     }
 }
 

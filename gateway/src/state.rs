@@ -28,7 +28,7 @@ pub struct AppState {
     /// Asynchronous jobs: their records, queue and dispatchers.
     pub jobs: crate::jobs::Jobs,
     /// Runner processes alive.
-    pub fleet: crate::dispatch::fleet::Fleet,
+    pub fleet: crate::jobs::fleet::Fleet,
     /// The response cache; in front of invocation when `cache.enabled`, and always the
     /// source of scopes and purges (a sidecar may cache in front of a gateway that does not).
     pub cache: Arc<crate::cache::ResponseCache>,

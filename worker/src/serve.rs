@@ -100,7 +100,7 @@ pub async fn serve(opts: WorkerOptions) -> anyhow::Result<()> {
         _ if opts.claim.is_some() => Arc::new(RemoteQueue),
         (None, _) => Arc::new(RemoteQueue),
         (Some(prefix), Some(url)) => Arc::new(DirectQueue(Arc::new(
-            wafer_core::RedisJobQueue::connect(
+            wafer_stores::RedisJobQueue::connect(
                 url.expose(),
                 prefix,
                 setup.max_deliveries,

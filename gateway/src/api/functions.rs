@@ -1,6 +1,6 @@
 //! Functions, versions and aliases: `/v1/functions…`.
 
-use crate::http::auth;
+use crate::api::auth;
 use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;

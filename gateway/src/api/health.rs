@@ -37,7 +37,7 @@ pub async fn metrics(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    crate::http::auth::require(&state, &headers, Scope::Metrics).await?;
+    crate::api::auth::require(&state, &headers, Scope::Metrics).await?;
     state.cache.report();
     state
         .metrics
@@ -57,7 +57,7 @@ pub async fn collect_garbage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<crate::gc::GcReport>, ApiError> {
-    crate::http::auth::require(&state, &headers, Scope::Admin).await?;
+    crate::api::auth::require(&state, &headers, Scope::Admin).await?;
     crate::gc::collect(&state, state.config.gc_grace_s)
         .await
         .map(Json)
@@ -75,7 +75,7 @@ pub async fn status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    crate::http::auth::require(&state, &headers, Scope::Metrics).await?;
+    crate::api::auth::require(&state, &headers, Scope::Metrics).await?;
     let mut lanes = serde_json::Map::new();
     for lane in wafer_core::Lane::ALL {
         let n = state

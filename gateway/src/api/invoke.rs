@@ -1,7 +1,7 @@
 //! `ANY /fn/{name}[@version|@alias]/{path…}`: synchronous invocation.
 
+use crate::api::auth;
 use crate::execute;
-use crate::http::auth;
 use crate::http::problem::ApiError;
 use crate::resolve::Resolved;
 use crate::state::AppState;

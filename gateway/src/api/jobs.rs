@@ -1,7 +1,7 @@
 //! `/v1/jobs`: submit, read, wait for, list and cancel asynchronous invocations.
 
+use crate::api::auth;
 use crate::api::json_int;
-use crate::http::auth;
 use crate::http::problem::ApiError;
 use crate::jobs::{self, Submission};
 use crate::state::AppState;

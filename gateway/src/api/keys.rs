@@ -1,6 +1,6 @@
 //! `/v1/keys`: admins create, list and revoke API keys for tenants.
 
-use crate::http::auth;
+use crate::api::auth;
 use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;

@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource. Handlers are thin: extract, call, return.
 
+pub mod auth;
 pub mod functions;
 pub mod health;
 pub mod internal;

@@ -1,6 +1,6 @@
 //! `PUT /v1/modules`: upload, validate, detect the ABI and compile once.
 
-use crate::http::auth;
+use crate::api::auth;
 use crate::http::problem::ApiError;
 use crate::state::AppState;
 use axum::Json;

@@ -239,7 +239,7 @@ async fn not_admitted(state: &AppState, rec: &JobRecord) -> (JobEnd, Bytes) {
     };
     // One that can never be admitted (its version needs more than a tenant's share) fails.
     if let Err(e) = state.admission.check_fits(version.spec.memory_mb) {
-        return failed(e.0, String::new());
+        return failed(e, String::new());
     }
     failed(
         Problem::new(

@@ -1,9 +1,8 @@
-//! The HTTP edge: the router with its layers ([`router`]), the bounded accept loop
-//! ([`server`]), the one error type that becomes `application/problem+json` ([`problem`]),
-//! API keys and the caller of a request ([`auth`]), bounded body reading ([`body`]).
+//! The HTTP edge, below every handler: the bounded accept loop ([`server`]), the one error
+//! type that becomes `application/problem+json` ([`problem`]), bounded body reading
+//! ([`body`], shared with the cache sidecar). It knows no route and no state; the routes are
+//! composed in [`crate::router`].
 
-pub mod auth;
 pub mod body;
 pub mod problem;
-pub mod router;
 pub mod server;

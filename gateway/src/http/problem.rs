@@ -92,20 +92,6 @@ impl ApiError {
         Self(Problem::overloaded(detail))
     }
 
-    /// 429 with Retry-After: the caller's tenant is at its own concurrency limit. Unlike 503
-    /// `overloaded` (the host is full), the caller is asking for more than its share, and
-    /// other tenants are still served.
-    pub fn concurrency_limit(detail: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "concurrency-limit",
-            "Concurrency limit reached",
-            detail,
-        );
-        e.retry_after = Some(1);
-        e.with("retry_after", 1)
-    }
-
     /// 500: a failure on our side; the detail is logged, not leaked.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self(Problem::internal(detail))

@@ -14,6 +14,7 @@
 //! responses.
 
 pub mod credentials;
+pub mod fleet;
 pub mod lanes;
 pub mod submit;
 pub mod view;

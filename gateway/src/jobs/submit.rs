@@ -138,9 +138,7 @@ impl Jobs {
         let (lane, reason) = (planned.lane, planned.reason);
         // What the server's own pool could never admit is refused now, not left waiting.
         if jobs.route_of(lane) == Route::Inline {
-            admission
-                .check_fits(version.spec.memory_mb)
-                .map_err(|e| e.0)?;
+            admission.check_fits(version.spec.memory_mb)?;
         }
         let rec = JobRecord {
             id: JobId::generate(),

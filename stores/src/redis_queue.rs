@@ -23,12 +23,12 @@
 //! Durability is Redis's: with AOF (`appendonly yes`, `appendfsync always`) no enqueued job
 //! is lost to a restart of Redis.
 
-use crate::names::TenantId;
-use crate::queue::{Claim, Claimed, JobId, JobQueue, Lane, LaneShares, QueueError, QueuedJob};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use wafer_core::TenantId;
+use wafer_core::queue::{Claim, Claimed, JobId, JobQueue, Lane, LaneShares, QueueError, QueuedJob};
 
 fn backend(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(format!("redis: {e}"))
